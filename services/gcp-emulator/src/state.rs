@@ -1,0 +1,178 @@
+//! What the running emulator holds: the world, keys, minted tokens, faults and counters.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde::Serialize;
+
+use crate::faults::Faults;
+use crate::keys::SigningKey;
+use crate::world::World;
+
+/// How a token was obtained, as `tokeninfo` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Grant {
+    /// OAuth2 JWT-bearer grant with a service-account key.
+    JwtBearer,
+    /// OAuth2 refresh-token grant of an authorized user.
+    RefreshToken,
+    /// The metadata server's token endpoint.
+    Metadata,
+    /// STS exchange of a federated subject token.
+    StsExchange,
+    /// STS downscoping with a Credential Access Boundary.
+    StsDownscope,
+    /// IAM Credentials generateAccessToken.
+    GenerateAccessToken,
+}
+
+/// Everything the emulator remembers about an access token it minted.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenRecord {
+    /// `serviceAccount:EMAIL`, `user:EMAIL` or `principal://…`.
+    pub principal: String,
+    /// The email, for service accounts and users.
+    pub email: Option<String>,
+    /// The OAuth client (unique id of the account, or the OAuth client id).
+    pub client: String,
+    /// Granted scopes.
+    pub scopes: Vec<String>,
+    /// Expiry, Unix seconds.
+    pub expires_at: i64,
+    /// How it was obtained.
+    pub grant: Grant,
+    /// The domain-wide-delegation subject.
+    pub subject: Option<String>,
+    /// The impersonation delegate chain.
+    pub delegates: Vec<String>,
+    /// The Credential Access Boundary applied.
+    pub access_boundary: Option<serde_json::Value>,
+    /// The workforce `userProject`, if any.
+    pub user_project: Option<String>,
+}
+
+/// Shared emulator state.
+#[derive(Debug)]
+pub struct State {
+    /// The world definition.
+    pub world: World,
+    /// The emulator's own base URL, `http://HOST:PORT`.
+    pub base_url: String,
+    /// Service-account keys by email.
+    pub account_keys: HashMap<String, Arc<SigningKey>>,
+    /// ID-token signing keys, newest first (at most two are published).
+    pub id_token_keys: RwLock<Vec<Arc<SigningKey>>>,
+    tokens: Mutex<HashMap<String, TokenRecord>>,
+    /// Fault rules and per-endpoint counters.
+    pub faults: Faults,
+    lifetime_override: AtomicU64,
+}
+
+/// Current Unix time in seconds.
+pub fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+impl State {
+    /// Builds the state.
+    pub fn new(
+        world: World,
+        base_url: String,
+        account_keys: HashMap<String, Arc<SigningKey>>,
+        id_token_key: SigningKey,
+    ) -> Self {
+        Self {
+            world,
+            base_url,
+            account_keys,
+            id_token_keys: RwLock::new(vec![Arc::new(id_token_key)]),
+            tokens: Mutex::new(HashMap::new()),
+            faults: Faults::default(),
+            lifetime_override: AtomicU64::new(0),
+        }
+    }
+
+    /// The lifetime of a token minted now: `default` seconds, or the admin override.
+    pub fn lifetime(&self, default: i64) -> i64 {
+        match self.lifetime_override.load(Ordering::Relaxed) {
+            0 => default,
+            seconds => i64::try_from(seconds).unwrap_or(default),
+        }
+    }
+
+    /// Sets (`Some`) or clears (`None`) the token lifetime override.
+    pub fn set_lifetime_override(&self, seconds: Option<u64>) {
+        self.lifetime_override
+            .store(seconds.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    /// Mints an opaque Google-looking access token and remembers it.
+    pub fn mint_access_token(&self, prefix: &str, record: TokenRecord) -> String {
+        let token = format!("{prefix}{}", crate::random_token(96));
+        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let now = now();
+        tokens.retain(|_, r| r.expires_at > now);
+        tokens.insert(token.clone(), record);
+        token
+    }
+
+    /// The record of a valid (known, unexpired) access token.
+    pub fn lookup_token(&self, token: &str) -> Option<TokenRecord> {
+        let tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        tokens.get(token).filter(|r| r.expires_at > now()).cloned()
+    }
+
+    /// The current ID-token signing key.
+    pub fn id_token_key(&self) -> Arc<SigningKey> {
+        let keys = self.id_token_keys.read().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(&keys[0])
+    }
+
+    /// The published ID-token keys, newest first.
+    pub fn published_id_token_keys(&self) -> Vec<Arc<SigningKey>> {
+        self.id_token_keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Makes `key` the signing key; the previous one stays published.
+    pub fn rotate_id_token_key(&self, key: SigningKey) {
+        let mut keys = self
+            .id_token_keys
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        keys.insert(0, Arc::new(key));
+        keys.truncate(2);
+    }
+
+    /// Signs a Google ID token for a service account.
+    pub fn sign_service_account_id_token(
+        &self,
+        account: &crate::world::ServiceAccount,
+        audience: &str,
+        include_email: bool,
+        extra: Option<(&str, serde_json::Value)>,
+    ) -> Result<(String, i64), crate::keys::KeyError> {
+        let iat = now();
+        let exp = iat + self.lifetime(3600);
+        let mut claims = serde_json::json!({
+            "iss": "https://accounts.google.com",
+            "aud": audience,
+            "azp": account.unique_id(),
+            "sub": account.unique_id(),
+            "iat": iat,
+            "exp": exp,
+        });
+        if include_email {
+            claims["email"] = account.email.clone().into();
+            claims["email_verified"] = true.into();
+        }
+        if let Some((name, value)) = extra {
+            claims[name] = value;
+        }
+        Ok((self.id_token_key().sign_jwt(&claims)?, exp))
+    }
+}

@@ -1,0 +1,1113 @@
+//! The emulator over real HTTP on loopback: every endpoint, its strictness, and fault injection.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use gcp_emulator::keys::{PublicKey, SigningKey, UnverifiedJwt};
+use gcp_emulator::{Emulator, Endpoint, Fault, RunningEmulator, World};
+use serde_json::{Value, json};
+
+const BROKER: &str = "broker@dev-project.iam.gserviceaccount.com";
+const READER: &str = "reader@dev-project.iam.gserviceaccount.com";
+const WRITER: &str = "writer@dev-project.iam.gserviceaccount.com";
+const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
+const GOOGLE_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+/// The held key of a service account, loaded from the key file the emulator hands out.
+fn account_key(emulator: &RunningEmulator, email: &str) -> SigningKey {
+    let file = emulator.key_file(email).expect("key file");
+    SigningKey::from_pkcs8_pem(
+        file["private_key_id"].as_str().expect("kid"),
+        file["private_key"].as_str().expect("pem"),
+        email,
+    )
+    .expect("key")
+}
+
+fn assertion(key: &SigningKey, claims: Value) -> String {
+    key.sign_jwt(&claims).expect("sign")
+}
+
+fn bearer_claims(email: &str, scope: &str) -> Value {
+    let iat = now();
+    json!({"iss": email, "scope": scope, "aud": GOOGLE_TOKEN_URL, "iat": iat, "exp": iat + 3600})
+}
+
+async fn post_assertion(emulator: &RunningEmulator, jwt: &str) -> (u16, Value) {
+    let response = client()
+        .post(format!("{}/token", emulator.url()))
+        .form(&[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+            ("assertion", jwt),
+        ])
+        .send()
+        .await
+        .expect("send");
+    (
+        response.status().as_u16(),
+        response.json().await.expect("json"),
+    )
+}
+
+async fn tokeninfo(emulator: &RunningEmulator, token: &str) -> (u16, Value) {
+    let response = client()
+        .get(format!("{}/tokeninfo", emulator.url()))
+        .query(&[("access_token", token)])
+        .send()
+        .await
+        .expect("send");
+    (
+        response.status().as_u16(),
+        response.json().await.expect("json"),
+    )
+}
+
+async fn broker_token(emulator: &RunningEmulator) -> String {
+    let key = account_key(emulator, BROKER);
+    let (status, body) = post_assertion(
+        emulator,
+        &assertion(&key, bearer_claims(BROKER, CLOUD_PLATFORM)),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["access_token"].as_str().expect("token").to_owned()
+}
+
+async fn iam(
+    emulator: &RunningEmulator,
+    token: &str,
+    target: &str,
+    method: &str,
+    body: Value,
+) -> (u16, Value) {
+    let response = client()
+        .post(format!(
+            "{}/v1/projects/-/serviceAccounts/{target}:{method}",
+            emulator.url()
+        ))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .expect("send");
+    (
+        response.status().as_u16(),
+        response.json().await.expect("json"),
+    )
+}
+
+fn world_with(extra: &str) -> World {
+    let text = format!(
+        r#"
+[[projects]]
+id = "dev-project"
+number = "123456789012"
+
+[[service_accounts]]
+email = "{BROKER}"
+dwd = true
+dwd_scopes = ["https://www.googleapis.com/auth/admin.directory.user.readonly"]
+
+[[service_accounts]]
+email = "nodwd@dev-project.iam.gserviceaccount.com"
+
+[[service_accounts]]
+email = "{READER}"
+key = false
+token_creators = ["serviceAccount:{BROKER}", "serviceAccount:{WRITER}"]
+
+[[service_accounts]]
+email = "{WRITER}"
+key = false
+token_creators = ["serviceAccount:{BROKER}"]
+{extra}
+"#
+    );
+    let world: World = toml::from_str(&text).expect("world");
+    world.validate().expect("valid world");
+    world
+}
+
+#[tokio::test]
+async fn jwt_bearer_grant_mints_a_token_that_tokeninfo_describes() {
+    let emulator = Emulator::builder().start().await.expect("start");
+    let token = broker_token(&emulator).await;
+    assert!(token.starts_with("ya29."), "{token}");
+
+    let (status, info) = tokeninfo(&emulator, &token).await;
+    assert_eq!(status, 200, "{info}");
+    assert_eq!(info["email"], BROKER);
+    assert_eq!(info["principal"], format!("serviceAccount:{BROKER}"));
+    assert_eq!(info["scope"], CLOUD_PLATFORM);
+    assert_eq!(info["grant"], "jwt-bearer");
+    let remaining = info["expires_in"].as_i64().expect("expires_in");
+    assert!((3590..=3599).contains(&remaining), "{remaining}");
+
+    let (status, body) = tokeninfo(&emulator, "ya29.unknown").await;
+    assert_eq!(
+        (status, body),
+        (
+            400,
+            json!({"error": "invalid_token", "error_description": "Invalid Value"})
+        )
+    );
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_token_endpoint_rejects_bad_assertions_like_google() {
+    let emulator = Emulator::builder()
+        .world(world_with(""))
+        .start()
+        .await
+        .expect("start");
+    let key = account_key(&emulator, BROKER);
+    let stranger = SigningKey::generate("stranger").expect("key");
+    let iat = now();
+    let dwd_scope = "https://www.googleapis.com/auth/admin.directory.user.readonly";
+    let nodwd = "nodwd@dev-project.iam.gserviceaccount.com";
+    let nodwd_key = account_key(&emulator, nodwd);
+
+    let tampered = {
+        let jwt = assertion(&key, bearer_claims(BROKER, CLOUD_PLATFORM));
+        let mut parts: Vec<String> = jwt.split('.').map(str::to_owned).collect();
+        parts[1] = URL_SAFE_NO_PAD
+            .encode(bearer_claims(BROKER, "https://www.googleapis.com/auth/admin").to_string());
+        parts.join(".")
+    };
+    let cases: Vec<(&str, String, u16, &str, &str)> = vec![
+        (
+            "tampered claims",
+            tampered,
+            400,
+            "invalid_grant",
+            "Invalid JWT Signature.",
+        ),
+        (
+            "signed by another key",
+            stranger
+                .sign_jwt(&bearer_claims(BROKER, CLOUD_PLATFORM))
+                .expect("sign"),
+            400,
+            "invalid_grant",
+            "Invalid JWT Signature.",
+        ),
+        (
+            "wrong aud",
+            assertion(
+                &key,
+                json!({"iss": BROKER, "scope": CLOUD_PLATFORM, "aud": "https://example.com/token", "iat": iat, "exp": iat + 3600}),
+            ),
+            400,
+            "invalid_grant",
+            "Failed audience check",
+        ),
+        (
+            "too long",
+            assertion(
+                &key,
+                json!({"iss": BROKER, "scope": CLOUD_PLATFORM, "aud": GOOGLE_TOKEN_URL, "iat": iat, "exp": iat + 3601}),
+            ),
+            400,
+            "invalid_grant",
+            "short-lived token",
+        ),
+        (
+            "expired",
+            assertion(
+                &key,
+                json!({"iss": BROKER, "scope": CLOUD_PLATFORM, "aud": GOOGLE_TOKEN_URL, "iat": iat - 4000, "exp": iat - 400}),
+            ),
+            400,
+            "invalid_grant",
+            "short-lived token",
+        ),
+        (
+            "issued in the future",
+            assertion(
+                &key,
+                json!({"iss": BROKER, "scope": CLOUD_PLATFORM, "aud": GOOGLE_TOKEN_URL, "iat": iat + 600, "exp": iat + 1200}),
+            ),
+            400,
+            "invalid_grant",
+            "short-lived token",
+        ),
+        (
+            "no scope",
+            assertion(
+                &key,
+                json!({"iss": BROKER, "aud": GOOGLE_TOKEN_URL, "iat": iat, "exp": iat + 3600}),
+            ),
+            400,
+            "invalid_scope",
+            "scope",
+        ),
+        (
+            "unknown account",
+            assertion(
+                &key,
+                bearer_claims("ghost@dev-project.iam.gserviceaccount.com", CLOUD_PLATFORM),
+            ),
+            400,
+            "invalid_grant",
+            "account not found",
+        ),
+        (
+            "DWD without delegation",
+            assertion(
+                &nodwd_key,
+                json!({"iss": nodwd, "sub": "alice@example.com", "scope": dwd_scope, "aud": GOOGLE_TOKEN_URL, "iat": iat, "exp": iat + 3600}),
+            ),
+            401,
+            "unauthorized_client",
+            "not authorized",
+        ),
+        (
+            "DWD scope not granted",
+            assertion(
+                &key,
+                json!({"iss": BROKER, "sub": "alice@example.com", "scope": CLOUD_PLATFORM, "aud": GOOGLE_TOKEN_URL, "iat": iat, "exp": iat + 3600}),
+            ),
+            401,
+            "unauthorized_client",
+            "not authorized",
+        ),
+        (
+            "DWD subject not an email",
+            assertion(
+                &key,
+                json!({"iss": BROKER, "sub": "alice", "scope": dwd_scope, "aud": GOOGLE_TOKEN_URL, "iat": iat, "exp": iat + 3600}),
+            ),
+            400,
+            "invalid_grant",
+            "Invalid email or User ID",
+        ),
+        (
+            "not a JWT",
+            "not-a-jwt".to_owned(),
+            400,
+            "invalid_grant",
+            "Invalid JWT",
+        ),
+    ];
+    for (name, jwt, status, error, description) in cases {
+        let (got_status, body) = post_assertion(&emulator, &jwt).await;
+        assert_eq!(got_status, status, "{name}: {body}");
+        assert_eq!(body["error"], error, "{name}: {body}");
+        let text = body["error_description"].as_str().expect("description");
+        assert!(text.contains(description), "{name}: {text}");
+    }
+
+    // The allowed DWD case, and the emulator's own URL as the audience (what Go clients send).
+    let dwd = assertion(
+        &key,
+        json!({"iss": BROKER, "sub": "alice@example.com", "scope": dwd_scope, "aud": format!("{}/token", emulator.url()), "iat": iat, "exp": iat + 3600}),
+    );
+    let (status, body) = post_assertion(&emulator, &dwd).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, info) = tokeninfo(&emulator, body["access_token"].as_str().expect("token")).await;
+    assert_eq!(info["subject"], "alice@example.com");
+    assert_eq!(info["principal"], "user:alice@example.com");
+
+    let response = client()
+        .post(format!("{}/token", emulator.url()))
+        .form(&[("grant_type", "password")])
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status().as_u16(), 400);
+    assert_eq!(
+        response.json::<Value>().await.expect("json")["error"],
+        "unsupported_grant_type"
+    );
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn id_tokens_verify_against_the_published_keys_and_survive_one_rotation() {
+    let emulator = Emulator::builder().start().await.expect("start");
+    let key = account_key(&emulator, BROKER);
+    let iat = now();
+    let claims = json!({"iss": BROKER, "target_audience": "https://service.example.com", "aud": GOOGLE_TOKEN_URL, "iat": iat, "exp": iat + 3600});
+    let (status, body) = post_assertion(&emulator, &assertion(&key, claims)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body.as_object().map(|o| o.len()),
+        Some(1),
+        "only id_token: {body}"
+    );
+    let id_token = body["id_token"].as_str().expect("id_token").to_owned();
+
+    let jwks = |url: String| async move {
+        client()
+            .get(url)
+            .send()
+            .await
+            .expect("send")
+            .json::<Value>()
+            .await
+            .expect("json")
+    };
+    let verify = |token: &str, jwks: &Value| {
+        let jwt = UnverifiedJwt::parse(token).expect("jwt");
+        let jwk = jwks["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .find(|k| k["kid"].as_str() == jwt.kid())
+            .cloned();
+        jwk.is_some_and(|k| {
+            jwt.verify(
+                &PublicKey::from_jwk_components(
+                    k["n"].as_str().expect("n"),
+                    k["e"].as_str().expect("e"),
+                )
+                .expect("key"),
+            )
+        })
+    };
+    let before = jwks(format!("{}/oauth2/v3/certs", emulator.url())).await;
+    assert!(verify(&id_token, &before));
+    let jwt = UnverifiedJwt::parse(&id_token).expect("jwt");
+    assert_eq!(jwt.claim_str("iss"), Some("https://accounts.google.com"));
+    assert_eq!(jwt.claim_str("aud"), Some("https://service.example.com"));
+    assert_eq!(jwt.claim_str("email"), Some(BROKER));
+    assert_eq!(
+        jwt.claim_i64("exp")
+            .zip(jwt.claim_i64("iat"))
+            .map(|(e, i)| e - i),
+        Some(3600)
+    );
+
+    emulator.rotate_signing_key().expect("rotate");
+    let after = jwks(format!("{}/oauth2/v3/certs", emulator.url())).await;
+    assert_eq!(after["keys"].as_array().map(Vec::len), Some(2));
+    assert!(
+        verify(&id_token, &after),
+        "the previous key stays published"
+    );
+    let v1 = jwks(format!("{}/oauth2/v1/certs", emulator.url())).await;
+    assert_eq!(v1.as_object().map(|o| o.len()), Some(2));
+    assert!(v1.as_object().expect("map").values().all(|pem| {
+        pem.as_str()
+            .is_some_and(|p| p.starts_with("-----BEGIN CERTIFICATE-----"))
+    }));
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn iam_credentials_check_token_creator_on_every_hop() {
+    let emulator = Emulator::builder()
+        .world(world_with(""))
+        .start()
+        .await
+        .expect("start");
+    let token = broker_token(&emulator).await;
+
+    let (status, body) = iam(
+        &emulator,
+        &token,
+        READER,
+        "generateAccessToken",
+        json!({"delegates": null, "scope": [CLOUD_PLATFORM], "lifetime": "600s"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let expire_time = body["expireTime"].as_str().expect("expireTime");
+    assert_eq!(expire_time.len(), 20, "whole seconds, Z: {expire_time}");
+    assert!(expire_time.ends_with('Z'));
+    let (_, info) = tokeninfo(&emulator, body["accessToken"].as_str().expect("token")).await;
+    assert_eq!(info["principal"], format!("serviceAccount:{READER}"));
+    assert_eq!(info["grant"], "generate-access-token");
+    assert!(
+        (590..=600).contains(&info["expires_in"].as_i64().expect("expires_in")),
+        "{info}"
+    );
+
+    // broker -> writer -> reader: writer holds Token Creator on reader.
+    let (status, body) = iam(&emulator, &token, READER, "generateAccessToken", json!({"delegates": [format!("projects/-/serviceAccounts/{WRITER}")], "scope": [CLOUD_PLATFORM]})).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, info) = tokeninfo(&emulator, body["accessToken"].as_str().expect("token")).await;
+    assert_eq!(info["delegates"], json!([WRITER]));
+
+    // broker -> reader -> writer: reader is not Token Creator on writer.
+    let (status, body) = iam(
+        &emulator,
+        &token,
+        WRITER,
+        "generateAccessToken",
+        json!({"delegates": [READER], "scope": [CLOUD_PLATFORM]}),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["status"], "PERMISSION_DENIED");
+    assert_eq!(
+        body["error"]["details"][0]["reason"],
+        "IAM_PERMISSION_DENIED"
+    );
+
+    // A reader token cannot act as broker (no binding).
+    let (status, body) = iam(
+        &emulator,
+        &token,
+        BROKER,
+        "generateAccessToken",
+        json!({"scope": [CLOUD_PLATFORM]}),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        body["error"]["details"][0]["metadata"]["permission"],
+        "iam.serviceAccounts.getAccessToken"
+    );
+
+    let cases = [
+        (
+            json!({"scope": [CLOUD_PLATFORM], "lifetime": "7200s"}),
+            400,
+            "INVALID_ARGUMENT",
+        ),
+        (
+            json!({"scope": [CLOUD_PLATFORM], "lifetime": "1h"}),
+            400,
+            "INVALID_ARGUMENT",
+        ),
+        (json!({"scope": []}), 400, "INVALID_ARGUMENT"),
+    ];
+    for (request, status, name) in cases {
+        let (got, body) = iam(
+            &emulator,
+            &token,
+            READER,
+            "generateAccessToken",
+            request.clone(),
+        )
+        .await;
+        assert_eq!(
+            (got, body["error"]["status"].as_str()),
+            (status, Some(name)),
+            "{request}: {body}"
+        );
+    }
+    let (status, body) = iam(
+        &emulator,
+        &token,
+        "ghost@dev-project.iam.gserviceaccount.com",
+        "generateAccessToken",
+        json!({"scope": [CLOUD_PLATFORM]}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["status"].as_str()),
+        (404, Some("NOT_FOUND")),
+        "{body}"
+    );
+    let (status, body) = iam(
+        &emulator,
+        "ya29.forged",
+        READER,
+        "generateAccessToken",
+        json!({"scope": [CLOUD_PLATFORM]}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["status"].as_str()),
+        (401, Some("UNAUTHENTICATED")),
+        "{body}"
+    );
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn sign_blob_and_sign_jwt_use_the_accounts_published_key() {
+    let emulator = Emulator::builder().start().await.expect("start");
+    let token = broker_token(&emulator).await;
+    let public = emulator.state().account_keys[READER].public_key();
+
+    let (status, body) = iam(
+        &emulator,
+        &token,
+        READER,
+        "signBlob",
+        json!({"payload": STANDARD.encode(b"hello")}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let signature = STANDARD
+        .decode(body["signedBlob"].as_str().expect("signedBlob"))
+        .expect("base64");
+    assert!(public.verify(b"hello", &signature));
+    let certs: Value = client()
+        .get(format!(
+            "{}/robot/v1/metadata/x509/{READER}",
+            emulator.url()
+        ))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        certs.get(body["keyId"].as_str().expect("keyId")).is_some(),
+        "{certs}"
+    );
+
+    let exp = now() + 600;
+    let (status, body) = iam(
+        &emulator,
+        &token,
+        READER,
+        "signJwt",
+        json!({"payload": json!({"sub": "x", "exp": exp}).to_string()}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let jwt = UnverifiedJwt::parse(body["signedJwt"].as_str().expect("signedJwt")).expect("jwt");
+    assert!(jwt.verify(&public));
+    assert_eq!(jwt.kid(), body["keyId"].as_str());
+
+    let too_late = json!({"exp": now() + 13 * 3600}).to_string();
+    let (status, _) = iam(
+        &emulator,
+        &token,
+        READER,
+        "signJwt",
+        json!({ "payload": too_late }),
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _) = iam(
+        &emulator,
+        &token,
+        READER,
+        "signBlob",
+        json!({"payload": "%%%"}),
+    )
+    .await;
+    assert_eq!(status, 400);
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn faults_fail_count_delay_and_drop() {
+    let emulator = Emulator::builder().start().await.expect("start");
+    let key = account_key(&emulator, BROKER);
+    let jwt = assertion(&key, bearer_claims(BROKER, CLOUD_PLATFORM));
+    let fault = |v: Value| serde_json::from_value::<Fault>(v).expect("fault");
+
+    emulator
+        .inject_fault(fault(
+            json!({"endpoint": "oauth2.token", "status": 429, "retry_after_secs": 7, "times": 1}),
+        ))
+        .expect("inject");
+    let response = client()
+        .post(format!("{}/token", emulator.url()))
+        .form(&[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+            ("assertion", jwt.as_str()),
+        ])
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status().as_u16(), 429);
+    assert_eq!(response.headers()["retry-after"], "7");
+    assert_eq!(
+        response.json::<Value>().await.expect("json")["error"],
+        "temporarily_unavailable"
+    );
+    assert_eq!(
+        post_assertion(&emulator, &jwt).await.0,
+        200,
+        "times=1 is used up"
+    );
+    assert_eq!(emulator.count(Endpoint::OAuth2Token), 2);
+
+    emulator
+        .inject_fault(fault(
+            json!({"endpoint": "oauth2.token", "malformed_body": true, "times": 1}),
+        ))
+        .expect("inject");
+    let response = client()
+        .post(format!("{}/token", emulator.url()))
+        .form(&[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+            ("assertion", jwt.as_str()),
+        ])
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status().as_u16(), 200);
+    assert!(serde_json::from_str::<Value>(&response.text().await.expect("text")).is_err());
+
+    emulator
+        .inject_fault(fault(
+            json!({"endpoint": "oauth2.token", "drop_connection": true, "times": 1}),
+        ))
+        .expect("inject");
+    let dropped = async {
+        let response = client()
+            .post(format!("{}/token", emulator.url()))
+            .form(&[
+                ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+                ("assertion", jwt.as_str()),
+            ])
+            .send()
+            .await?;
+        response.bytes().await
+    };
+    assert!(dropped.await.is_err(), "the connection is dropped");
+
+    emulator
+        .inject_fault(fault(
+            json!({"endpoint": "oauth2.token", "delay_ms": 300, "times": 1}),
+        ))
+        .expect("inject");
+    let started = std::time::Instant::now();
+    assert_eq!(post_assertion(&emulator, &jwt).await.0, 200);
+    assert!(started.elapsed() >= Duration::from_millis(300));
+
+    emulator
+        .inject_fault(fault(
+            json!({"endpoint": "iam.generateAccessToken", "status": 503}),
+        ))
+        .expect("inject");
+    let token = broker_token(&emulator).await;
+    let (status, body) = iam(
+        &emulator,
+        &token,
+        READER,
+        "generateAccessToken",
+        json!({"scope": [CLOUD_PLATFORM]}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["status"].as_str()),
+        (503, Some("UNAVAILABLE"))
+    );
+    emulator.clear_faults();
+    let (status, _) = iam(
+        &emulator,
+        &token,
+        READER,
+        "generateAccessToken",
+        json!({"scope": [CLOUD_PLATFORM]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(emulator.count(Endpoint::IamGenerateAccessToken), 2);
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn admin_api_sets_lifetimes_and_validates_faults() {
+    let emulator = Emulator::builder().start().await.expect("start");
+    let http = client();
+    let admin = |path: &str| format!("{}/_emulator/{path}", emulator.url());
+    let response = http
+        .put(admin("token-lifetime"))
+        .json(&json!({"seconds": 30}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status().as_u16(), 204);
+    let token = broker_token(&emulator).await;
+    let (_, info) = tokeninfo(&emulator, &token).await;
+    assert!(
+        (25..=30).contains(&info["expires_in"].as_i64().expect("expires_in")),
+        "{info}"
+    );
+    http.delete(admin("token-lifetime"))
+        .send()
+        .await
+        .expect("send");
+    let (_, info) = tokeninfo(&emulator, &broker_token(&emulator).await).await;
+    assert!(info["expires_in"].as_i64().expect("expires_in") > 3500);
+
+    let response = http
+        .post(admin("faults"))
+        .json(&json!({"endpoint": "sts.token"}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status().as_u16(), 400);
+    let response = http
+        .post(admin("faults"))
+        .json(&json!({"endpoint": "sts.token", "status": 500, "times": 1}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status().as_u16(), 204);
+    let counters: Value = http
+        .get(admin("counters"))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(counters["oauth2.token"], 2);
+    assert_eq!(counters["oauth2.tokeninfo"], 2);
+    let response = http
+        .put(admin("token-lifetime"))
+        .json(&json!({"seconds": 0}))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status().as_u16(), 400);
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn metadata_server_speaks_the_gce_protocol() {
+    let emulator = Emulator::builder().start().await.expect("start");
+    let http = client();
+    let url = |path: &str| format!("{}/computeMetadata/v1/{path}", emulator.url());
+    let get = |path: &str| http.get(url(path)).header("Metadata-Flavor", "Google");
+
+    let ping = http
+        .get(format!("{}/", emulator.url()))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(ping.status().as_u16(), 200);
+    assert_eq!(ping.headers()["metadata-flavor"], "Google");
+
+    let no_flavor = http
+        .get(url("project/project-id"))
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(no_flavor.status().as_u16(), 403);
+    assert_eq!(no_flavor.headers()["metadata-flavor"], "Google");
+    let forwarded = get("project/project-id")
+        .header("X-Forwarded-For", "10.0.0.1")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(forwarded.status().as_u16(), 403);
+
+    let project = get("project/project-id").send().await.expect("send");
+    assert_eq!(project.headers()["content-type"], "application/text");
+    assert_eq!(project.text().await.expect("text"), "dev-project");
+    assert_eq!(
+        get("project/numeric-project-id")
+            .send()
+            .await
+            .expect("send")
+            .text()
+            .await
+            .expect("text"),
+        "123456789012"
+    );
+    assert_eq!(
+        get("instance/zone")
+            .send()
+            .await
+            .expect("send")
+            .text()
+            .await
+            .expect("text"),
+        "projects/123456789012/zones/us-central1-a"
+    );
+    assert_eq!(
+        get("instance/service-accounts/")
+            .send()
+            .await
+            .expect("send")
+            .text()
+            .await
+            .expect("text"),
+        format!("default/\n{BROKER}/\n")
+    );
+
+    let account: Value = get("instance/service-accounts/default/?recursive=true")
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(account["email"], BROKER);
+    assert_eq!(account["scopes"], json!([CLOUD_PLATFORM]));
+
+    let token = get("instance/service-accounts/default/token?scopes=https%3A%2F%2Fwww.googleapis.com%2Fauth%2Fdevstorage.read_only%2Copenid")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(token.headers()["content-type"], "application/json");
+    let token: Value = token.json().await.expect("json");
+    assert!(
+        token["expires_in"].is_i64() && token["expires_in"].as_i64() > Some(225),
+        "{token}"
+    );
+    let (_, info) = tokeninfo(&emulator, token["access_token"].as_str().expect("token")).await;
+    assert_eq!(
+        info["scope"],
+        "https://www.googleapis.com/auth/devstorage.read_only openid"
+    );
+    assert_eq!(info["grant"], "metadata");
+
+    let identity = get(&format!(
+        "instance/service-accounts/{BROKER}/identity?audience=https://svc.example.com&format=full"
+    ))
+    .send()
+    .await
+    .expect("send");
+    assert_eq!(identity.status().as_u16(), 200);
+    assert!(
+        identity.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/html")
+    );
+    let jwt = UnverifiedJwt::parse(&identity.text().await.expect("text")).expect("jwt");
+    assert_eq!(
+        jwt.claims["google"]["compute_engine"]["project_id"],
+        "dev-project"
+    );
+    assert_eq!(
+        get("instance/service-accounts/default/identity")
+            .send()
+            .await
+            .expect("send")
+            .status()
+            .as_u16(),
+        400
+    );
+
+    let missing = get("instance/service-accounts/ghost@x.iam.gserviceaccount.com/token")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(missing.status().as_u16(), 404);
+    assert!(
+        missing.headers()["content-type"]
+            .to_str()
+            .expect("ascii")
+            .starts_with("text/html")
+    );
+    let redirect = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client")
+        .get(url("instance/service-accounts/default"))
+        .header("Metadata-Flavor", "Google")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(redirect.status().as_u16(), 301);
+    assert_eq!(
+        redirect.headers()["location"],
+        "/computeMetadata/v1/instance/service-accounts/default/"
+    );
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn sts_downscopes_and_exchanges_oidc_tokens() {
+    let issuer = SigningKey::generate("issuer").expect("key");
+    let jwks = json!({"keys": [issuer.jwk()]}).to_string();
+    let provider_name =
+        "projects/123456789012/locations/global/workloadIdentityPools/ci/providers/oidc";
+    let world = world_with(&format!(
+        r#"
+[[workload_identity_pools]]
+project_number = "123456789012"
+pool = "ci"
+
+[[workload_identity_pools.providers]]
+id = "oidc"
+issuer = "https://issuer.example.com"
+jwks_json = '{jwks}'
+attribute_condition = "assertion.repository == 'org/app'"
+"#
+    ));
+    let emulator = Emulator::builder()
+        .world(world)
+        .start()
+        .await
+        .expect("start");
+    let http = client();
+    let sts = |form: Vec<(&'static str, String)>| {
+        let request = http
+            .post(format!("{}/v1/token", emulator.url()))
+            .form(&form);
+        async move {
+            let response = request.send().await.expect("send");
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.expect("json"),
+            )
+        }
+    };
+
+    // Downscoping: no expires_in, same expiry, boundary recorded.
+    let source = broker_token(&emulator).await;
+    let boundary = json!({"accessBoundary": {"accessBoundaryRules": [{"availableResource": "//storage.googleapis.com/projects/_/buckets/b", "availablePermissions": ["inRole:roles/storage.objectViewer"]}]}});
+    let (status, body) = sts(vec![
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange".into(),
+        ),
+        (
+            "subject_token_type",
+            "urn:ietf:params:oauth:token-type:access_token".into(),
+        ),
+        (
+            "requested_token_type",
+            "urn:ietf:params:oauth:token-type:access_token".into(),
+        ),
+        ("subject_token", source.clone()),
+        ("options", boundary.to_string()),
+    ])
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.get("expires_in").is_none(), "{body}");
+    let (_, downscoped) = tokeninfo(&emulator, body["access_token"].as_str().expect("token")).await;
+    let (_, original) = tokeninfo(&emulator, &source).await;
+    assert_eq!(downscoped["grant"], "sts-downscope");
+    assert_eq!(downscoped["access_boundary"], boundary["accessBoundary"]);
+    assert_eq!(downscoped["exp"], original["exp"]);
+
+    // Federation with an OIDC token.
+    let iat = now();
+    let subject_token = |claims: Value| issuer.sign_jwt(&claims).expect("sign");
+    let good = json!({"iss": "https://issuer.example.com", "aud": format!("https://iam.googleapis.com/{provider_name}"), "sub": "repo:org/app", "repository": "org/app", "iat": iat, "exp": iat + 600});
+    let exchange = |token: String, audience: String| {
+        vec![
+            (
+                "grant_type",
+                "urn:ietf:params:oauth:grant-type:token-exchange".into(),
+            ),
+            (
+                "subject_token_type",
+                "urn:ietf:params:oauth:token-type:jwt".into(),
+            ),
+            (
+                "requested_token_type",
+                "urn:ietf:params:oauth:token-type:access_token".into(),
+            ),
+            ("audience", audience),
+            ("scope", CLOUD_PLATFORM.into()),
+            ("subject_token", token),
+        ]
+    };
+    let audience = format!("//iam.googleapis.com/{provider_name}");
+    let (status, body) = sts(exchange(subject_token(good.clone()), audience.clone())).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["expires_in"], 3600);
+    let (_, info) = tokeninfo(&emulator, body["access_token"].as_str().expect("token")).await;
+    assert_eq!(
+        info["principal"],
+        format!(
+            "principal://iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/ci/subject/repo:org/app"
+        )
+    );
+
+    let mut wrong_repo = good.clone();
+    wrong_repo["repository"] = "org/other".into();
+    let mut wrong_aud = good.clone();
+    wrong_aud["aud"] = "https://elsewhere".into();
+    let mut expired = good.clone();
+    expired["exp"] = (iat - 1000).into();
+    let cases = [
+        (
+            subject_token(wrong_repo),
+            audience.clone(),
+            "unauthorized_client",
+        ),
+        (subject_token(wrong_aud), audience.clone(), "invalid_grant"),
+        (subject_token(expired), audience.clone(), "invalid_grant"),
+        (
+            SigningKey::generate("x")
+                .expect("key")
+                .sign_jwt(&good)
+                .expect("sign"),
+            audience.clone(),
+            "invalid_grant",
+        ),
+        (
+            subject_token(good.clone()),
+            audience.replace("/oidc", "/nope"),
+            "invalid_target",
+        ),
+        (
+            subject_token(good.clone()),
+            "//iam.googleapis.com/nonsense".to_owned(),
+            "invalid_request",
+        ),
+    ];
+    for (token, audience, error) in cases {
+        let (status, body) = sts(exchange(token, audience.clone())).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some(error)),
+            "{audience}: {body}"
+        );
+    }
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_binary_layout_key_files_are_reused_across_restarts() {
+    let dir = std::env::temp_dir().join(format!("gcp-emulator-test-{}", std::process::id()));
+    let first = Emulator::builder()
+        .data_dir(&dir)
+        .start()
+        .await
+        .expect("start");
+    let env = std::fs::read_to_string(dir.join("emulator.env")).expect("env");
+    assert_eq!(env, format!("GCP_EMULATOR_URL={}\n", first.url()));
+    let key_file: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("keys/broker.json")).expect("key file"),
+    )
+    .expect("json");
+    assert_eq!(key_file["token_uri"], format!("{}/token", first.url()));
+    assert_eq!(key_file["type"], "service_account");
+    assert!(
+        !dir.join("keys/reader.json").exists(),
+        "reader@ has no user-managed key"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir.join("keys/broker.json"))
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "key files are private");
+    }
+    first.shutdown().await;
+
+    let second = Emulator::builder()
+        .data_dir(&dir)
+        .start()
+        .await
+        .expect("restart");
+    let again: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("keys/broker.json")).expect("key file"),
+    )
+    .expect("json");
+    assert_eq!(again["private_key_id"], key_file["private_key_id"]);
+    assert_eq!(again["token_uri"], format!("{}/token", second.url()));
+    second.shutdown().await;
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
