@@ -1,0 +1,123 @@
+//! Credential names and cache keys.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::{ScopeSet, TokenRequest};
+
+/// Why a credential name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid credential name {name:?}: use 1 to 63 lowercase letters, digits and hyphens, starting with a letter and not ending with a hyphen"
+)]
+pub struct NameError {
+    name: String,
+}
+
+/// The name of a configured credential (a backend instance), e.g. `prod-deployer`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CredentialName(Arc<str>);
+
+impl CredentialName {
+    /// Validates a name.
+    pub fn new(name: &str) -> Result<Self, NameError> {
+        let valid = (1..=63).contains(&name.len())
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && !name.ends_with('-')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if valid {
+            Ok(Self(name.into()))
+        } else {
+            Err(NameError {
+                name: name.chars().take(80).collect(),
+            })
+        }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for CredentialName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for CredentialName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Everything that changes the token Google mints, normalized: the cache key. It never holds
+/// the caller's identity (authorization already ran, so authorized callers share tokens) nor
+/// any secret.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TokenKey {
+    /// The credential (backend instance).
+    pub credential: CredentialName,
+    /// The Google principal the token is for.
+    pub principal: Arc<str>,
+    /// The normalized scopes.
+    pub scopes: ScopeSet,
+    /// The domain-wide-delegation subject.
+    pub subject: Option<Arc<str>>,
+    /// The digest of the access boundary.
+    pub boundary: Option<[u8; 32]>,
+    /// The requested lifetime, where the flow lets the caller choose it.
+    pub lifetime: Option<Duration>,
+}
+
+impl TokenKey {
+    /// The key of `request` for a credential whose tokens are for `principal`.
+    pub fn new(credential: CredentialName, principal: &str, request: &TokenRequest) -> Self {
+        Self {
+            credential,
+            principal: principal.into(),
+            scopes: request.scopes.clone(),
+            subject: request.subject.as_deref().map(Arc::from),
+            boundary: request.boundary.as_ref().map(|b| b.digest()),
+            lifetime: request.lifetime,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_documented_rule() {
+        for good in ["a", "prod-deployer", "ci2", &"a".repeat(63)] {
+            assert!(CredentialName::new(good).is_ok(), "{good}");
+        }
+        for bad in ["", "Prod", "-a", "a-", "1a", "a_b", "a.b", &"a".repeat(64)] {
+            assert!(CredentialName::new(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn equal_requests_make_equal_keys() {
+        let name = CredentialName::new("sa").expect("name");
+        let a = TokenRequest::new(ScopeSet::parse(["https://x/a", "https://x/b"]).expect("scopes"));
+        let b = TokenRequest::new(
+            ScopeSet::parse(["https://x/b", "https://x/a", "https://x/a"]).expect("scopes"),
+        );
+        assert_eq!(
+            TokenKey::new(name.clone(), "p", &a),
+            TokenKey::new(name.clone(), "p", &b)
+        );
+        let mut with_subject = a.clone();
+        with_subject.subject = Some("alice@example.com".into());
+        assert_ne!(
+            TokenKey::new(name.clone(), "p", &a),
+            TokenKey::new(name, "p", &with_subject)
+        );
+    }
+}
