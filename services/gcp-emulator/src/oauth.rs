@@ -181,7 +181,6 @@ fn verified_assertion_account<'a>(
     let key = state
         .account_keys
         .get(&account.email)
-        .filter(|_| account.key)
         .ok_or_else(|| OAuthError::invalid_grant("Invalid JWT Signature."))?;
     if jwt.kid().is_some_and(|kid| kid != key.kid()) || !jwt.verify(&key.public_key()) {
         return Err(OAuthError::invalid_grant("Invalid JWT Signature."));
@@ -289,12 +288,55 @@ fn refresh_token(
             user_project: None,
         },
     );
-    Ok(json!({
+    let mut response = json!({
         "access_token": token,
         "expires_in": lifetime,
         "token_type": "Bearer",
         "scope": scopes.join(" "),
-    }))
+    });
+    if scopes.iter().any(|s| s == "openid") {
+        response["id_token"] = user_id_token(state, user, &scopes, lifetime)?.into();
+    }
+    Ok(response)
+}
+
+/// The OpenID Connect ID token of a refresh grant that was granted `openid`.
+fn user_id_token(
+    state: &State,
+    user: &crate::world::AuthorizedUser,
+    scopes: &[String],
+    lifetime: i64,
+) -> Result<String, OAuthError> {
+    let iat = now();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, user.email.as_bytes());
+    let user_id: String = digest
+        .as_ref()
+        .iter()
+        .take(21)
+        .map(|b| char::from(b'0' + b % 10))
+        .collect();
+    let mut claims = json!({
+        "iss": "https://accounts.google.com",
+        "aud": user.client_id,
+        "azp": user.client_id,
+        "sub": user_id,
+        "iat": iat,
+        "exp": iat + lifetime,
+    });
+    if scopes
+        .iter()
+        .any(|s| s == "email" || s.ends_with("/auth/userinfo.email"))
+    {
+        claims["email"] = user.email.clone().into();
+        claims["email_verified"] = true.into();
+    }
+    state.id_token_key().sign_jwt(&claims).map_err(|e| {
+        OAuthError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_failure",
+            e.to_string(),
+        )
+    })
 }
 
 fn cacheable(body: serde_json::Value) -> Response {
