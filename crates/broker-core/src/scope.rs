@@ -113,7 +113,7 @@ fn is_scope(scope: &str) -> bool {
     }
     scope
         .strip_prefix("https://")
-        .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_graphic()))
+        .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\'))
 }
 
 impl fmt::Debug for ScopeSet {
@@ -165,6 +165,10 @@ mod tests {
             ),
             (
                 vec!["https://a b".into()],
+                ScopeError::Malformed { index: 0 },
+            ),
+            (
+                vec![r#"https://a"b"#.into(), r"https://a\b".into()],
                 ScopeError::Malformed { index: 0 },
             ),
             (many, ScopeError::TooMany(MAX_SCOPES + 1)),
