@@ -1,0 +1,223 @@
+//! `token-broker dev`: everything a newcomer needs, on loopback, in one process: the Google
+//! emulator with its default world, a dev PKI, a policy for two example workloads, and the
+//! broker itself, configured through the same files a production deployment uses.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use gcp_emulator::{Emulator, RunningEmulator};
+
+use crate::pki::{CertificateAuthority, LeafSpec, PkiError};
+use crate::server::{self, RunningBroker, StartError};
+use crate::settings::{Settings, SettingsError};
+
+/// The SPIFFE ID of the example workload allowed broad scopes.
+pub const APP_SPIFFE_ID: &str = "spiffe://dev.token-broker.local/workload/app";
+/// The SPIFFE ID of the example workload allowed read-only storage.
+pub const READONLY_SPIFFE_ID: &str = "spiffe://dev.token-broker.local/workload/reader";
+/// The credential dev mode configures (the emulator's `broker@` service account).
+pub const CREDENTIAL: &str = "dev";
+
+/// Why dev mode could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    /// A file could not be written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The emulator did not start.
+    #[error("emulator: {0}")]
+    Emulator(#[from] gcp_emulator::EmulatorError),
+    /// Certificates could not be made.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// The generated configuration did not load (a bug).
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    /// The broker did not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+}
+
+/// Where dev mode puts things and listens.
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    /// Directory for certificates, keys, configuration and the `env` file.
+    pub dir: PathBuf,
+    /// The broker's address.
+    pub listen: SocketAddr,
+}
+
+/// A prepared dev environment: the emulator running, every file written.
+#[derive(Debug)]
+pub struct DevEnvironment {
+    /// The running emulator.
+    pub emulator: RunningEmulator,
+    /// The broker configuration file.
+    pub config: PathBuf,
+    /// The directory holding everything.
+    pub dir: PathBuf,
+}
+
+fn write(path: &Path, contents: &str, private: bool) -> Result<(), DevError> {
+    use std::io::Write as _;
+    let error = |source| DevError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    if private {
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    options
+        .open(path)
+        .and_then(|mut file| file.write_all(contents.as_bytes()))
+        .map_err(error)
+}
+
+/// Starts the emulator and writes the PKI, policy, configuration and `env` file.
+pub async fn prepare(options: &DevOptions) -> Result<DevEnvironment, DevError> {
+    let dir = options.dir.clone();
+    std::fs::create_dir_all(&dir).map_err(|source| DevError::Write {
+        path: dir.clone(),
+        source,
+    })?;
+    let dir = dir.canonicalize().map_err(|source| DevError::Write {
+        path: dir.clone(),
+        source,
+    })?;
+    let emulator = Emulator::builder()
+        .data_dir(dir.join("emulator"))
+        .start()
+        .await?;
+
+    let ca = CertificateAuthority::new("token-broker dev CA")?;
+    write(&dir.join("ca.pem"), &ca.certificate_pem(), false)?;
+    let server_cert = ca.issue(&LeafSpec::localhost_server())?;
+    write(&dir.join("server.pem"), &server_cert.cert_pem, false)?;
+    write(&dir.join("server-key.pem"), &server_cert.key_pem, true)?;
+    for (name, spiffe_id) in [("client", APP_SPIFFE_ID), ("readonly", READONLY_SPIFFE_ID)] {
+        let issued = ca.issue(&LeafSpec::spiffe_client(spiffe_id))?;
+        write(&dir.join(format!("{name}.pem")), &issued.cert_pem, false)?;
+        write(&dir.join(format!("{name}-key.pem")), &issued.key_pem, true)?;
+    }
+
+    write(&dir.join("policy.toml"), &policy(), false)?;
+    let config = dir.join("broker.toml");
+    write(
+        &config,
+        &broker_config(options.listen, emulator.url()),
+        false,
+    )?;
+    let env = format!(
+        "export TOKEN_BROKER_ADDR=https://localhost:{port}\nexport TOKEN_BROKER_CA={dir}/ca.pem\n\
+         export TOKEN_BROKER_CERT={dir}/client.pem\nexport TOKEN_BROKER_KEY={dir}/client-key.pem\n\
+         export GCP_EMULATOR_URL={url}\n",
+        port = options.listen.port(),
+        dir = dir.display(),
+        url = emulator.url(),
+    );
+    write(&dir.join("env"), &env, false)?;
+    Ok(DevEnvironment {
+        emulator,
+        config,
+        dir,
+    })
+}
+
+fn policy() -> String {
+    format!(
+        r#"# The dev policy: two example workloads, one credential (the emulator's broker@ account).
+
+[[grants]]
+name = "dev-app"
+credential = "{CREDENTIAL}"
+default = true
+callers = [{{ spiffe_id = "{APP_SPIFFE_ID}" }}]
+scopes = ["https://www.googleapis.com/auth/cloud-platform", "openid", "email"]
+scope_prefixes = ["https://www.googleapis.com/auth/"]
+subject_domains = ["example.com"]
+
+[[grants]]
+name = "dev-readonly"
+credential = "{CREDENTIAL}"
+default = true
+callers = [{{ spiffe_id = "{READONLY_SPIFFE_ID}" }}]
+scopes = ["https://www.googleapis.com/auth/devstorage.read_only"]
+"#
+    )
+}
+
+fn broker_config(listen: SocketAddr, emulator_url: &str) -> String {
+    format!(
+        r#"# The dev broker: loopback only, Google's endpoints on the embedded emulator.
+
+[server]
+listen = "{listen}"
+
+[tls]
+cert = "server.pem"
+key = "server-key.pem"
+client_cas = ["ca.pem"]
+reload_interval = "2s"
+
+[policy]
+file = "policy.toml"
+reload_interval = "2s"
+
+[google]
+token_url = "{emulator_url}/token"
+sts_url = "{emulator_url}/v1/token"
+iam_credentials_url = "{emulator_url}"
+metadata_url = "{emulator_url}"
+
+[[credentials]]
+name = "{CREDENTIAL}"
+kind = "service_account"
+key_file = "emulator/keys/broker.json"
+"#
+    )
+}
+
+/// Runs dev mode until Ctrl-C or SIGTERM.
+pub async fn run(options: DevOptions) -> Result<(), DevError> {
+    let environment = prepare(&options).await?;
+    let settings = Settings::load(&environment.config, Some(config::Map::new()), &[])?;
+    let broker: RunningBroker = server::start(settings).await?;
+    print_instructions(&environment, broker.addr());
+    server::shutdown_signal().await;
+    broker.shutdown().await;
+    environment.emulator.shutdown().await;
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+fn print_instructions(environment: &DevEnvironment, addr: SocketAddr) {
+    let dir = environment.dir.display();
+    println!(
+        "\ntoken-broker dev is running\n\
+         \n  broker    https://localhost:{port}  (mTLS; dev CA {dir}/ca.pem)\
+         \n  emulator  {emulator}  (Google's token endpoints, default world)\
+         \n  files     {dir}\n\
+         \nIn another shell:\n\
+         \n  source {dir}/env\
+         \n  tokenctl print-access-token\
+         \n  tokenctl print-access-token --scopes https://www.googleapis.com/auth/devstorage.read_only --format json\
+         \n  tokenctl print-access-token --subject alice@example.com --scopes https://www.googleapis.com/auth/admin.directory.user.readonly\
+         \n  # the read-only workload may only read storage; this is denied:\
+         \n  TOKEN_BROKER_CERT={dir}/readonly.pem TOKEN_BROKER_KEY={dir}/readonly-key.pem tokenctl print-access-token\
+         \n  # what a token is:\
+         \n  curl -s \"$GCP_EMULATOR_URL/tokeninfo?access_token=$(tokenctl print-access-token)\"\n\
+         \n(tokenctl is `cargo run -q -p broker-client --bin tokenctl --`.) Ctrl-C stops everything.",
+        port = addr.port(),
+        emulator = environment.emulator.url(),
+    );
+}
