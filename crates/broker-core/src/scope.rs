@@ -111,9 +111,12 @@ fn is_scope(scope: &str) -> bool {
     if matches!(scope, "openid" | "email" | "profile") {
         return true;
     }
-    scope
-        .strip_prefix("https://")
-        .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\'))
+    scope.strip_prefix("https://").is_some_and(|rest| {
+        !rest.is_empty()
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    })
 }
 
 impl fmt::Debug for ScopeSet {

@@ -1,0 +1,1116 @@
+//! Policy loading and authorization, through the public API.
+
+use std::time::Duration;
+
+use broker_authz::{
+    AccessRequest, CallerIdentity, Decision, Denial, DenialRule, GrantOutcome, Policy, SpiffeId,
+};
+use broker_core::{
+    AccessBoundary, AccessBoundaryRule, AvailabilityCondition, CredentialName, ScopeSet,
+};
+
+const CP: &str = "https://www.googleapis.com/auth/cloud-platform";
+const GCS_RO: &str = "https://www.googleapis.com/auth/devstorage.read_only";
+const GCS_RW: &str = "https://www.googleapis.com/auth/devstorage.read_write";
+const BQ: &str = "https://www.googleapis.com/auth/bigquery";
+const BQ_RO: &str = "https://www.googleapis.com/auth/bigquery.readonly";
+const BUCKET: &str = "//storage.googleapis.com/projects/_/buckets/artifacts";
+const VIEWER: &str = "inRole:roles/storage.objectViewer";
+const CREATOR: &str = "inRole:roles/storage.objectCreator";
+
+fn spiffe(id: &str) -> CallerIdentity {
+    CallerIdentity {
+        spiffe_id: Some(SpiffeId::parse(id).expect("spiffe id")),
+        dns_names: vec![],
+        common_name: None,
+        fingerprint: "00".repeat(32),
+    }
+}
+
+fn dns(names: &[&str]) -> CallerIdentity {
+    CallerIdentity {
+        spiffe_id: None,
+        dns_names: names.iter().map(|s| (*s).to_owned()).collect(),
+        common_name: None,
+        fingerprint: "00".repeat(32),
+    }
+}
+
+fn cn(name: &str) -> CallerIdentity {
+    CallerIdentity {
+        spiffe_id: None,
+        dns_names: vec![],
+        common_name: Some(name.to_owned()),
+        fingerprint: "00".repeat(32),
+    }
+}
+
+fn name(s: &str) -> CredentialName {
+    CredentialName::new(s).expect("credential name")
+}
+
+fn scopes(list: &[&str]) -> ScopeSet {
+    ScopeSet::parse(list).expect("scopes")
+}
+
+fn load(text: &str) -> Policy {
+    Policy::from_toml_str(text).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn rule(resource: &str, roles: &[&str], condition: Option<&str>) -> AccessBoundaryRule {
+    AccessBoundaryRule {
+        available_resource: resource.to_owned(),
+        available_permissions: roles.iter().map(|r| (*r).to_owned()).collect(),
+        availability_condition: condition.map(|expression| AvailabilityCondition {
+            expression: expression.to_owned(),
+            title: None,
+            description: None,
+        }),
+    }
+}
+
+fn boundary(rules: Vec<AccessBoundaryRule>) -> AccessBoundary {
+    AccessBoundary { rules }
+}
+
+#[test]
+fn every_caller_matcher() {
+    let deployer = spiffe("spiffe://example.org/ci/deployer");
+    let cases: Vec<(&str, CallerIdentity, bool)> = vec![
+        // exact SPIFFE ID
+        (
+            r#"{ spiffe_id = "spiffe://example.org/ci/deployer" }"#,
+            deployer.clone(),
+            true,
+        ),
+        (
+            r#"{ spiffe_id = "spiffe://example.org/ci/deployer" }"#,
+            spiffe("spiffe://example.org/ci/deployer2"),
+            false,
+        ),
+        (
+            r#"{ spiffe_id = "spiffe://example.org/ci/deployer" }"#,
+            spiffe("spiffe://example.org/ci/deployer/x"),
+            false,
+        ),
+        (
+            r#"{ spiffe_id = "spiffe://example.org/ci/deployer" }"#,
+            spiffe("spiffe://other.org/ci/deployer"),
+            false,
+        ),
+        // prefix: only below the path, never siblings that share its letters
+        (
+            r#"{ spiffe_prefix = "spiffe://example.org/ci/" }"#,
+            deployer.clone(),
+            true,
+        ),
+        (
+            r#"{ spiffe_prefix = "spiffe://example.org/ci/" }"#,
+            spiffe("spiffe://example.org/ci/a/b"),
+            true,
+        ),
+        (
+            r#"{ spiffe_prefix = "spiffe://example.org/ci/" }"#,
+            spiffe("spiffe://example.org/ci"),
+            false,
+        ),
+        (
+            r#"{ spiffe_prefix = "spiffe://example.org/ci/" }"#,
+            spiffe("spiffe://example.org/cia"),
+            false,
+        ),
+        (
+            r#"{ spiffe_prefix = "spiffe://example.org/ci/" }"#,
+            spiffe("spiffe://example.org/cia/x"),
+            false,
+        ),
+        (
+            r#"{ spiffe_prefix = "spiffe://example.org/ci/" }"#,
+            spiffe("spiffe://example.org.evil/ci/x"),
+            false,
+        ),
+        (
+            r#"{ spiffe_prefix = "spiffe://example.org/" }"#,
+            spiffe("spiffe://example.org/x"),
+            true,
+        ),
+        (
+            r#"{ spiffe_prefix = "spiffe://example.org/" }"#,
+            spiffe("spiffe://example.org"),
+            false,
+        ),
+        // trust domain
+        (
+            r#"{ trust_domain = "example.org" }"#,
+            deployer.clone(),
+            true,
+        ),
+        (
+            r#"{ trust_domain = "example.org" }"#,
+            spiffe("spiffe://example.org"),
+            true,
+        ),
+        (
+            r#"{ trust_domain = "example.org" }"#,
+            spiffe("spiffe://sub.example.org/x"),
+            false,
+        ),
+        (
+            r#"{ trust_domain = "example.org" }"#,
+            spiffe("spiffe://example.org.evil/x"),
+            false,
+        ),
+        (
+            r#"{ trust_domain = "example.org" }"#,
+            dns(&["example.org"]),
+            false,
+        ),
+        // DNS: any SAN, case-insensitive, exact
+        (
+            r#"{ dns = "App.Internal.example.org" }"#,
+            dns(&["other.example.org", "app.internal.example.org"]),
+            true,
+        ),
+        (
+            r#"{ dns = "app.internal.example.org" }"#,
+            dns(&["APP.Internal.Example.Org"]),
+            true,
+        ),
+        (
+            r#"{ dns = "app.internal.example.org" }"#,
+            dns(&["app.internal.example.org.evil"]),
+            false,
+        ),
+        (
+            r#"{ dns = "app.internal.example.org" }"#,
+            dns(&["x.app.internal.example.org"]),
+            false,
+        ),
+        // CN: exact
+        (r#"{ cn = "legacy-batch" }"#, cn("legacy-batch"), true),
+        (r#"{ cn = "legacy-batch" }"#, cn("Legacy-Batch"), false),
+        (r#"{ cn = "legacy-batch" }"#, cn("legacy-batch2"), false),
+        (r#"{ cn = "legacy-batch" }"#, deployer.clone(), false),
+    ];
+    for (matcher, caller, expected) in cases {
+        let policy = load(&format!(
+            "[[grants]]\nname = \"g\"\ncredential = \"c\"\ncallers = [{matcher}]\nscopes = [\"{CP}\"]"
+        ));
+        let scopes = scopes(&[CP]);
+        let request = AccessRequest {
+            credential: Some(&name("c")),
+            ..AccessRequest::new(&scopes)
+        };
+        let result = policy.authorize(&caller, &request);
+        assert_eq!(
+            result.is_ok(),
+            expected,
+            "{matcher} vs {caller}: {result:?}"
+        );
+        if !expected {
+            assert_eq!(
+                result.expect_err("denied").rule,
+                DenialRule::NoGrantForCaller,
+                "{matcher} vs {caller}"
+            );
+        }
+    }
+}
+
+#[test]
+fn weaker_names_do_not_match_a_caller_that_has_a_stronger_one() {
+    let policy = load(&format!(
+        r#"
+        [[grants]]
+        name = "by-dns"
+        credential = "c"
+        callers = [{{ dns = "app.example.org" }}]
+        scopes = ["{CP}"]
+        [[grants]]
+        name = "by-cn"
+        credential = "c"
+        callers = [{{ cn = "app" }}]
+        scopes = ["{CP}"]
+        "#
+    ));
+    let scopes = scopes(&[CP]);
+    let request = AccessRequest {
+        credential: Some(&name("c")),
+        ..AccessRequest::new(&scopes)
+    };
+    let both = CallerIdentity {
+        spiffe_id: Some(SpiffeId::parse("spiffe://example.org/app").expect("id")),
+        dns_names: vec!["app.example.org".into()],
+        common_name: Some("app".into()),
+        fingerprint: String::new(),
+    };
+    assert_eq!(
+        policy.authorize(&both, &request).expect_err("denied").rule,
+        DenialRule::NoGrantForCaller
+    );
+    let dns_and_cn = CallerIdentity {
+        spiffe_id: None,
+        ..both.clone()
+    };
+    assert_eq!(
+        policy
+            .authorize(&dns_and_cn, &request)
+            .expect("allowed")
+            .grant,
+        "by-dns"
+    );
+    let dns_and_other_cn = CallerIdentity {
+        dns_names: vec!["other.example.org".into()],
+        ..dns_and_cn
+    };
+    assert_eq!(
+        policy
+            .authorize(&dns_and_other_cn, &request)
+            .expect_err("denied")
+            .rule,
+        DenialRule::NoGrantForCaller
+    );
+}
+
+fn shop_policy() -> Policy {
+    load(&format!(
+        r#"
+        [[grants]]
+        name = "ci-deployer"
+        credential = "prod-deployer"
+        default = true
+        callers = [{{ spiffe_prefix = "spiffe://example.org/ci/" }}]
+        scopes = ["{CP}"]
+        scope_prefixes = ["https://www.googleapis.com/auth/devstorage."]
+        max_lifetime = "30m"
+
+        [[grants]]
+        name = "mailer"
+        credential = "workspace"
+        callers = [{{ spiffe_id = "spiffe://example.org/ci/deployer" }}, {{ cn = "mailer" }}]
+        scopes = ["https://www.googleapis.com/auth/gmail.send"]
+        subjects = ["Alice@Example.com"]
+        subject_domains = ["example.com"]
+
+        [[grants]]
+        name = "artifacts"
+        credential = "artifacts"
+        callers = [{{ trust_domain = "example.org" }}]
+        scopes = ["{GCS_RO}", "{GCS_RW}"]
+        [[grants.access_boundary.rules]]
+        available_resource = "{BUCKET}"
+        available_permissions = ["{VIEWER}", "{CREATOR}"]
+        [[grants.access_boundary.rules]]
+        available_resource = "//storage.googleapis.com/projects/_/buckets/logs"
+        available_permissions = ["{VIEWER}"]
+        availability_condition = {{ expression = "resource.name.startsWith('projects/_/buckets/logs/objects/ci/')" }}
+        "#
+    ))
+}
+
+#[derive(Clone)]
+struct Case<'a> {
+    what: &'a str,
+    caller: CallerIdentity,
+    credential: Option<&'a str>,
+    scopes: &'a [&'a str],
+    subject: Option<&'a str>,
+    boundary: Option<AccessBoundary>,
+    expected: Result<&'a str, (Option<&'a str>, &'a str, Option<&'a str>)>,
+}
+
+#[test]
+fn every_way_to_pass_and_fail() {
+    let policy = shop_policy();
+    let deployer = spiffe("spiffe://example.org/ci/deployer");
+    let base = Case {
+        what: "",
+        caller: deployer.clone(),
+        credential: None,
+        scopes: &[CP],
+        subject: None,
+        boundary: None,
+        expected: Ok("ci-deployer"),
+    };
+    let cases = vec![
+        Case {
+            what: "default grant, exact scope",
+            ..base.clone()
+        },
+        Case {
+            what: "named credential equals default",
+            credential: Some("prod-deployer"),
+            ..base.clone()
+        },
+        Case {
+            what: "prefix scope",
+            scopes: &[GCS_RO, CP],
+            ..base.clone()
+        },
+        Case {
+            what: "no grant for the caller",
+            caller: spiffe("spiffe://other.org/ci/deployer"),
+            expected: Err((None, "no_grant", None)),
+            ..base.clone()
+        },
+        Case {
+            what: "no default grant for the caller",
+            caller: cn("mailer"),
+            expected: Err((None, "default_grant", None)),
+            ..base.clone()
+        },
+        Case {
+            what: "credential not granted",
+            credential: Some("billing"),
+            expected: Err((None, "no_grant", Some("billing"))),
+            ..base.clone()
+        },
+        Case {
+            what: "credential granted to others only",
+            caller: cn("mailer"),
+            credential: Some("prod-deployer"),
+            expected: Err((None, "no_grant", Some("prod-deployer"))),
+            ..base.clone()
+        },
+        Case {
+            what: "scope not allowed (exact list)",
+            scopes: &[CP, BQ],
+            expected: Err((Some("ci-deployer"), "scopes", Some(BQ))),
+            ..base.clone()
+        },
+        Case {
+            what: "scope not allowed (prefix needs the delimiter)",
+            scopes: &["https://www.googleapis.com/auth/devstorage"],
+            expected: Err((
+                Some("ci-deployer"),
+                "scopes",
+                Some("https://www.googleapis.com/auth/devstorage"),
+            )),
+            ..base.clone()
+        },
+        Case {
+            what: "exact scope is not a prefix",
+            scopes: &["https://www.googleapis.com/auth/cloud-platform.read-only"],
+            expected: Err((
+                Some("ci-deployer"),
+                "scopes",
+                Some("https://www.googleapis.com/auth/cloud-platform.read-only"),
+            )),
+            ..base.clone()
+        },
+        Case {
+            what: "subject on a grant without subjects",
+            subject: Some("alice@example.com"),
+            expected: Err((Some("ci-deployer"), "subjects", Some("alice@example.com"))),
+            ..base.clone()
+        },
+        Case {
+            what: "subject exact, case-insensitive",
+            credential: Some("workspace"),
+            scopes: &["https://www.googleapis.com/auth/gmail.send"],
+            subject: Some("ALICE@example.COM"),
+            expected: Ok("mailer"),
+            ..base.clone()
+        },
+        Case {
+            what: "subject by domain",
+            credential: Some("workspace"),
+            scopes: &["https://www.googleapis.com/auth/gmail.send"],
+            subject: Some("bob@EXAMPLE.com"),
+            expected: Ok("mailer"),
+            ..base.clone()
+        },
+        Case {
+            what: "subject of a look-alike domain",
+            credential: Some("workspace"),
+            scopes: &["https://www.googleapis.com/auth/gmail.send"],
+            subject: Some("alice@evil-example.com"),
+            expected: Err((Some("mailer"), "subjects", Some("alice@evil-example.com"))),
+            ..base.clone()
+        },
+        Case {
+            what: "subject of a subdomain",
+            credential: Some("workspace"),
+            scopes: &["https://www.googleapis.com/auth/gmail.send"],
+            subject: Some("alice@mail.example.com"),
+            expected: Err((Some("mailer"), "subjects", Some("alice@mail.example.com"))),
+            ..base.clone()
+        },
+        Case {
+            what: "subject with a second @",
+            credential: Some("workspace"),
+            scopes: &["https://www.googleapis.com/auth/gmail.send"],
+            subject: Some("eve@evil.org@example.com"),
+            expected: Err((Some("mailer"), "subjects", Some("eve@evil.org@example.com"))),
+            ..base.clone()
+        },
+        Case {
+            what: "subject without a local part",
+            credential: Some("workspace"),
+            scopes: &["https://www.googleapis.com/auth/gmail.send"],
+            subject: Some("@example.com"),
+            expected: Err((Some("mailer"), "subjects", Some("@example.com"))),
+            ..base.clone()
+        },
+        Case {
+            what: "boundary narrower than the grant's",
+            credential: Some("artifacts"),
+            scopes: &[GCS_RO],
+            boundary: Some(boundary(vec![rule(BUCKET, &[VIEWER], Some("true"))])),
+            expected: Ok("artifacts"),
+            ..base.clone()
+        },
+        Case {
+            what: "boundary on another resource",
+            credential: Some("artifacts"),
+            scopes: &[GCS_RO],
+            boundary: Some(boundary(vec![
+                rule(BUCKET, &[VIEWER], None),
+                rule(
+                    "//storage.googleapis.com/projects/_/buckets/secrets",
+                    &[VIEWER],
+                    None,
+                ),
+            ])),
+            expected: Err((
+                Some("artifacts"),
+                "access_boundary",
+                Some("//storage.googleapis.com/projects/_/buckets/secrets"),
+            )),
+            ..base.clone()
+        },
+        Case {
+            what: "boundary with more roles",
+            credential: Some("artifacts"),
+            scopes: &[GCS_RO],
+            boundary: Some(boundary(vec![rule(
+                BUCKET,
+                &[VIEWER, "inRole:roles/storage.admin"],
+                None,
+            )])),
+            expected: Err((Some("artifacts"), "access_boundary", Some(BUCKET))),
+            ..base.clone()
+        },
+        Case {
+            what: "boundary dropping the grant's condition",
+            credential: Some("artifacts"),
+            scopes: &[GCS_RO],
+            boundary: Some(boundary(vec![rule(
+                "//storage.googleapis.com/projects/_/buckets/logs",
+                &[VIEWER],
+                None,
+            )])),
+            expected: Err((
+                Some("artifacts"),
+                "access_boundary",
+                Some("//storage.googleapis.com/projects/_/buckets/logs"),
+            )),
+            ..base.clone()
+        },
+        Case {
+            what: "boundary changing the grant's condition",
+            credential: Some("artifacts"),
+            scopes: &[GCS_RO],
+            boundary: Some(boundary(vec![rule(
+                "//storage.googleapis.com/projects/_/buckets/logs",
+                &[VIEWER],
+                Some("true"),
+            )])),
+            expected: Err((
+                Some("artifacts"),
+                "access_boundary",
+                Some("//storage.googleapis.com/projects/_/buckets/logs"),
+            )),
+            ..base.clone()
+        },
+        Case {
+            what: "boundary keeping the grant's condition",
+            credential: Some("artifacts"),
+            scopes: &[GCS_RO],
+            boundary: Some(boundary(vec![rule(
+                "//storage.googleapis.com/projects/_/buckets/logs",
+                &[VIEWER],
+                Some("resource.name.startsWith('projects/_/buckets/logs/objects/ci/')"),
+            )])),
+            expected: Ok("artifacts"),
+            ..base.clone()
+        },
+    ];
+    for case in cases {
+        let credential = case.credential.map(name);
+        let scopes = scopes(case.scopes);
+        let request = AccessRequest {
+            credential: credential.as_ref(),
+            scopes: &scopes,
+            subject: case.subject,
+            lifetime: None,
+            boundary: case.boundary.as_ref(),
+        };
+        let result = policy.authorize(&case.caller, &request);
+        match (case.expected, result) {
+            (Ok(grant), Ok(decision)) => assert_eq!(decision.grant, grant, "{}", case.what),
+            (Err((grant, rule, value)), Err(denial)) => {
+                assert_eq!(denial.grant.as_deref(), grant, "{}: {denial}", case.what);
+                assert_eq!(denial.rule_name(), rule, "{}: {denial}", case.what);
+                assert_eq!(denial.value(), value, "{}: {denial}", case.what);
+                assert_eq!(denial.caller, case.caller.to_string(), "{}", case.what);
+            }
+            (expected, result) => panic!("{}: expected {expected:?}, got {result:?}", case.what),
+        }
+    }
+}
+
+#[test]
+fn decisions_carry_the_effective_request() {
+    let policy = shop_policy();
+    let deployer = spiffe("spiffe://example.org/ci/deployer");
+    let cp = scopes(&[CP]);
+    let authorize = |lifetime: Option<Duration>| {
+        policy.authorize(
+            &deployer,
+            &AccessRequest {
+                lifetime,
+                ..AccessRequest::new(&cp)
+            },
+        )
+    };
+    let decision = authorize(Some(Duration::from_secs(3600))).expect("allowed");
+    assert_eq!(
+        decision,
+        Decision {
+            grant: "ci-deployer".into(),
+            credential: name("prod-deployer"),
+            lifetime: Some(Duration::from_secs(1800)),
+            max_lifetime: Some(Duration::from_secs(1800)),
+            boundary: None,
+        }
+    );
+    assert_eq!(
+        authorize(Some(Duration::from_secs(600)))
+            .expect("allowed")
+            .lifetime,
+        Some(Duration::from_secs(600))
+    );
+    let unspecified = authorize(None).expect("allowed");
+    assert_eq!(unspecified.lifetime, None);
+    assert_eq!(
+        unspecified.lifetime_or(Duration::from_secs(3600)),
+        Duration::from_secs(1800)
+    );
+    let fixed = unspecified.check_fixed_lifetime(&deployer, Duration::from_secs(3600));
+    let denial = fixed.expect_err("the fixed hour exceeds the 30 minute cap");
+    assert_eq!(denial.rule_name(), "max_lifetime");
+    assert_eq!(denial.grant.as_deref(), Some("ci-deployer"));
+    assert!(
+        unspecified
+            .check_fixed_lifetime(&deployer, Duration::from_secs(1800))
+            .is_ok()
+    );
+
+    // Without max_lifetime a lifetime passes unchanged.
+    let gcs = scopes(&[GCS_RO]);
+    let artifacts = name("artifacts");
+    let decision = policy
+        .authorize(
+            &deployer,
+            &AccessRequest {
+                credential: Some(&artifacts),
+                lifetime: Some(Duration::from_secs(43200)),
+                ..AccessRequest::new(&gcs)
+            },
+        )
+        .expect("allowed");
+    assert_eq!(decision.lifetime, Some(Duration::from_secs(43200)));
+    assert_eq!(
+        decision.lifetime_or(Duration::from_secs(3600)),
+        Duration::from_secs(43200)
+    );
+    // The grant's boundary applies when the request has none...
+    let imposed = policy
+        .grant("artifacts")
+        .and_then(|g| g.access_boundary())
+        .cloned();
+    assert!(imposed.is_some());
+    assert_eq!(decision.boundary, imposed);
+    // ...and a narrower request boundary replaces it.
+    let narrow = boundary(vec![rule(BUCKET, &[VIEWER], None)]);
+    let decision = policy
+        .authorize(
+            &deployer,
+            &AccessRequest {
+                credential: Some(&artifacts),
+                boundary: Some(&narrow),
+                ..AccessRequest::new(&gcs)
+            },
+        )
+        .expect("allowed");
+    assert_eq!(decision.boundary, Some(narrow.clone()));
+    // Without a grant boundary the request's is used, or none.
+    let decision = policy
+        .authorize(
+            &deployer,
+            &AccessRequest {
+                boundary: Some(&narrow),
+                ..AccessRequest::new(&cp)
+            },
+        )
+        .expect("allowed");
+    assert_eq!(decision.boundary, Some(narrow));
+}
+
+#[test]
+fn the_closest_grant_is_named() {
+    let policy = load(&format!(
+        r#"
+        [[grants]]
+        name = "other-credential"
+        credential = "other"
+        callers = [{{ cn = "app" }}]
+        scopes = ["{CP}", "{BQ}", "{GCS_RO}"]
+        subjects = ["alice@example.com"]
+
+        [[grants]]
+        name = "two-scopes-missing"
+        credential = "c"
+        callers = [{{ cn = "app" }}]
+        scopes = ["{CP}"]
+
+        [[grants]]
+        name = "one-scope-missing"
+        credential = "c"
+        callers = [{{ cn = "app" }}]
+        scopes = ["{CP}", "{BQ}"]
+
+        [[grants]]
+        name = "one-scope-missing-too"
+        credential = "c"
+        callers = [{{ cn = "app" }}]
+        scopes = ["{CP}", "{GCS_RO}"]
+
+        [[grants]]
+        name = "wrong-subject"
+        credential = "c"
+        callers = [{{ cn = "app" }}]
+        scopes = ["{CP}", "{BQ}", "{GCS_RO}"]
+        subjects = ["bob@example.com"]
+
+        [[grants]]
+        name = "not-this-caller"
+        credential = "c"
+        callers = [{{ cn = "someone-else" }}]
+        scopes = ["{CP}", "{BQ}", "{GCS_RO}"]
+        subjects = ["alice@example.com"]
+        "#
+    ));
+    let caller = cn("app");
+    let c = name("c");
+    let ask = |list: &[&str], subject: Option<&str>| {
+        let scopes = scopes(list);
+        policy
+            .authorize(
+                &caller,
+                &AccessRequest {
+                    credential: Some(&c),
+                    subject,
+                    ..AccessRequest::new(&scopes)
+                },
+            )
+            .expect_err("denied")
+    };
+    // A later stage wins over fewer missing scopes and over file order.
+    let denial = ask(&[CP, BQ, GCS_RO], Some("alice@example.com"));
+    assert_eq!(denial.grant.as_deref(), Some("wrong-subject"));
+    assert_eq!(denial.rule_name(), "subjects");
+    // Among scope failures, the fewest missing scopes (one-scope-missing and wrong-subject
+    // miss one, the others two), then file order.
+    let denial = ask(&[CP, BQ, BQ_RO], None);
+    assert_eq!(denial.grant.as_deref(), Some("one-scope-missing"));
+    assert_eq!(
+        denial.rule,
+        DenialRule::ScopeNotAllowed {
+            scopes: vec![BQ_RO.to_owned()]
+        }
+    );
+    let message = denial.to_string();
+    assert!(message.contains("one-scope-missing"), "{message}");
+    assert!(message.contains("caller app"), "{message}");
+    assert!(message.contains(&format!("scope {BQ_RO}")), "{message}");
+    // Every scope missing everywhere: the first grant for the credential.
+    let denial = ask(&[CP, BQ, GCS_RO, BQ_RO], None);
+    assert_eq!(denial.grant.as_deref(), Some("wrong-subject"));
+    let denial = ask(&["https://x/a"], None);
+    assert_eq!(denial.grant.as_deref(), Some("two-scopes-missing"));
+}
+
+#[test]
+fn a_request_without_credential_is_one_naming_the_default_grants_credential() {
+    let policy = load(&format!(
+        r#"
+        [[grants]]
+        name = "not-default"
+        credential = "a"
+        callers = [{{ trust_domain = "example.org" }}]
+        scopes = ["{CP}"]
+
+        [[grants]]
+        name = "default-a"
+        credential = "a"
+        default = true
+        callers = [{{ spiffe_prefix = "spiffe://example.org/team/" }}]
+        scopes = ["{GCS_RO}"]
+
+        [[grants]]
+        name = "default-b"
+        credential = "b"
+        default = true
+        callers = [{{ trust_domain = "example.org" }}]
+        scopes = ["{BQ}"]
+        "#
+    ));
+    let team = spiffe("spiffe://example.org/team/app");
+    let other = spiffe("spiffe://example.org/other/app");
+    assert_eq!(
+        policy.default_grant(&team).map(|g| g.name()),
+        Some("default-a")
+    );
+    assert_eq!(
+        policy.default_grant(&other).map(|g| g.name()),
+        Some("default-b")
+    );
+    assert_eq!(policy.default_grant(&cn("x")).map(|g| g.name()), None);
+
+    let cp = scopes(&[CP]);
+    // The first matching default picks credential `a`; every grant for `a` then counts,
+    // including the non-default one that allows this scope.
+    let decision = policy
+        .authorize(&team, &AccessRequest::new(&cp))
+        .expect("allowed");
+    assert_eq!(
+        (decision.grant.as_str(), decision.credential.as_str()),
+        ("not-default", "a")
+    );
+    // The second default grant is never the team's default, even for its own scopes.
+    let bq = scopes(&[BQ]);
+    let denial = policy
+        .authorize(&team, &AccessRequest::new(&bq))
+        .expect_err("denied");
+    assert_eq!(denial.rule_name(), "scopes");
+    assert_eq!(denial.grant.as_deref(), Some("not-default"));
+    // Others get `b` by default.
+    let decision = policy
+        .authorize(&other, &AccessRequest::new(&bq))
+        .expect("allowed");
+    assert_eq!(decision.credential.as_str(), "b");
+}
+
+#[test]
+fn explain_reports_every_grant() {
+    let policy = shop_policy();
+    let deployer = spiffe("spiffe://example.org/ci/deployer");
+    let bq = scopes(&[BQ]);
+    let explanation = policy.explain(&deployer, &AccessRequest::new(&bq));
+    let outcomes: Vec<(&str, &GrantOutcome)> = explanation
+        .grants
+        .iter()
+        .map(|check| (check.grant.as_str(), &check.outcome))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            (
+                "ci-deployer",
+                &GrantOutcome::Denied(DenialRule::ScopeNotAllowed {
+                    scopes: vec![BQ.to_owned()]
+                })
+            ),
+            ("mailer", &GrantOutcome::CredentialNotMatched),
+            ("artifacts", &GrantOutcome::CredentialNotMatched),
+        ]
+    );
+    assert_eq!(
+        explanation.result,
+        policy.authorize(&deployer, &AccessRequest::new(&bq))
+    );
+
+    let cp = scopes(&[CP]);
+    let explanation = policy.explain(&cn("nobody"), &AccessRequest::new(&cp));
+    assert!(
+        explanation
+            .grants
+            .iter()
+            .all(|check| check.outcome == GrantOutcome::CallerNotMatched)
+    );
+    let explanation = policy.explain(&deployer, &AccessRequest::new(&cp));
+    assert_eq!(explanation.grants[0].outcome, GrantOutcome::Allowed);
+    assert_eq!(explanation.grants.len(), 3);
+}
+
+#[test]
+fn an_empty_policy_denies_everything() {
+    for text in ["", "grants = []"] {
+        let policy = load(text);
+        let cp = scopes(&[CP]);
+        let denial = policy
+            .authorize(&spiffe("spiffe://example.org/a"), &AccessRequest::new(&cp))
+            .expect_err("denied");
+        assert_eq!(denial.rule, DenialRule::NoGrantForCaller);
+        assert_eq!(denial.grant, None);
+    }
+    assert_eq!(Policy::default(), load(""));
+}
+
+#[test]
+fn denial_messages_name_what_failed() {
+    let deny = |grant: Option<&str>, rule| Denial {
+        caller: "spiffe://example.org/a".into(),
+        grant: grant.map(str::to_owned),
+        rule,
+    };
+    let cases = [
+        (
+            deny(None, DenialRule::NoGrantForCaller),
+            "no_grant",
+            "no grant for caller spiffe://example.org/a",
+        ),
+        (
+            deny(None, DenialRule::NoDefaultGrant),
+            "default_grant",
+            "name a credential",
+        ),
+        (
+            deny(
+                None,
+                DenialRule::CredentialNotGranted {
+                    credential: name("prod"),
+                },
+            ),
+            "no_grant",
+            "use credential prod",
+        ),
+        (
+            deny(
+                Some("g"),
+                DenialRule::ScopeNotAllowed {
+                    scopes: (0..7).map(|i| format!("https://x/{i}")).collect(),
+                },
+            ),
+            "scopes",
+            "grant g (the closest for caller spiffe://example.org/a) does not allow scopes https://x/0, https://x/1, https://x/2, https://x/3, https://x/4 and 2 more",
+        ),
+        (
+            deny(
+                Some("g"),
+                DenialRule::SubjectNotAllowed {
+                    subject: "eve@evil.org".into(),
+                },
+            ),
+            "subjects",
+            "domain-wide delegation to eve@evil.org",
+        ),
+        (
+            deny(
+                Some("g"),
+                DenialRule::BoundaryWider {
+                    rule: 1,
+                    resource: BUCKET.into(),
+                },
+            ),
+            "access_boundary",
+            "rule 1 of the requested boundary",
+        ),
+        (
+            deny(
+                Some("g"),
+                DenialRule::LifetimeAboveMax {
+                    lifetime: Duration::from_secs(3600),
+                    max: Duration::from_secs(900),
+                },
+            ),
+            "max_lifetime",
+            "limits tokens to 900 s",
+        ),
+    ];
+    for (denial, rule, text) in cases {
+        assert_eq!(denial.rule_name(), rule);
+        let message = denial.to_string();
+        assert!(message.contains(text), "{message}");
+    }
+}
+
+#[test]
+fn load_errors_name_their_place() {
+    let grant = |extra: &str| {
+        format!(
+            "[[grants]]\nname = \"g\"\ncredential = \"c\"\ncallers = [{{ cn = \"x\" }}]\n{extra}\n"
+        )
+    };
+    let two = |a: &str, b: &str| format!("{}{}", grant(a), grant(b).replace("\"g\"", "\"h\""));
+    let cases: Vec<(String, &str, &str)> = vec![
+        ("[[grants]\n".into(), "", "unclosed array table"),
+        ("grant = []".into(), "grant", "unknown field `grant`"),
+        (grant("colour = \"red\""), "grants[0].colour", "unknown field `colour`"),
+        (
+            grant("[grants.access_boundary]\nrules = [{ available_resource = \"//s/b\", available_permissions = [\"inRole:roles/x\"], role = \"x\" }]"),
+            "grants[0].access_boundary.rules[0].role",
+            "unknown field `role`",
+        ),
+        (
+            "[[grants]]\nname = \"g\"\ncredential = \"c\"\ncallers = [{ cn = \"x\", colour = \"red\" }]".into(),
+            "grants[0].callers[0].colour",
+            "unknown field `colour`",
+        ),
+        ("[[grants]]\nname = \"g\"\ncredential = \"c\"".into(), "grants[0]", "missing field `callers`"),
+        (grant("scopes = \"https://x/y\""), "grants[0].scopes", "invalid type"),
+        (two("", "scopes = [\"https://x/a\", 7]"), "grants[1].scopes[1]", "invalid type"),
+        (grant("default = \"yes\""), "grants[0].default", "invalid type"),
+        (grant("scopes = [\"https://x/a\", \"cloud-platform\"]"), "grants[0].scopes[1]", "not an OAuth scope"),
+        (grant("scopes = [\"\"]"), "grants[0].scopes[0]", "must not be empty"),
+        (grant(&format!("scopes = [\"https://x/{}\"]", "a".repeat(300))), "grants[0].scopes[0]", "longer than 256"),
+        (grant("scope_prefixes = [\"https://www.googleapis.com/auth/cloud\"]"), "grants[0].scope_prefixes[0]", "ending with '/' or '.'"),
+        (grant("scope_prefixes = [\"https://www.googleapis.com.\"]"), "grants[0].scope_prefixes[0]", "with a path"),
+        (grant("scope_prefixes = [\"http://x/\"]"), "grants[0].scope_prefixes[0]", "not an OAuth scope"),
+        (grant("max_lifetime = \"1 fortnight\""), "grants[0].max_lifetime", "unknown time unit"),
+        (grant("max_lifetime = 3600"), "grants[0].max_lifetime", "invalid type"),
+        (grant("max_lifetime = \"30s\""), "grants[0].max_lifetime", "from 60s to 12h"),
+        (grant("max_lifetime = \"13h\""), "grants[0].max_lifetime", "from 60s to 12h"),
+        (grant("max_lifetime = \"90s 500ms\""), "grants[0].max_lifetime", "whole seconds"),
+        (grant("subjects = [\"alice\"]"), "grants[0].subjects[0]", "not an e-mail address"),
+        (grant("subjects = [\"alice@\"]"), "grants[0].subjects[0]", "not an e-mail address"),
+        (grant("subject_domains = [\"@example.com\"]"), "grants[0].subject_domains[0]", "not a domain name"),
+        (
+            grant("[grants.access_boundary]\nrules = []"),
+            "grants[0].access_boundary.rules",
+            "between 1 and 10 rules",
+        ),
+        (
+            grant("[[grants.access_boundary.rules]]\navailable_resource = \"storage.googleapis.com/b\"\navailable_permissions = [\"inRole:roles/x\"]"),
+            "grants[0].access_boundary.rules[0].available_resource",
+            "full resource name",
+        ),
+        (
+            grant("[[grants.access_boundary.rules]]\navailable_resource = \"//s/b\"\navailable_permissions = [\"inRole:roles/x\", \"roles/y\"]"),
+            "grants[0].access_boundary.rules[0].available_permissions[1]",
+            "inRole:roles/NAME",
+        ),
+        (
+            grant("[[grants.access_boundary.rules]]\navailable_resource = \"//s/b\"\navailable_permissions = [\"inRole:roles/x\"]\navailability_condition = { expression = \" \" }"),
+            "grants[0].access_boundary.rules[0].availability_condition.expression",
+            "CEL expression",
+        ),
+        (format!("{}{}", grant(""), grant("")), "grants[1].name", "duplicate grant name \"g\" (also grants[0])"),
+        (grant("").replace("\"g\"", "\"G\""), "grants[0].name", "invalid grant name"),
+        (grant("").replace("\"g\"", "\"\""), "grants[0].name", "invalid grant name"),
+        (grant("").replace("\"c\"", "\"Prod\""), "grants[0].credential", "invalid credential name"),
+        (grant("").replace("[{ cn = \"x\" }]", "[]"), "grants[0].callers", "at least one caller"),
+        (grant("").replace("{ cn = \"x\" }", "{ cn = \"x\" }, {}"), "grants[0].callers[1]", "exactly one of"),
+        (
+            grant("").replace("{ cn = \"x\" }", "{ cn = \"x\", dns = \"x.example.org\" }"),
+            "grants[0].callers[0]",
+            "exactly one of",
+        ),
+        (
+            grant("").replace("{ cn = \"x\" }", "{ spiffe_prefix = \"spiffe://example.org/ci\" }"),
+            "grants[0].callers[0].spiffe_prefix",
+            "must end with '/'",
+        ),
+        (
+            grant("").replace("{ cn = \"x\" }", "{ spiffe_prefix = \"spiffe://example.org//\" }"),
+            "grants[0].callers[0].spiffe_prefix",
+            "empty",
+        ),
+        (
+            grant("").replace("{ cn = \"x\" }", "{ spiffe_id = \"spiffe://Example.org/a\" }"),
+            "grants[0].callers[0].spiffe_id",
+            "lowercase",
+        ),
+        (
+            grant("").replace("{ cn = \"x\" }", "{ spiffe_id = \"spiffe://example.org/a/../b\" }"),
+            "grants[0].callers[0].spiffe_id",
+            "'.' or '..'",
+        ),
+        (
+            grant("").replace("{ cn = \"x\" }", "{ trust_domain = \"example.org:443\" }"),
+            "grants[0].callers[0].trust_domain",
+            "lowercase",
+        ),
+        (
+            grant("").replace("{ cn = \"x\" }", "{ dns = \"*.example.org\" }"),
+            "grants[0].callers[0].dns",
+            "no wildcard",
+        ),
+        (grant("").replace("{ cn = \"x\" }", "{ cn = \"\" }"), "grants[0].callers[0].cn", "non-empty"),
+        (
+            two("default = true", "default = true").replace("callers = [{ cn = \"x\" }]", "callers = [{ cn = \"x\" }, { cn = \"y\" }]")
+                .replacen("[{ cn = \"x\" }, { cn = \"y\" }]", "[{ cn = \"y\" }, { cn = \"x\" }, { cn = \"y\" }]", 1),
+            "grants[1].default",
+            "same callers as grant \"g\" (grants[0])",
+        ),
+    ];
+    for (text, path, message) in cases {
+        let error = Policy::from_toml_str(&text).expect_err(&text);
+        assert_eq!(error.path(), path, "{text}\n=> {error}");
+        assert!(error.message().contains(message), "{text}\n=> {error}");
+        assert!(error.to_string().starts_with("policy: "), "{error}");
+    }
+    // Serde and syntax errors also carry the line.
+    let error = Policy::from_toml_str(&grant("colour = \"red\"")).expect_err("unknown field");
+    assert_eq!(error.line(), Some(5));
+    assert!(error.to_string().ends_with("(line 5)"), "{error}");
+    // Default grants for different callers may overlap: not an error.
+    let overlapping = two("default = true", "default = true").replacen(
+        "{ cn = \"x\" }",
+        "{ cn = \"x\" }, { cn = \"y\" }",
+        1,
+    );
+    assert!(Policy::from_toml_str(&overlapping).is_ok());
+    // A non-default grant may repeat a default grant's callers.
+    assert!(Policy::from_toml_str(&two("default = true", "")).is_ok());
+}
+
+#[test]
+fn loaded_grants_are_normalized() {
+    let policy = load(&format!(
+        r#"
+        [[grants]]
+        name = "g"
+        credential = "c"
+        callers = [{{ dns = "B.example.org" }}, {{ cn = "a" }}, {{ dns = "b.example.org" }}]
+        scopes = ["{GCS_RO}", "{CP}", "{CP}"]
+        subjects = ["Alice@Example.com"]
+        subject_domains = ["Example.COM"]
+        max_lifetime = "1h 30m"
+        "#
+    ));
+    let grant = policy.grant("g").expect("grant");
+    assert_eq!(grant.callers().len(), 2);
+    assert_eq!(grant.scopes(), [CP, GCS_RO]);
+    assert_eq!(grant.subjects(), ["alice@example.com"]);
+    assert_eq!(grant.subject_domains(), ["example.com"]);
+    assert_eq!(grant.max_lifetime(), Some(Duration::from_secs(5400)));
+    assert!(!grant.is_default());
+    assert_eq!(grant.credential().as_str(), "c");
+    assert!(grant.access_boundary().is_none());
+    assert!(grant.scope_prefixes().is_empty());
+}
+
+#[test]
+fn a_real_certificate_through_the_policy() {
+    use rcgen::{CertificateParams, KeyPair, SanType, string::Ia5String};
+
+    let mut params =
+        CertificateParams::new(vec!["Deployer.Example.org".to_owned()]).expect("params");
+    params.subject_alt_names.push(SanType::URI(
+        Ia5String::try_from("spiffe://example.org/ci/deployer").expect("ia5"),
+    ));
+    let key = KeyPair::generate().expect("key");
+    let der = params.self_signed(&key).expect("cert").der().to_vec();
+    let caller = CallerIdentity::from_certificate_der(&der).expect("identity");
+    assert_eq!(caller.dns_names, ["deployer.example.org"]);
+
+    let policy = shop_policy();
+    let gcs = scopes(&[GCS_RW]);
+    let decision = policy
+        .authorize(&caller, &AccessRequest::new(&gcs))
+        .expect("allowed");
+    assert_eq!(decision.credential.as_str(), "prod-deployer");
+}

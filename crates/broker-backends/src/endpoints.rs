@@ -1,0 +1,138 @@
+//! Where Google lives: every URL the backends call, each overridable in configuration.
+
+use serde::Deserialize;
+
+use crate::BackendError;
+
+/// Google's OAuth 2.0 token endpoint (JWT-bearer and refresh grants).
+pub const GOOGLE_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
+/// Google's Security Token Service (RFC 8693 token exchange, downscoping).
+pub const GOOGLE_STS_URL: &str = "https://sts.googleapis.com/v1/token";
+/// The base URL of the IAM Service Account Credentials API.
+pub const GOOGLE_IAM_CREDENTIALS_URL: &str = "https://iamcredentials.googleapis.com";
+/// The base URL of the GCE metadata server.
+pub const GOOGLE_METADATA_URL: &str = "http://metadata.google.internal";
+
+/// The URLs of Google's token endpoints. The defaults are Google's production endpoints; the
+/// broker's configuration may override each one (e.g. a regional STS endpoint, a private
+/// service connect name, or the emulator in dev and tests).
+///
+/// Deserializes from a table in which every field is optional:
+///
+/// ```toml
+/// token_url = "https://oauth2.googleapis.com/token"
+/// sts_url = "https://us-east1-sts.googleapis.com/v1/token"
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GoogleEndpoints {
+    /// The OAuth 2.0 token endpoint, `POST` target of the JWT-bearer grant.
+    pub token_url: String,
+    /// The STS token endpoint (full URL, `.../v1/token`).
+    pub sts_url: String,
+    /// The base URL of IAM Credentials (`/v1/projects/-/serviceAccounts/...` is appended).
+    pub iam_credentials_url: String,
+    /// The base URL of the metadata server (`/computeMetadata/v1/...` is appended).
+    pub metadata_url: String,
+}
+
+impl Default for GoogleEndpoints {
+    fn default() -> Self {
+        Self::google()
+    }
+}
+
+impl GoogleEndpoints {
+    /// Google's production endpoints.
+    pub fn google() -> Self {
+        Self {
+            token_url: GOOGLE_TOKEN_URL.to_owned(),
+            sts_url: GOOGLE_STS_URL.to_owned(),
+            iam_credentials_url: GOOGLE_IAM_CREDENTIALS_URL.to_owned(),
+            metadata_url: GOOGLE_METADATA_URL.to_owned(),
+        }
+    }
+
+    /// Every endpoint on one emulator (`services/gcp-emulator`) at `base_url`, such as
+    /// `http://127.0.0.1:8085`: `/token`, `/v1/token`, and the base itself for IAM Credentials
+    /// and the metadata server.
+    pub fn emulator(base_url: &str) -> Self {
+        let base = base_url.trim_end_matches('/');
+        Self {
+            token_url: format!("{base}/token"),
+            sts_url: format!("{base}/v1/token"),
+            iam_credentials_url: base.to_owned(),
+            metadata_url: base.to_owned(),
+        }
+    }
+
+    /// Checks that every endpoint is an absolute `http` or `https` URL.
+    ///
+    /// # Errors
+    ///
+    /// [`BackendError::InvalidEndpoint`] naming the first bad field.
+    pub fn validate(&self) -> Result<(), BackendError> {
+        for (field, url) in [
+            ("token_url", &self.token_url),
+            ("sts_url", &self.sts_url),
+            ("iam_credentials_url", &self.iam_credentials_url),
+            ("metadata_url", &self.metadata_url),
+        ] {
+            let invalid = |reason: String| BackendError::InvalidEndpoint {
+                field,
+                url: url.clone(),
+                reason,
+            };
+            let parsed = reqwest::Url::parse(url).map_err(|e| invalid(e.to_string()))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(invalid("the scheme must be http or https".to_owned()));
+            }
+            if parsed.host_str().is_none_or(str::is_empty) {
+                return Err(invalid("a host is required".to_owned()));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_google_and_each_field_overrides() {
+        assert_eq!(GoogleEndpoints::default().token_url, GOOGLE_TOKEN_URL);
+        let partial: GoogleEndpoints = serde_json::from_value(
+            serde_json::json!({"sts_url": "https://eu-sts.example/v1/token"}),
+        )
+        .expect("valid");
+        assert_eq!(partial.sts_url, "https://eu-sts.example/v1/token");
+        assert_eq!(partial.token_url, GOOGLE_TOKEN_URL);
+        assert_eq!(partial.metadata_url, GOOGLE_METADATA_URL);
+        assert!(
+            serde_json::from_value::<GoogleEndpoints>(serde_json::json!({"tokn_url": "x"}))
+                .is_err()
+        );
+        GoogleEndpoints::google().validate().expect("valid");
+    }
+
+    #[test]
+    fn emulator_puts_everything_on_one_base() {
+        let e = GoogleEndpoints::emulator("http://127.0.0.1:8085/");
+        assert_eq!(e.token_url, "http://127.0.0.1:8085/token");
+        assert_eq!(e.sts_url, "http://127.0.0.1:8085/v1/token");
+        assert_eq!(e.iam_credentials_url, "http://127.0.0.1:8085");
+        assert_eq!(e.metadata_url, "http://127.0.0.1:8085");
+        e.validate().expect("valid");
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut e = GoogleEndpoints::google();
+        e.sts_url = "ftp://sts.example/v1/token".into();
+        let error = e.validate().expect_err("bad scheme").to_string();
+        assert!(error.contains("sts_url"), "{error}");
+        e.sts_url = "not a url".into();
+        assert!(e.validate().is_err());
+    }
+}

@@ -1,0 +1,708 @@
+//! The backends against the real emulator (`services/gcp-emulator`) over HTTP on 127.0.0.1:
+//! the emulator is the oracle, and `tokeninfo` says what the minted tokens really are.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use broker_backends::{
+    BackendError, GoogleEndpoints, HttpClient, HttpConfig, RetryPolicy, ServiceAccountKey,
+    ServiceAccountSource,
+};
+use broker_core::{
+    AccessBoundary, AccessBoundaryRule, Clock, ManualClock, Rejection, ScopeSet, Secret,
+    SourceError, Token, TokenRequest, TokenSource,
+};
+use gcp_emulator::{Emulator, Endpoint, Fault, RunningEmulator, World};
+use serde_json::{Value, json};
+
+const BROKER: &str = "broker@dev-project.iam.gserviceaccount.com";
+const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
+const STORAGE_RO: &str = "https://www.googleapis.com/auth/devstorage.read_only";
+/// Google's (and the emulator's) `expires_in` for JWT-bearer tokens.
+const EXPIRES_IN: Duration = Duration::from_secs(3599);
+
+/// A retry policy for tests: quick backoffs.
+fn policy(max_attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts,
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(50),
+        default_budget: Duration::from_secs(20),
+    }
+}
+
+fn http_with(retry: RetryPolicy, request_timeout: Duration) -> HttpClient {
+    HttpClient::new(HttpConfig {
+        connect_timeout: Duration::from_secs(2),
+        request_timeout,
+        no_proxy: true,
+        retry,
+    })
+    .expect("http client")
+}
+
+fn http() -> HttpClient {
+    http_with(policy(4), Duration::from_secs(5))
+}
+
+/// A manual clock standing at the real time, so assertions are valid for the emulator and
+/// expiries are exact.
+fn clock() -> ManualClock {
+    ManualClock::new(SystemTime::now())
+}
+
+async fn emulator() -> RunningEmulator {
+    Emulator::builder().start().await.expect("emulator")
+}
+
+fn key_file(emulator: &RunningEmulator, email: &str) -> Value {
+    emulator.key_file(email).expect("the account has a key")
+}
+
+fn key(file: &Value) -> ServiceAccountKey {
+    ServiceAccountKey::from_json(&file.to_string()).expect("key file")
+}
+
+fn source_with(
+    emulator: &RunningEmulator,
+    file: &Value,
+    http: HttpClient,
+    clock: &ManualClock,
+) -> ServiceAccountSource {
+    ServiceAccountSource::new(key(file), GoogleEndpoints::emulator(emulator.url()), http)
+        .expect("source")
+        .with_clock(Arc::new(clock.clone()))
+}
+
+fn source(
+    emulator: &RunningEmulator,
+    http: HttpClient,
+    clock: &ManualClock,
+) -> ServiceAccountSource {
+    source_with(emulator, &key_file(emulator, BROKER), http, clock)
+}
+
+fn request(scopes: &[&str]) -> TokenRequest {
+    TokenRequest::new(ScopeSet::parse(scopes).expect("scopes"))
+}
+
+fn fault(value: Value) -> Fault {
+    serde_json::from_value(value).expect("fault")
+}
+
+fn inject(emulator: &RunningEmulator, value: Value) {
+    emulator.inject_fault(fault(value)).expect("valid fault");
+}
+
+async fn tokeninfo(emulator: &RunningEmulator, token: &Secret) -> Value {
+    let response = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+        .post(format!("{}/tokeninfo", emulator.url()))
+        .form(&[("access_token", token.expose())])
+        .send()
+        .await
+        .expect("tokeninfo");
+    assert_eq!(response.status(), 200, "tokeninfo refused the token");
+    response.json().await.expect("json")
+}
+
+fn unix(time: SystemTime) -> i64 {
+    i64::try_from(
+        time.duration_since(SystemTime::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs(),
+    )
+    .expect("fits")
+}
+
+/// The emulator's `exp` (a string of Unix seconds) is the token's expiry to within a second
+/// or two of processing.
+fn assert_expiry_matches(info: &Value, token: &Token) {
+    let exp: i64 = info["exp"]
+        .as_str()
+        .expect("exp")
+        .parse()
+        .expect("numeric exp");
+    let ours = unix(token.expires_at);
+    assert!((exp - ours).abs() <= 2, "emulator exp {exp}, ours {ours}");
+}
+
+fn rejection(result: Result<Token, SourceError>) -> (Rejection, String) {
+    match result {
+        Err(SourceError::Rejected { rejection, message }) => (rejection, message),
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+fn boundary() -> AccessBoundary {
+    AccessBoundary {
+        rules: vec![AccessBoundaryRule {
+            available_resource: "//storage.googleapis.com/projects/_/buckets/reports".into(),
+            available_permissions: vec!["inRole:roles/storage.objectViewer".into()],
+            availability_condition: Some(broker_core::AvailabilityCondition {
+                expression: "resource.name.startsWith('projects/_/buckets/reports/objects/2026')"
+                    .into(),
+                title: Some("2026 only".into()),
+                description: None,
+            }),
+        }],
+    }
+}
+
+#[tokio::test]
+async fn happy_path_token_is_what_tokeninfo_says() {
+    let emulator = emulator().await;
+    let clock = clock();
+    let source = source(&emulator, http(), &clock);
+    assert_eq!(source.principal(), BROKER);
+
+    let token = source
+        .fetch(&request(&[STORAGE_RO, CLOUD_PLATFORM]), None)
+        .await
+        .expect("token");
+    assert_eq!(&*token.principal, BROKER);
+    assert_eq!(
+        token.scopes,
+        ScopeSet::parse([CLOUD_PLATFORM, STORAGE_RO]).expect("scopes")
+    );
+    assert_eq!(token.expires_at, clock.now() + EXPIRES_IN);
+    assert_eq!(emulator.count(Endpoint::OAuth2Token), 1);
+
+    let info = tokeninfo(&emulator, &token.secret).await;
+    assert_eq!(info["email"], BROKER);
+    assert_eq!(info["principal"], format!("serviceAccount:{BROKER}"));
+    assert_eq!(info["grant"], "jwt-bearer");
+    assert_eq!(info["scope"], format!("{CLOUD_PLATFORM} {STORAGE_RO}"));
+    assert_eq!(info["subject"], Value::Null);
+    assert_eq!(info["access_boundary"], Value::Null);
+    assert_expiry_matches(&info, &token);
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_configured_token_url_wins_over_the_key_files_token_uri() {
+    let emulator = emulator().await;
+    let mut file = key_file(&emulator, BROKER);
+    // Nothing listens there: were token_uri used, the fetch would fail.
+    file["token_uri"] = json!("http://127.0.0.1:9/token");
+    let source = source_with(&emulator, &file, http(), &clock());
+    source
+        .fetch(&request(&[CLOUD_PLATFORM]), None)
+        .await
+        .expect("token from the configured endpoint");
+    assert_eq!(emulator.count(Endpoint::OAuth2Token), 1);
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn domain_wide_delegation_gives_a_token_for_the_user() {
+    let emulator = emulator().await;
+    let source = source(&emulator, http(), &clock());
+    let mut dwd = request(&[CLOUD_PLATFORM]);
+    dwd.subject = Some("alice@example.com".into());
+    let token = source.fetch(&dwd, None).await.expect("token");
+    assert_eq!(&*token.principal, "alice@example.com");
+
+    let info = tokeninfo(&emulator, &token.secret).await;
+    assert_eq!(info["subject"], "alice@example.com");
+    assert_eq!(info["principal"], "user:alice@example.com");
+    assert_eq!(info["email"], "alice@example.com");
+    assert_eq!(info["grant"], "jwt-bearer");
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn domain_wide_delegation_without_the_grant_is_unauthorized_client() {
+    let nodwd = "nodwd@dev-project.iam.gserviceaccount.com";
+    let world: World = toml::from_str(&format!(
+        r#"
+        [[projects]]
+        id = "dev-project"
+        number = "123456789012"
+
+        [[service_accounts]]
+        email = "{nodwd}"
+
+        [metadata]
+        service_account = "{nodwd}"
+        "#
+    ))
+    .expect("world");
+    let emulator = Emulator::builder()
+        .world(world)
+        .start()
+        .await
+        .expect("emulator");
+    let source = source_with(&emulator, &key_file(&emulator, nodwd), http(), &clock());
+    let mut dwd = request(&[CLOUD_PLATFORM]);
+    dwd.subject = Some("alice@example.com".into());
+
+    let (kind, message) = rejection(source.fetch(&dwd, None).await);
+    assert_eq!(kind, Rejection::UnauthorizedClient);
+    assert!(message.contains("unauthorized_client"), "{message}");
+    assert_eq!(emulator.count(Endpoint::OAuth2Token), 1, "no retries");
+
+    // Without a subject the same account is fine.
+    source
+        .fetch(&request(&[CLOUD_PLATFORM]), None)
+        .await
+        .expect("token");
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_internal_errors_then_success_takes_three_attempts() {
+    let emulator = emulator().await;
+    inject(
+        &emulator,
+        json!({"endpoint": "oauth2.token", "status": 500, "times": 2}),
+    );
+    let source = source(&emulator, http(), &clock());
+    let token = source
+        .fetch(&request(&[CLOUD_PLATFORM]), None)
+        .await
+        .expect("token after retries");
+    assert_eq!(emulator.count(Endpoint::OAuth2Token), 3);
+    assert_eq!(tokeninfo(&emulator, &token.secret).await["email"], BROKER);
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let emulator = emulator().await;
+    inject(
+        &emulator,
+        json!({"endpoint": "oauth2.token", "status": 429, "retry_after_secs": 1, "times": 1}),
+    );
+    let source = source(&emulator, http(), &clock());
+    let started = Instant::now();
+    source
+        .fetch(&request(&[CLOUD_PLATFORM]), None)
+        .await
+        .expect("token after the wait");
+    // The one wall-time assertion of the suite: the backoff alone would be at most 10 ms.
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "retried after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(emulator.count(Endpoint::OAuth2Token), 2);
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn persistent_unavailability_gives_up_after_max_attempts() {
+    let emulator = emulator().await;
+    inject(
+        &emulator,
+        json!({"endpoint": "oauth2.token", "status": 503}),
+    );
+    let source = source(
+        &emulator,
+        http_with(policy(3), Duration::from_secs(5)),
+        &clock(),
+    );
+    let error = source
+        .fetch(&request(&[CLOUD_PLATFORM]), None)
+        .await
+        .expect_err("unavailable");
+    match &error {
+        SourceError::Unavailable {
+            message,
+            retry_after,
+        } => {
+            assert!(message.contains("503"), "{message}");
+            assert!(message.contains("temporarily_unavailable"), "{message}");
+            assert!(message.contains("3 attempts"), "{message}");
+            assert_eq!(*retry_after, None);
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert!(error.is_transient());
+    assert_eq!(
+        emulator.count(Endpoint::OAuth2Token),
+        3,
+        "exactly max_attempts"
+    );
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn retry_after_beyond_the_deadline_stops_at_once_and_passes_it_on() {
+    let emulator = emulator().await;
+    inject(
+        &emulator,
+        json!({"endpoint": "oauth2.token", "status": 503, "retry_after_secs": 30}),
+    );
+    let source = source(&emulator, http(), &clock());
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let error = tokio::time::timeout(
+        Duration::from_secs(10),
+        source.fetch(&request(&[CLOUD_PLATFORM]), Some(deadline)),
+    )
+    .await
+    .expect("no sleeping past the deadline")
+    .expect_err("unavailable");
+    assert_eq!(
+        error.retry_after(),
+        Some(Duration::from_secs(30)),
+        "{error:?}"
+    );
+    assert_eq!(emulator.count(Endpoint::OAuth2Token), 1);
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_deadline_shorter_than_the_backoff_stops_early() {
+    let emulator = emulator().await;
+    inject(
+        &emulator,
+        json!({"endpoint": "oauth2.token", "status": 503}),
+    );
+    // Backoffs of up to 1000 s against a 300 ms deadline: the client must not sleep.
+    let slow_backoff = RetryPolicy {
+        max_attempts: 10,
+        initial_backoff: Duration::from_secs(1000),
+        max_backoff: Duration::from_secs(1000),
+        default_budget: Duration::from_secs(20),
+    };
+    let source = source(
+        &emulator,
+        http_with(slow_backoff, Duration::from_secs(5)),
+        &clock(),
+    );
+    let deadline = Instant::now() + Duration::from_millis(300);
+    let error = tokio::time::timeout(
+        Duration::from_secs(10),
+        source.fetch(&request(&[CLOUD_PLATFORM]), Some(deadline)),
+    )
+    .await
+    .expect("no sleeping past the deadline")
+    .expect_err("deadline exceeded");
+    let SourceError::DeadlineExceeded { attempts, last } = &error else {
+        panic!("expected DeadlineExceeded, got {error:?}");
+    };
+    // A jittered wait fits in 300 ms with odds of 3 in 10,000; two in a row, never.
+    assert!(*attempts >= 1 && *attempts <= 2, "{attempts}");
+    assert!(last.contains("503"), "{last}");
+    assert_eq!(emulator.count(Endpoint::OAuth2Token), u64::from(*attempts));
+
+    // A deadline already past: no attempt at all.
+    let error = source
+        .fetch(&request(&[CLOUD_PLATFORM]), Some(Instant::now()))
+        .await
+        .expect_err("deadline exceeded");
+    assert!(
+        matches!(error, SourceError::DeadlineExceeded { attempts: 0, .. }),
+        "{error:?}"
+    );
+    assert_eq!(emulator.count(Endpoint::OAuth2Token), u64::from(*attempts));
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_dropped_connection_is_transient() {
+    let emulator = emulator().await;
+    inject(
+        &emulator,
+        json!({"endpoint": "oauth2.token", "drop_connection": true, "times": 1}),
+    );
+    let source = source(&emulator, http(), &clock());
+    source
+        .fetch(&request(&[CLOUD_PLATFORM]), None)
+        .await
+        .expect("token after a retry");
+    assert_eq!(emulator.count(Endpoint::OAuth2Token), 2);
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_slow_answer_times_out_and_is_retried() {
+    let emulator = emulator().await;
+    inject(
+        &emulator,
+        json!({"endpoint": "oauth2.token", "delay_ms": 1000, "times": 1}),
+    );
+    let source = source(
+        &emulator,
+        http_with(policy(4), Duration::from_millis(200)),
+        &clock(),
+    );
+    source
+        .fetch(&request(&[CLOUD_PLATFORM]), None)
+        .await
+        .expect("token after a retry");
+    assert_eq!(emulator.count(Endpoint::OAuth2Token), 2);
+
+    // Always slow: every attempt times out, and the error says so.
+    inject(
+        &emulator,
+        json!({"endpoint": "oauth2.token", "delay_ms": 1000}),
+    );
+    let error = source
+        .fetch(&request(&[CLOUD_PLATFORM]), None)
+        .await
+        .expect_err("unavailable");
+    assert!(
+        matches!(&error, SourceError::Unavailable { message, .. } if message.contains("timed out")),
+        "{error:?}"
+    );
+    assert_eq!(emulator.count(Endpoint::OAuth2Token), 2 + 4);
+    emulator.clear_faults();
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_malformed_body_is_malformed_and_not_retried() {
+    let emulator = emulator().await;
+    inject(
+        &emulator,
+        json!({"endpoint": "oauth2.token", "malformed_body": true}),
+    );
+    let source = source(&emulator, http(), &clock());
+    let error = source
+        .fetch(&request(&[CLOUD_PLATFORM]), None)
+        .await
+        .expect_err("malformed");
+    let SourceError::Malformed(message) = &error else {
+        panic!("expected Malformed, got {error:?}");
+    };
+    assert!(!message.contains("ya29"), "{message}");
+    assert!(error.is_transient());
+    assert_eq!(emulator.count(Endpoint::OAuth2Token), 1);
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_tampered_key_id_is_invalid_grant_and_not_retried() {
+    let emulator = emulator().await;
+    let mut file = key_file(&emulator, BROKER);
+    file["private_key_id"] = json!("0000000000000000000000000000000000000000");
+    let source = source_with(&emulator, &file, http(), &clock());
+    let (kind, message) = rejection(source.fetch(&request(&[CLOUD_PLATFORM]), None).await);
+    assert_eq!(kind, Rejection::InvalidGrant);
+    assert!(message.contains("Invalid JWT Signature"), "{message}");
+    assert_eq!(emulator.count(Endpoint::OAuth2Token), 1);
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn another_key_is_invalid_grant() {
+    let emulator = emulator().await;
+    let other = gcp_emulator::SigningKey::generate("impostor").expect("key");
+    let mut file = key_file(&emulator, BROKER);
+    file["private_key"] = json!(other.private_key_pem());
+    let source = source_with(&emulator, &file, http(), &clock());
+    let (kind, _) = rejection(source.fetch(&request(&[CLOUD_PLATFORM]), None).await);
+    assert_eq!(kind, Rejection::InvalidGrant);
+    assert_eq!(emulator.count(Endpoint::OAuth2Token), 1);
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn permanent_errors_map_to_rejections() {
+    let emulator = emulator().await;
+    let source = source(&emulator, http(), &clock());
+    for (status, expected) in [
+        (400, Rejection::InvalidArgument),
+        (401, Rejection::Unauthenticated),
+        (403, Rejection::InvalidArgument),
+    ] {
+        inject(
+            &emulator,
+            json!({"endpoint": "oauth2.token", "status": status, "times": 1}),
+        );
+        let (kind, message) = rejection(source.fetch(&request(&[CLOUD_PLATFORM]), None).await);
+        assert_eq!(kind, expected, "{status}: {message}");
+        assert!(message.contains(&status.to_string()), "{message}");
+    }
+    assert_eq!(emulator.count(Endpoint::OAuth2Token), 3, "no retries");
+
+    let empty = TokenRequest::new(ScopeSet::parse(Vec::<String>::new()).expect("empty"));
+    let (kind, _) = rejection(source.fetch(&empty, None).await);
+    assert_eq!(kind, Rejection::InvalidScope);
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn lifetimes_beyond_an_hour_are_unsupported_without_a_call() {
+    let emulator = emulator().await;
+    let source = source(&emulator, http(), &clock());
+    let mut long = request(&[CLOUD_PLATFORM]);
+    long.lifetime = Some(Duration::from_secs(7200));
+    let error = source.fetch(&long, None).await.expect_err("unsupported");
+    assert!(matches!(error, SourceError::Unsupported(_)), "{error:?}");
+    assert!(!error.is_transient());
+    long.lifetime = Some(Duration::from_secs(3600));
+    source.fetch(&long, None).await.expect("one hour is fine");
+    assert_eq!(emulator.count(Endpoint::OAuth2Token), 1);
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_boundary_downscopes_through_sts() {
+    let emulator = emulator().await;
+    let clock = clock();
+    let source = source(&emulator, http(), &clock);
+    let mut bounded = request(&[CLOUD_PLATFORM]);
+    bounded.boundary = Some(boundary());
+    let token = source
+        .fetch(&bounded, None)
+        .await
+        .expect("downscoped token");
+    assert_eq!(emulator.count(Endpoint::OAuth2Token), 1);
+    assert_eq!(emulator.count(Endpoint::StsToken), 1);
+    // STS gives no expires_in: the downscoped token expires with its source.
+    assert_eq!(token.expires_at, clock.now() + EXPIRES_IN);
+    assert_eq!(&*token.principal, BROKER);
+
+    let info = tokeninfo(&emulator, &token.secret).await;
+    assert_eq!(info["grant"], "sts-downscope");
+    assert_eq!(info["email"], BROKER);
+    assert_eq!(info["scope"], CLOUD_PLATFORM);
+    assert_eq!(
+        info["access_boundary"],
+        boundary().sts_options()["accessBoundary"]
+    );
+    assert_expiry_matches(&info, &token);
+
+    // Invalid boundaries are refused before anything is minted.
+    let mut invalid = request(&[CLOUD_PLATFORM]);
+    invalid.boundary = Some(AccessBoundary { rules: vec![] });
+    let (kind, _) = rejection(source.fetch(&invalid, None).await);
+    assert_eq!(kind, Rejection::InvalidArgument);
+    assert_eq!(emulator.count(Endpoint::OAuth2Token), 1);
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn downscoping_retries_sts_like_everything_else() {
+    let emulator = emulator().await;
+    inject(
+        &emulator,
+        json!({"endpoint": "sts.token", "status": 503, "times": 1}),
+    );
+    let source = source(&emulator, http(), &clock());
+    let mut bounded = request(&[CLOUD_PLATFORM]);
+    bounded.boundary = Some(boundary());
+    let token = source
+        .fetch(&bounded, None)
+        .await
+        .expect("downscoped token");
+    assert_eq!(emulator.count(Endpoint::StsToken), 2);
+    assert_eq!(
+        tokeninfo(&emulator, &token.secret).await["grant"],
+        "sts-downscope"
+    );
+    emulator.shutdown().await;
+}
+
+#[test]
+fn garbage_pem_fails_at_construction_without_quoting_it() {
+    let garbage = "Zm9vYmFyLXRoaXMtaXMtbm90LWEta2V5LWF0LWFsbA";
+    let pems = [
+        format!("-----BEGIN PRIVATE KEY-----\n{garbage}\n-----END PRIVATE KEY-----\n"),
+        format!("-----BEGIN RSA PRIVATE KEY-----\n{garbage}\n-----END RSA PRIVATE KEY-----\n"),
+        garbage.to_owned(),
+    ];
+    for pem in pems {
+        let file = json!({
+            "type": "service_account",
+            "client_email": BROKER,
+            "private_key_id": "abc",
+            "private_key": pem,
+        });
+        let key = ServiceAccountKey::parse(&file.to_string(), "keys/broker.json").expect("parses");
+        let error = ServiceAccountSource::new(key, GoogleEndpoints::google(), http())
+            .expect_err("invalid key");
+        assert!(
+            matches!(error, BackendError::InvalidPrivateKey { .. }),
+            "{error:?}"
+        );
+        let shown = format!("{error} / {error:?}");
+        assert!(shown.contains("keys/broker.json"), "{shown}");
+        assert!(shown.contains("private_key"), "{shown}");
+        assert!(!shown.contains(garbage), "{shown}");
+    }
+}
+
+#[tokio::test]
+async fn debug_output_never_shows_the_key() {
+    let emulator = emulator().await;
+    let file = key_file(&emulator, BROKER);
+    let pem = file["private_key"].as_str().expect("pem");
+    // A line from the middle of the base64 body.
+    let body_line = pem.lines().nth(5).expect("a long PEM");
+    let key = key(&file);
+    let source = source(&emulator, http(), &clock());
+    for shown in [
+        format!("{key:?}"),
+        format!("{source:?}"),
+        format!("{source:#?}"),
+    ] {
+        assert!(!shown.contains(body_line), "{shown}");
+        assert!(!shown.contains("PRIVATE KEY"), "{shown}");
+        assert!(shown.contains(BROKER), "{shown}");
+    }
+    assert_eq!(
+        source.key_id(),
+        file["private_key_id"].as_str(),
+        "the key id is shown and sent as kid"
+    );
+    emulator.shutdown().await;
+}
+
+/// A tracing writer into a shared buffer.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn logs_carry_fingerprints_never_secrets() {
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("broker_backends=trace")
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let emulator = emulator().await;
+    inject(
+        &emulator,
+        json!({"endpoint": "oauth2.token", "status": 500, "times": 1}),
+    );
+    let file = key_file(&emulator, BROKER);
+    let source = source(&emulator, http(), &clock());
+    let mut bounded = request(&[CLOUD_PLATFORM]);
+    bounded.boundary = Some(boundary());
+    let token = source.fetch(&bounded, None).await.expect("token");
+    emulator.shutdown().await;
+
+    let logs = String::from_utf8(capture.0.lock().unwrap_or_else(|e| e.into_inner()).clone())
+        .expect("utf-8");
+    assert!(logs.contains("retrying"), "{logs}");
+    assert!(logs.contains(&token.secret.fingerprint()), "{logs}");
+    assert!(!logs.contains(token.secret.expose()), "{logs}");
+    assert!(!logs.contains("ya29."), "{logs}");
+    // JWS (the assertion) starts with base64url of '{"' ...
+    assert!(!logs.contains("eyJ"), "{logs}");
+    let pem = file["private_key"].as_str().expect("pem");
+    assert!(!logs.contains(pem.lines().nth(5).expect("line")), "{logs}");
+}

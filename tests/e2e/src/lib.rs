@@ -1,0 +1,348 @@
+//! The harness of the end-to-end scenarios: a real emulator of Google over HTTP, a real PKI, a
+//! broker started from a real configuration file, and gRPC clients over real mutual TLS, all on
+//! 127.0.0.1.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use broker_proto::tokenbroker::v1::token_broker_client::TokenBrokerClient;
+use gcp_emulator::{Emulator, RunningEmulator};
+use token_broker::pki::{CertificateAuthority, IssuedCertificate, LeafSpec};
+use token_broker::server::{self, RunningBroker};
+use token_broker::settings::Settings;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// The SPIFFE ID the default policy grants broad scopes.
+pub const APP: &str = "spiffe://example.org/ns/prod/sa/app";
+/// A second SPIFFE ID with the same grant (to show callers share tokens).
+pub const OTHER_APP: &str = "spiffe://example.org/ns/prod/sa/worker";
+/// A SPIFFE ID allowed only read-only storage.
+pub const READER: &str = "spiffe://example.org/ns/prod/sa/reader";
+/// A SPIFFE ID no grant mentions.
+pub const STRANGER: &str = "spiffe://other.org/ns/x/sa/y";
+/// Google's cloud-platform scope.
+pub const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
+/// Read-only storage.
+pub const STORAGE_READ: &str = "https://www.googleapis.com/auth/devstorage.read_only";
+/// A scope the default world's broker@ may use with domain-wide delegation.
+pub const DIRECTORY_READ: &str = "https://www.googleapis.com/auth/admin.directory.user.readonly";
+/// The service account behind the `sa` credential.
+pub const BROKER_SA: &str = "broker@dev-project.iam.gserviceaccount.com";
+
+/// The policy most scenarios use.
+pub const DEFAULT_POLICY: &str = r#"
+[[grants]]
+name = "apps"
+credential = "sa"
+default = true
+callers = [{ spiffe_id = "spiffe://example.org/ns/prod/sa/app" }, { spiffe_id = "spiffe://example.org/ns/prod/sa/worker" }]
+scopes = ["https://www.googleapis.com/auth/cloud-platform", "https://www.googleapis.com/auth/admin.directory.user.readonly"]
+scope_prefixes = ["https://www.googleapis.com/auth/devstorage."]
+subject_domains = ["example.com"]
+
+[[grants]]
+name = "readers"
+credential = "sa"
+default = true
+callers = [{ spiffe_id = "spiffe://example.org/ns/prod/sa/reader" }, { spiffe_prefix = "spiffe://example.org/ns/prod/readers/" }]
+scopes = ["https://www.googleapis.com/auth/devstorage.read_only"]
+"#;
+
+/// A unique temporary directory, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates `<tmp>/token-broker-e2e-<name>-<pid>-<n>`.
+    pub fn new(name: &str) -> Self {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "token-broker-e2e-{name}-{}-{n}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&path).expect("temp dir");
+        Self(path)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Options of a [`Harness`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The policy file's contents.
+    pub policy: String,
+    /// Extra TOML appended to the broker configuration (must not repeat its tables).
+    pub extra_config: String,
+    /// The `[http]` table.
+    pub http: String,
+    /// The `[cache]` table.
+    pub cache: String,
+    /// Extra lines of the `[server]` table.
+    pub server: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            policy: DEFAULT_POLICY.to_owned(),
+            extra_config: String::new(),
+            http: "[http]\nrequest_timeout = \"2s\"\ninitial_backoff = \"10ms\"\nmax_backoff = \"50ms\"\nmax_attempts = 3\n"
+                .to_owned(),
+            cache: String::new(),
+            server: String::new(),
+        }
+    }
+}
+
+/// An emulator, a PKI, and a broker configured from files in a temporary directory.
+#[derive(Debug)]
+pub struct Harness {
+    /// The emulator of Google.
+    pub emulator: RunningEmulator,
+    /// The broker.
+    pub broker: RunningBroker,
+    /// The CA that signs the server's and the clients' certificates.
+    pub ca: CertificateAuthority,
+    /// The directory holding every file (removed on drop).
+    pub dir: TempDir,
+}
+
+/// A client identity: certificate and key, PEM.
+#[derive(Debug)]
+pub struct ClientIdentity {
+    cert_pem: String,
+    key_pem: String,
+}
+
+impl ClientIdentity {
+    /// From an issued certificate.
+    pub fn from_issued(issued: &IssuedCertificate) -> Self {
+        Self {
+            cert_pem: issued.cert_pem.clone(),
+            key_pem: issued.key_pem.to_string(),
+        }
+    }
+}
+
+impl Harness {
+    /// Starts everything with `options`.
+    pub async fn start(options: Options) -> Self {
+        let dir = TempDir::new("harness");
+        let emulator = Emulator::builder()
+            .data_dir(dir.path().join("emulator"))
+            .start()
+            .await
+            .expect("emulator");
+        let ca = CertificateAuthority::new("e2e CA").expect("ca");
+        std::fs::write(dir.path().join("ca.pem"), ca.certificate_pem()).expect("write");
+        let server = ca
+            .issue(&LeafSpec::localhost_server())
+            .expect("server cert");
+        std::fs::write(dir.path().join("server.pem"), &server.cert_pem).expect("write");
+        std::fs::write(dir.path().join("server-key.pem"), server.key_pem.as_bytes())
+            .expect("write");
+        std::fs::write(dir.path().join("policy.toml"), &options.policy).expect("write");
+        let url = emulator.url();
+        let config = format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+rpc_timeout = "5s"
+{server}
+
+[tls]
+cert = "server.pem"
+key = "server-key.pem"
+client_cas = ["ca.pem"]
+reload_interval = "100ms"
+
+[policy]
+file = "policy.toml"
+reload_interval = "100ms"
+
+[google]
+token_url = "{url}/token"
+sts_url = "{url}/v1/token"
+iam_credentials_url = "{url}"
+metadata_url = "{url}"
+
+{http}
+{cache}
+
+[[credentials]]
+name = "sa"
+kind = "service_account"
+key_file = "emulator/keys/broker.json"
+
+{extra}
+"#,
+            server = options.server,
+            http = options.http,
+            cache = options.cache,
+            extra = options.extra_config,
+        );
+        let config_path = dir.path().join("broker.toml");
+        std::fs::write(&config_path, config).expect("write");
+        let settings =
+            Settings::load(&config_path, Some(Default::default()), &[]).expect("settings");
+        let broker = server::start(settings).await.expect("broker");
+        Self {
+            emulator,
+            broker,
+            ca,
+            dir,
+        }
+    }
+
+    /// The broker's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.broker.addr()
+    }
+
+    /// A client certificate for a SPIFFE ID, signed by the harness CA.
+    pub fn identity(&self, spiffe_id: &str) -> ClientIdentity {
+        ClientIdentity::from_issued(
+            &self
+                .ca
+                .issue(&LeafSpec::spiffe_client(spiffe_id))
+                .expect("client cert"),
+        )
+    }
+
+    /// A client certificate with an explicit validity.
+    pub fn identity_valid(
+        &self,
+        spiffe_id: &str,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> ClientIdentity {
+        let spec = LeafSpec {
+            validity: Some((not_before, not_after)),
+            ..LeafSpec::spiffe_client(spiffe_id)
+        };
+        ClientIdentity::from_issued(&self.ca.issue(&spec).expect("client cert"))
+    }
+
+    /// A client over mTLS trusting the harness CA.
+    pub async fn client(
+        &self,
+        identity: Option<&ClientIdentity>,
+    ) -> Result<TokenBrokerClient<Channel>, tonic::transport::Error> {
+        self.client_trusting(&self.ca.certificate_pem(), identity)
+            .await
+    }
+
+    /// A client over mTLS trusting `ca_pem` for the server.
+    pub async fn client_trusting(
+        &self,
+        ca_pem: &str,
+        identity: Option<&ClientIdentity>,
+    ) -> Result<TokenBrokerClient<Channel>, tonic::transport::Error> {
+        Ok(TokenBrokerClient::new(
+            self.channel(ca_pem, identity).await?,
+        ))
+    }
+
+    /// A channel over mTLS.
+    pub async fn channel(
+        &self,
+        ca_pem: &str,
+        identity: Option<&ClientIdentity>,
+    ) -> Result<Channel, tonic::transport::Error> {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca_pem))
+            .domain_name("localhost");
+        if let Some(identity) = identity {
+            tls = tls.identity(Identity::from_pem(&identity.cert_pem, &identity.key_pem));
+        }
+        Endpoint::from_shared(format!("https://127.0.0.1:{}", self.addr().port()))?
+            .tls_config(tls)?
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .connect()
+            .await
+    }
+
+    /// What the emulator says a token is.
+    pub async fn tokeninfo(&self, token: &str) -> serde_json::Value {
+        reqwest::Client::new()
+            .get(format!("{}/tokeninfo", self.emulator.url()))
+            .query(&[("access_token", token)])
+            .send()
+            .await
+            .expect("tokeninfo")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    /// Replaces a file in the harness directory atomically (write, then rename).
+    pub fn replace_file(&self, name: &str, contents: &str) {
+        let temporary = self.dir.path().join(format!(".{name}.new"));
+        std::fs::write(&temporary, contents).expect("write");
+        std::fs::rename(&temporary, self.dir.path().join(name)).expect("rename");
+    }
+
+    /// Stops the broker and the emulator.
+    pub async fn stop(self) {
+        self.broker.shutdown().await;
+        self.emulator.shutdown().await;
+    }
+}
+
+/// The ErrorInfo of a status: reason and metadata.
+pub fn error_info(status: &tonic::Status) -> (String, std::collections::HashMap<String, String>) {
+    use tonic_types::StatusExt as _;
+    let details = status.get_error_details();
+    details
+        .error_info()
+        .map(|info| (info.reason.clone(), info.metadata.clone()))
+        .unwrap_or_default()
+}
+
+/// The RetryInfo delay of a status.
+pub fn retry_delay(status: &tonic::Status) -> Option<Duration> {
+    use tonic_types::StatusExt as _;
+    status
+        .get_error_details()
+        .retry_info()
+        .and_then(|r| r.retry_delay)
+}
+
+/// A GetAccessToken request for these scopes.
+pub fn request(scopes: &[&str]) -> broker_proto::tokenbroker::v1::GetAccessTokenRequest {
+    broker_proto::tokenbroker::v1::GetAccessTokenRequest {
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        ..Default::default()
+    }
+}
+
+/// Polls `check` every 50 ms until it holds or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
