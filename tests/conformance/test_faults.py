@@ -200,7 +200,7 @@ def test_lifetime_override_service_account(emulator, request_):
     creds = sa_refresh(emulator, request_)
     S.assert_remaining(creds, 900)
     info = emulator.tokeninfo(creds.token)
-    assert info["expires_in"] <= 900
+    assert int(info["expires_in"]) <= 900
     S.assert_expiry_matches(creds, info)
     emulator.clear_token_lifetime()
     S.assert_remaining(sa_refresh(emulator, request_), 3599)

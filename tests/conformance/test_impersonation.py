@@ -60,7 +60,7 @@ def test_lifetime_honoured(emulator, broker_creds, request_, lifetime):
     S.assert_remaining(creds, lifetime)
     info = emulator.tokeninfo(creds.token)
     S.assert_expiry_matches(creds, info)
-    assert info["expires_in"] <= lifetime
+    assert int(info["expires_in"]) <= lifetime
 
 
 def test_extended_lifetime_allowed(emulator, broker_creds, request_):

@@ -1,4 +1,5 @@
-//! `tokeninfo`: what an access token is, in Google's fields plus how the emulator minted it.
+//! `tokeninfo`: what an access token is, in Google's fields (numbers as strings, as Google
+//! sends them) plus how the emulator minted it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,7 +41,7 @@ pub(crate) async fn tokeninfo(
             "sub": record.email.as_deref().unwrap_or(&record.principal),
             "scope": record.scopes.join(" "),
             "exp": record.expires_at.to_string(),
-            "expires_in": record.expires_at - now(),
+            "expires_in": (record.expires_at - now()).to_string(),
             "email": record.email,
             "email_verified": record.email.as_ref().map(|_| "true"),
             "access_type": "online",

@@ -21,6 +21,11 @@ fn now() -> i64 {
         .as_secs() as i64
 }
 
+/// tokeninfo's `expires_in`, a decimal string as Google sends it.
+fn expires_in(info: &Value) -> i64 {
+    info["expires_in"].as_str().and_then(|s| s.parse().ok()).expect("expires_in")
+}
+
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
@@ -156,7 +161,7 @@ async fn jwt_bearer_grant_mints_a_token_that_tokeninfo_describes() {
     assert_eq!(info["principal"], format!("serviceAccount:{BROKER}"));
     assert_eq!(info["scope"], CLOUD_PLATFORM);
     assert_eq!(info["grant"], "jwt-bearer");
-    let remaining = info["expires_in"].as_i64().expect("expires_in");
+    let remaining = expires_in(&info);
     assert!((3590..=3599).contains(&remaining), "{remaining}");
 
     let (status, body) = tokeninfo(&emulator, "ya29.unknown").await;
@@ -436,7 +441,7 @@ async fn iam_credentials_check_token_creator_on_every_hop() {
     assert_eq!(info["principal"], format!("serviceAccount:{READER}"));
     assert_eq!(info["grant"], "generate-access-token");
     assert!(
-        (590..=600).contains(&info["expires_in"].as_i64().expect("expires_in")),
+        (590..=600).contains(&expires_in(&info)),
         "{info}"
     );
 
@@ -730,7 +735,7 @@ async fn admin_api_sets_lifetimes_and_validates_faults() {
     let token = broker_token(&emulator).await;
     let (_, info) = tokeninfo(&emulator, &token).await;
     assert!(
-        (25..=30).contains(&info["expires_in"].as_i64().expect("expires_in")),
+        (25..=30).contains(&expires_in(&info)),
         "{info}"
     );
     http.delete(admin("token-lifetime"))
@@ -738,7 +743,7 @@ async fn admin_api_sets_lifetimes_and_validates_faults() {
         .await
         .expect("send");
     let (_, info) = tokeninfo(&emulator, &broker_token(&emulator).await).await;
-    assert!(info["expires_in"].as_i64().expect("expires_in") > 3500);
+    assert!(expires_in(&info) > 3500);
 
     let response = http
         .post(admin("faults"))

@@ -83,9 +83,11 @@ fn write(path: &Path, contents: &str, private: bool) -> Result<(), DevError> {
         .map_err(error)
 }
 
-/// Starts the emulator and writes the PKI, policy, configuration and `env` file.
+/// Starts the emulator and writes the PKI, policy and configuration (the `env` file follows
+/// from [`write_env`] once the broker's address is known).
 pub async fn prepare(options: &DevOptions) -> Result<DevEnvironment, DevError> {
     let dir = options.dir.clone();
+    let _ = std::fs::remove_file(dir.join("env"));
     std::fs::create_dir_all(&dir).map_err(|source| DevError::Write {
         path: dir.clone(),
         source,
@@ -117,20 +119,28 @@ pub async fn prepare(options: &DevOptions) -> Result<DevEnvironment, DevError> {
         &broker_config(options.listen, emulator.url()),
         false,
     )?;
-    let env = format!(
-        "export TOKEN_BROKER_ADDR=https://localhost:{port}\nexport TOKEN_BROKER_CA={dir}/ca.pem\n\
-         export TOKEN_BROKER_CERT={dir}/client.pem\nexport TOKEN_BROKER_KEY={dir}/client-key.pem\n\
-         export GCP_EMULATOR_URL={url}\n",
-        port = options.listen.port(),
-        dir = dir.display(),
-        url = emulator.url(),
-    );
-    write(&dir.join("env"), &env, false)?;
     Ok(DevEnvironment {
         emulator,
         config,
         dir,
     })
+}
+
+/// Writes `DIR/env` (atomically): the exports `tokenctl` and Google clients need, for the
+/// broker at `addr`.
+pub fn write_env(environment: &DevEnvironment, addr: SocketAddr) -> Result<(), DevError> {
+    let env = format!(
+        "export TOKEN_BROKER_ADDR=https://localhost:{port}\nexport TOKEN_BROKER_CA={dir}/ca.pem\n\
+         export TOKEN_BROKER_CERT={dir}/client.pem\nexport TOKEN_BROKER_KEY={dir}/client-key.pem\n\
+         export GCP_EMULATOR_URL={url}\n",
+        port = addr.port(),
+        dir = environment.dir.display(),
+        url = environment.emulator.url(),
+    );
+    let temporary = environment.dir.join(".env.new");
+    write(&temporary, &env, false)?;
+    let path = environment.dir.join("env");
+    std::fs::rename(&temporary, &path).map_err(|source| DevError::Write { path, source })
 }
 
 fn policy() -> String {
@@ -192,6 +202,7 @@ pub async fn run(options: DevOptions) -> Result<(), DevError> {
     let environment = prepare(&options).await?;
     let settings = Settings::load(&environment.config, Some(config::Map::new()), &[])?;
     let broker: RunningBroker = server::start(settings).await?;
+    write_env(&environment, broker.addr())?;
     print_instructions(&environment, broker.addr());
     server::shutdown_signal().await;
     broker.shutdown().await;
