@@ -15,7 +15,8 @@
 //! - [`downscope`]: Credential Access Boundaries through STS, RFC 8693 (§4.5);
 //! - [`BackendError`]: what can go wrong while building a backend from configuration.
 //!
-//! JWS signing uses `jsonwebtoken` on aws-lc-rs (architecture.md, "Crypto").
+//! JWS signing uses aws-lc-rs directly with the key parsed once (see `jws.rs` for why not
+//! `jsonwebtoken`).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -34,6 +35,7 @@
 mod endpoints;
 mod error;
 mod http;
+mod jws;
 mod oauth;
 mod service_account;
 mod sts;

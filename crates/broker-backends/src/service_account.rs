@@ -13,13 +13,13 @@ use std::time::{Duration, Instant, SystemTime};
 use broker_core::{
     Clock, Rejection, SourceError, SourceFuture, SystemClock, Token, TokenRequest, TokenSource,
 };
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Serialize;
 use serde_json::Value;
 use zeroize::Zeroizing;
 
 use crate::endpoints::GOOGLE_TOKEN_URL;
 use crate::http::HttpClient;
+use crate::jws::Rs256Signer;
 use crate::{BackendError, GoogleEndpoints, oauth, sts};
 
 /// The JWT-bearer grant type.
@@ -221,7 +221,7 @@ struct Claims<'a> {
 pub struct ServiceAccountSource {
     email: String,
     key_id: Option<String>,
-    key: EncodingKey,
+    signer: Rs256Signer,
     endpoints: GoogleEndpoints,
     http: HttpClient,
     clock: Arc<dyn Clock>,
@@ -257,13 +257,8 @@ impl ServiceAccountSource {
             origin: key.origin.clone(),
             reason,
         };
-        let encoding_key = EncodingKey::from_rsa_pem(key.private_key.as_bytes())
-            .map_err(|e| invalid(describe_key_error(&e)))?;
-        // jsonwebtoken parses the RSA key when it signs, so sign once now: a key that cannot
-        // sign fails here, at load, rather than on the first request.
-        let probe = Header::new(Algorithm::RS256);
-        jsonwebtoken::encode(&probe, &serde_json::json!({}), &encoding_key)
-            .map_err(|e| invalid(describe_key_error(&e)))?;
+        let signer = Rs256Signer::from_pem(&key.private_key, key.private_key_id.as_deref())
+            .map_err(invalid)?;
         if let Some(token_uri) = key.token_uri()
             && token_uri != endpoints.token_url
         {
@@ -277,7 +272,7 @@ impl ServiceAccountSource {
         Ok(Self {
             email: key.client_email.clone(),
             key_id: key.private_key_id.clone(),
-            key: encoding_key,
+            signer,
             endpoints,
             http,
             clock: Arc::new(SystemClock),
@@ -313,17 +308,9 @@ impl ServiceAccountSource {
             exp: iat + ASSERTION_LIFETIME_SECS,
             sub: request.subject.as_deref(),
         };
-        let mut header = Header::new(Algorithm::RS256);
-        header.kid = self.key_id.clone();
-        jsonwebtoken::encode(&header, &claims, &self.key)
-            .map(Zeroizing::new)
-            .map_err(|e| {
-                SourceError::Unsupported(format!(
-                    "cannot sign the assertion of {}: {}",
-                    self.email,
-                    describe_key_error(&e)
-                ))
-            })
+        self.signer.sign(&claims).map_err(|e| {
+            SourceError::Unsupported(format!("cannot sign the assertion of {}: {e}", self.email))
+        })
     }
 
     async fn fetch_token(
@@ -398,23 +385,6 @@ impl ServiceAccountSource {
             }
             None => Ok(token),
         }
-    }
-}
-
-/// jsonwebtoken's key errors in our words (its own never quote key bytes, but only its kind
-/// names are passed on, to be sure).
-fn describe_key_error(error: &jsonwebtoken::errors::Error) -> String {
-    use jsonwebtoken::errors::ErrorKind;
-    match error.kind() {
-        ErrorKind::InvalidKeyFormat => {
-            "not a PEM-encoded RSA private key (PKCS#8 \"BEGIN PRIVATE KEY\" or PKCS#1 \"BEGIN RSA PRIVATE KEY\")".to_owned()
-        }
-        ErrorKind::InvalidRsaKey(reason) => format!("the RSA key was rejected ({reason})"),
-        ErrorKind::InvalidAlgorithm | ErrorKind::UnsupportedAlgorithm => {
-            "not an RSA key".to_owned()
-        }
-        ErrorKind::RsaFailedSigning | ErrorKind::Signing(_) => "RSA signing failed".to_owned(),
-        _ => "the key cannot be used for RS256".to_owned(),
     }
 }
 

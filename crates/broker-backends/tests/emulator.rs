@@ -698,7 +698,7 @@ async fn logs_carry_fingerprints_never_secrets() {
     let logs = String::from_utf8(capture.0.lock().unwrap_or_else(|e| e.into_inner()).clone())
         .expect("utf-8");
     assert!(logs.contains("retrying"), "{logs}");
-    assert!(logs.contains(&token.secret.fingerprint()), "{logs}");
+    assert!(logs.contains(token.secret.fingerprint()), "{logs}");
     assert!(!logs.contains(token.secret.expose()), "{logs}");
     assert!(!logs.contains("ya29."), "{logs}");
     // JWS (the assertion) starts with base64url of '{"' ...

@@ -5,36 +5,45 @@ use std::fmt;
 use zeroize::Zeroizing;
 
 /// A secret string (access token, ID token, key, subject token): zeroized on drop; its `Debug`
-/// and `Display` show only a short SHA-256 fingerprint.
+/// and `Display` show only a short SHA-256 fingerprint, computed once when it is wrapped (it is
+/// logged on every request that serves the secret).
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Zeroizing<String>);
+pub struct Secret {
+    value: Zeroizing<String>,
+    fingerprint: Box<str>,
+}
 
 impl Secret {
     /// Wraps a secret.
     pub fn new(value: impl Into<String>) -> Self {
-        Self(Zeroizing::new(value.into()))
+        let value = Zeroizing::new(value.into());
+        let fingerprint = fingerprint(value.as_bytes()).into_boxed_str();
+        Self { value, fingerprint }
     }
 
     /// The secret itself, for the one place that must send it.
     pub fn expose(&self) -> &str {
-        &self.0
+        &self.value
     }
 
     /// `sha256:` and the first 12 hex digits of the SHA-256 of the secret: safe to log, enough
     /// to correlate.
-    pub fn fingerprint(&self) -> String {
-        fingerprint(self.0.as_bytes())
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 }
 
 /// `sha256:` and the first 12 hex digits of the SHA-256 of `bytes`.
 pub fn fingerprint(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
-    let hex: String = digest.as_ref()[..6]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!("sha256:{hex}")
+    let mut out = String::with_capacity("sha256:".len() + 12);
+    out.push_str("sha256:");
+    for byte in &digest.as_ref()[..6] {
+        out.push(char::from(HEX[usize::from(byte >> 4)]));
+        out.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    }
+    out
 }
 
 impl fmt::Debug for Secret {
@@ -45,13 +54,19 @@ impl fmt::Debug for Secret {
 
 impl fmt::Display for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.fingerprint())
+        f.write_str(self.fingerprint())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fingerprints_are_truncated_sha256() {
+        assert_eq!(fingerprint(b"abc"), "sha256:ba7816bf8f01");
+        assert_eq!(Secret::new("abc").fingerprint(), "sha256:ba7816bf8f01");
+    }
 
     #[test]
     fn debug_and_display_show_only_a_fingerprint() {

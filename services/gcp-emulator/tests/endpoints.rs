@@ -23,7 +23,10 @@ fn now() -> i64 {
 
 /// tokeninfo's `expires_in`, a decimal string as Google sends it.
 fn expires_in(info: &Value) -> i64 {
-    info["expires_in"].as_str().and_then(|s| s.parse().ok()).expect("expires_in")
+    info["expires_in"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("expires_in")
 }
 
 fn client() -> reqwest::Client {
@@ -440,10 +443,7 @@ async fn iam_credentials_check_token_creator_on_every_hop() {
     let (_, info) = tokeninfo(&emulator, body["accessToken"].as_str().expect("token")).await;
     assert_eq!(info["principal"], format!("serviceAccount:{READER}"));
     assert_eq!(info["grant"], "generate-access-token");
-    assert!(
-        (590..=600).contains(&expires_in(&info)),
-        "{info}"
-    );
+    assert!((590..=600).contains(&expires_in(&info)), "{info}");
 
     // broker -> writer -> reader: writer holds Token Creator on reader.
     let (status, body) = iam(&emulator, &token, READER, "generateAccessToken", json!({"delegates": [format!("projects/-/serviceAccounts/{WRITER}")], "scope": [CLOUD_PLATFORM]})).await;
@@ -734,10 +734,7 @@ async fn admin_api_sets_lifetimes_and_validates_faults() {
     assert_eq!(response.status().as_u16(), 204);
     let token = broker_token(&emulator).await;
     let (_, info) = tokeninfo(&emulator, &token).await;
-    assert!(
-        (25..=30).contains(&expires_in(&info)),
-        "{info}"
-    );
+    assert!((25..=30).contains(&expires_in(&info)), "{info}");
     http.delete(admin("token-lifetime"))
         .send()
         .await

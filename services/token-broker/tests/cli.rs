@@ -34,7 +34,10 @@ fn wait_for(path: &Path, child: &mut Child) -> String {
         if let Ok(text) = std::fs::read_to_string(path) {
             return text;
         }
-        assert!(child.try_wait().expect("wait").is_none(), "token-broker dev exited early");
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "token-broker dev exited early"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("{} did not appear", path.display());
@@ -71,14 +74,24 @@ async fn dev_mode_serves_tokens_to_the_example_workloads() {
                 std::fs::read_to_string(dir.join(key)).expect("key"),
             ))
             .domain_name("localhost");
-        let endpoint = Endpoint::from_shared(format!("https://127.0.0.1:{port}")).expect("endpoint").tls_config(tls).expect("tls");
+        let endpoint = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+            .expect("endpoint")
+            .tls_config(tls)
+            .expect("tls");
         async move { TokenBrokerClient::new(endpoint.connect().await.expect("connect")) }
     };
 
     let mut app = client("client.pem", "client-key.pem").await;
-    let token = app.get_access_token(GetAccessTokenRequest::default()).await.expect("token").into_inner();
+    let token = app
+        .get_access_token(GetAccessTokenRequest::default())
+        .await
+        .expect("token")
+        .into_inner();
     assert!(token.access_token.starts_with("ya29."));
-    assert_eq!(token.principal, "broker@dev-project.iam.gserviceaccount.com");
+    assert_eq!(
+        token.principal,
+        "broker@dev-project.iam.gserviceaccount.com"
+    );
 
     let info: serde_json::Value = reqwest::Client::new()
         .get(format!("{}/tokeninfo", env_value(&env, "GCP_EMULATOR_URL")))
@@ -89,16 +102,25 @@ async fn dev_mode_serves_tokens_to_the_example_workloads() {
         .json()
         .await
         .expect("json");
-    assert_eq!(info["scope"], "https://www.googleapis.com/auth/cloud-platform");
+    assert_eq!(
+        info["scope"],
+        "https://www.googleapis.com/auth/cloud-platform"
+    );
 
     let mut reader = client("readonly.pem", "readonly-key.pem").await;
-    let denied = reader.get_access_token(GetAccessTokenRequest::default()).await.expect_err("read-only");
+    let denied = reader
+        .get_access_token(GetAccessTokenRequest::default())
+        .await
+        .expect_err("read-only");
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
     let allowed = GetAccessTokenRequest {
         scopes: vec!["https://www.googleapis.com/auth/devstorage.read_only".into()],
         ..Default::default()
     };
-    reader.get_access_token(allowed).await.expect("read-only storage");
+    reader
+        .get_access_token(allowed)
+        .await
+        .expect("read-only storage");
     drop(running);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -106,12 +128,25 @@ async fn dev_mode_serves_tokens_to_the_example_workloads() {
 #[tokio::test]
 async fn check_config_accepts_the_dev_configuration_and_lists_every_problem() {
     let dir = temp_dir("check");
-    let options = token_broker::dev::DevOptions { dir: dir.clone(), listen: "127.0.0.1:0".parse().expect("addr") };
+    let options = token_broker::dev::DevOptions {
+        dir: dir.clone(),
+        listen: "127.0.0.1:0".parse().expect("addr"),
+    };
     let environment = token_broker::dev::prepare(&options).await.expect("prepare");
-    let check = |config: &Path| Command::new(BINARY).arg("check-config").arg(config).output().expect("run");
+    let check = |config: &Path| {
+        Command::new(BINARY)
+            .arg("check-config")
+            .arg(config)
+            .output()
+            .expect("run")
+    };
 
     let good = check(&environment.config);
-    assert!(good.status.success(), "{}", String::from_utf8_lossy(&good.stderr));
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
     assert!(String::from_utf8_lossy(&good.stdout).contains("ok (1 credentials, 2 grants)"));
 
     // Three independent problems: a TLS key that is not a key, a credential whose key file is
@@ -125,7 +160,14 @@ async fn check_config_accepts_the_dev_configuration_and_lists_every_problem() {
     let bad = check(&environment.config);
     assert!(!bad.status.success());
     let stderr = String::from_utf8_lossy(&bad.stderr);
-    for expected in ["tls:", "server-key.pem", "credentials[1] (ghost)", "missing.json", "grants[1]", "nowhere"] {
+    for expected in [
+        "tls:",
+        "server-key.pem",
+        "credentials[1] (ghost)",
+        "missing.json",
+        "grants[1]",
+        "nowhere",
+    ] {
         assert!(stderr.contains(expected), "{expected:?} in:\n{stderr}");
     }
 

@@ -169,9 +169,9 @@ async fn serve(
         token_type: "Bearer".to_owned(),
         expire_time: Some(timestamp(token.expires_at)),
         granted_scopes: token.scopes.iter().map(str::to_owned).collect(),
-        principal: token.principal.to_string(),
+        principal: String::from(&*token.principal),
         cache_hit: cached.origin.is_cache_hit(),
-        credential: decision.credential.to_string(),
+        credential: decision.credential.as_str().to_owned(),
     })
 }
 

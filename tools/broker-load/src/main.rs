@@ -1,0 +1,287 @@
+//! `broker-load`: one run on 127.0.0.1, over the broker's own mTLS setup, measuring
+//!
+//! - a bare tonic unary service (tonic-health `Check`) behind the broker's TLS acceptor: the
+//!   transport's ceiling;
+//! - the broker's cache-hit `GetAccessToken` (the same request every time, all hits);
+//! - the broker's cold path (cache disabled: every request signs an RS256 assertion and calls
+//!   the Google emulator, which verifies it);
+//! - the crypto library's raw RS256 signing rate, on one thread and on all cores;
+//!
+//! and reporting requests/s, latency percentiles and the ratios between them as a Markdown
+//! table (and JSON with `--json`). It is a measurement tool, not a test: it asserts nothing.
+
+mod load;
+mod report;
+mod setup;
+mod sign;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use broker_proto::tokenbroker::v1::GetAccessTokenRequest;
+use broker_proto::tokenbroker::v1::token_broker_client::TokenBrokerClient;
+use clap::{Parser, ValueEnum};
+use gcp_emulator::Endpoint as EmulatorEndpoint;
+
+use crate::load::{LoadResult, Target, Timing};
+use crate::report::{Checks, Report, Scenario};
+use crate::setup::World;
+
+/// Errors of the tool.
+pub(crate) type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// Load-test the token broker's cache-hit and cold paths against a bare tonic service and the
+/// raw RS256 signing rate, on loopback over mutual TLS.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    /// Concurrencies of the echo and cache-hit scenarios.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    concurrency: Vec<usize>,
+    /// Concurrencies of the cold-path scenarios (cache disabled).
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    cold_concurrency: Vec<usize>,
+    /// Most HTTP/2 connections per scenario; a scenario of concurrency N uses min(N, this).
+    #[arg(long, default_value_t = 4)]
+    channels: usize,
+    /// Warm-up before each scenario, seconds (calls made, not recorded).
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Measured time of each scenario, seconds.
+    #[arg(long, default_value_t = 5.0)]
+    duration: f64,
+    /// Slices each echo and cache-hit scenario is measured in, alternating echo and cache-hit
+    /// at the same concurrency, so that drifting machine load affects both alike.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Time of each signing baseline, seconds.
+    #[arg(long, default_value_t = 2.0)]
+    sign_duration: f64,
+    /// Tokio worker threads (client and servers share them); default: one per core.
+    #[arg(long)]
+    worker_threads: Option<usize>,
+    /// Which measurements to run (all by default; fewer, e.g. for profiling one of them).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "echo,hit,cold,sign"
+    )]
+    scenarios: Vec<Measurement>,
+    /// Also write every number as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// `tracing` filter of the in-process servers' logs (`info` turns the audit events on).
+    #[arg(long, default_value = "warn")]
+    log_filter: String,
+    /// Where those logs go (`null` keeps their formatting cost without the terminal's).
+    #[arg(long, value_enum, default_value_t = LogOutput::Stderr)]
+    log_output: LogOutput,
+}
+
+/// A kind of measurement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Measurement {
+    /// The bare tonic service.
+    Echo,
+    /// The broker's cache-hit path.
+    Hit,
+    /// The broker's cold path.
+    Cold,
+    /// The signing baselines.
+    Sign,
+}
+
+/// Where the servers' logs go.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogOutput {
+    /// Standard error.
+    Stderr,
+    /// Formatted, then discarded.
+    Null,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if cli.concurrency.contains(&0)
+        || cli.cold_concurrency.contains(&0)
+        || cli.channels == 0
+        || cli.rounds == 0
+    {
+        eprintln!("broker-load: concurrencies, --channels and --rounds must be at least 1");
+        return ExitCode::FAILURE;
+    }
+    let filter = tracing_subscriber::EnvFilter::new(&cli.log_filter);
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
+    match cli.log_output {
+        LogOutput::Stderr => logs.with_writer(std::io::stderr).init(),
+        LogOutput::Null => logs.with_writer(std::io::sink).init(),
+    }
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = cli.worker_threads {
+        runtime.worker_threads(threads);
+    }
+    let runtime = match runtime.enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("broker-load: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(&cli)) {
+        Ok(report) => {
+            report.print();
+            if let Some(path) = &cli.json
+                && let Err(error) = std::fs::write(path, report.to_json())
+            {
+                eprintln!("broker-load: cannot write {}: {error}", path.display());
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("broker-load: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Starts the world, runs every scenario and the baselines, stops the world.
+async fn run(cli: &Cli) -> Result<Report, Error> {
+    let timing = Timing {
+        warmup: Duration::from_secs_f64(cli.warmup),
+        duration: Duration::from_secs_f64(cli.duration),
+    };
+    let world = World::start().await?;
+    let result = scenarios(cli, timing, &world).await;
+    world.shutdown().await;
+    result
+}
+
+async fn scenarios(cli: &Cli, timing: Timing, world: &World) -> Result<Report, Error> {
+    let request = GetAccessTokenRequest {
+        scopes: vec![setup::SCOPE.to_owned()],
+        ..Default::default()
+    };
+    let token_calls = || world.emulator.count(EmulatorEndpoint::OAuth2Token);
+
+    // Warm the cache: the one upstream call of the cache-hit scenarios.
+    let before_warm = token_calls();
+    let mut warm = TokenBrokerClient::new(world.channels(world.hit.addr(), 1).await?.remove(0));
+    let first = warm.get_access_token(request.clone()).await?;
+    if first.get_ref().cache_hit {
+        return Err("the first request to a fresh broker was a cache hit".into());
+    }
+    let after_warm = token_calls();
+    let hits_before = world.hit.service().cache().metrics();
+
+    let mut echo = Vec::new();
+    let mut hit = Vec::new();
+    let run_echo = cli.scenarios.contains(&Measurement::Echo);
+    let run_hit = cli.scenarios.contains(&Measurement::Hit);
+    for &concurrency in &cli.concurrency {
+        let channels = cli.channels.min(concurrency);
+        let echo_channels = world.channels(world.echo_addr(), channels).await?;
+        let hit_channels = world.channels(world.hit.addr(), channels).await?;
+        let (mut echo_slices, mut hit_slices) = (Vec::new(), Vec::new());
+        // Alternating slices of the same concurrency; the warm-up precedes the first of each.
+        for round in 0..cli.rounds {
+            let slice = Timing {
+                warmup: if round == 0 {
+                    timing.warmup
+                } else {
+                    Duration::ZERO
+                },
+                duration: timing.duration / u32::try_from(cli.rounds).unwrap_or(u32::MAX),
+            };
+            if run_echo {
+                echo_slices.push(load::run(&echo_channels, concurrency, slice, Target::echo).await);
+            }
+            if run_hit {
+                hit_slices.push(
+                    load::run(&hit_channels, concurrency, slice, |channel| {
+                        Target::broker(channel, request.clone(), true)
+                    })
+                    .await,
+                );
+            }
+        }
+        if run_echo {
+            echo.push(LoadResult::merge(echo_slices));
+        }
+        if run_hit {
+            hit.push(LoadResult::merge(hit_slices));
+        }
+    }
+    let after_hits = token_calls();
+    let hits_after = world.hit.service().cache().metrics();
+
+    let mut cold = Vec::new();
+    let before_cold = token_calls();
+    let mut cold_requests = 0;
+    if cli.scenarios.contains(&Measurement::Cold) {
+        for &concurrency in &cli.cold_concurrency {
+            let channels = world
+                .channels(world.cold.addr(), cli.channels.min(concurrency))
+                .await?;
+            let result = LoadResult::merge(vec![
+                load::run(&channels, concurrency, timing, |channel| {
+                    Target::broker(channel, request.clone(), false)
+                })
+                .await,
+            ]);
+            cold_requests += result.requests + result.warmup_requests;
+            cold.push(result);
+        }
+    }
+    let after_cold = token_calls();
+
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let sign = if !cli.scenarios.contains(&Measurement::Sign) {
+        None
+    } else {
+        let key = sign::Key::from_file(&world.key_file())?;
+        let duration = Duration::from_secs_f64(cli.sign_duration);
+        Some(
+            tokio::task::spawn_blocking(move || -> Result<_, Error> {
+                Ok(report::Signing {
+                    rsa_1: sign::rsa_preparsed(&key, 1, duration)?,
+                    rsa_all: sign::rsa_preparsed(&key, cores, duration)?,
+                })
+            })
+            .await??,
+        )
+    };
+
+    Ok(Report::new(
+        cli_summary(cli, timing, cores),
+        Scenario { echo, hit, cold },
+        sign,
+        Checks {
+            warmup_token_calls: after_warm - before_warm,
+            hit_token_calls: after_hits - after_warm,
+            cache_hits: hits_after.hits - hits_before.hits,
+            cache_misses: hits_after.misses - hits_before.misses,
+            cold_requests,
+            cold_token_calls: after_cold - before_cold,
+        },
+    ))
+}
+
+fn cli_summary(cli: &Cli, timing: Timing, cores: usize) -> serde_json::Value {
+    serde_json::json!({
+        "concurrency": cli.concurrency,
+        "cold_concurrency": cli.cold_concurrency,
+        "max_channels": cli.channels,
+        "warmup_s": timing.warmup.as_secs_f64(),
+        "duration_s": timing.duration.as_secs_f64(),
+        "rounds": cli.rounds,
+        "sign_duration_s": cli.sign_duration,
+        "cores": cores,
+        "worker_threads": cli.worker_threads,
+        "scenarios": cli.scenarios.iter().map(|s| format!("{s:?}").to_lowercase()).collect::<Vec<_>>(),
+        "log_filter": cli.log_filter,
+        "log_output": format!("{:?}", cli.log_output).to_lowercase(),
+    })
+}

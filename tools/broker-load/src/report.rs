@@ -1,0 +1,294 @@
+//! The results: a Markdown report on stdout and the same numbers as JSON.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::load::LoadResult;
+use crate::sign::SignResult;
+
+/// The concurrency at which the cache-hit targets apply.
+const TARGET_CONCURRENCY: usize = 64;
+/// Cache-hit throughput must be at least this fraction of the echo service's.
+const TARGET_RPS_RATIO: f64 = 0.90;
+/// Cache-hit p99 must be at most this multiple of the echo service's.
+const TARGET_P99_RATIO: f64 = 1.5;
+
+/// The load scenarios' results, in the order they ran.
+#[derive(Debug, Serialize)]
+pub(crate) struct Scenario {
+    /// The bare tonic service, one per concurrency.
+    pub(crate) echo: Vec<LoadResult>,
+    /// The broker's cache-hit path, one per concurrency.
+    pub(crate) hit: Vec<LoadResult>,
+    /// The broker's cold path, one per cold concurrency.
+    pub(crate) cold: Vec<LoadResult>,
+}
+
+/// The signing baselines.
+#[derive(Debug, Serialize)]
+pub(crate) struct Signing {
+    /// aws-lc-rs RSA-2048 PKCS#1 v1.5 SHA-256 with a pre-parsed key, one thread.
+    pub(crate) rsa_1: SignResult,
+    /// The same on all cores.
+    pub(crate) rsa_all: SignResult,
+}
+
+/// What the run verified about itself.
+#[derive(Debug, Serialize)]
+pub(crate) struct Checks {
+    /// Emulator token calls made by warming the cache (expected: 1).
+    pub(crate) warmup_token_calls: u64,
+    /// Emulator token calls during the cache-hit scenarios (expected: 0).
+    pub(crate) hit_token_calls: u64,
+    /// Cache hits the broker counted during the cache-hit scenarios.
+    pub(crate) cache_hits: u64,
+    /// Cache misses the broker counted during the cache-hit scenarios (expected: 0).
+    pub(crate) cache_misses: u64,
+    /// Requests sent to the cold broker, warm-up included.
+    pub(crate) cold_requests: u64,
+    /// Emulator token calls during the cold scenarios (expected: one per request).
+    pub(crate) cold_token_calls: u64,
+}
+
+/// One ratio, with its target where the issue sets one.
+#[derive(Debug, Serialize)]
+pub(crate) struct Ratio {
+    /// What is divided by what.
+    pub(crate) name: String,
+    /// The concurrency (or thread count) it applies to.
+    pub(crate) at: usize,
+    /// The ratio.
+    pub(crate) value: f64,
+    /// The target, as text (`>= 0.90`), if any.
+    pub(crate) target: Option<String>,
+    /// Whether the target is met, if there is one.
+    pub(crate) met: Option<bool>,
+}
+
+/// Everything one run measured.
+#[derive(Debug, Serialize)]
+pub(crate) struct Report {
+    config: serde_json::Value,
+    scenarios: Scenario,
+    signing: Option<Signing>,
+    ratios: Vec<Ratio>,
+    checks: Checks,
+}
+
+impl Report {
+    /// Computes the ratios.
+    pub(crate) fn new(
+        config: serde_json::Value,
+        scenarios: Scenario,
+        signing: Option<Signing>,
+        checks: Checks,
+    ) -> Self {
+        let mut ratios = Vec::new();
+        let target_at = scenarios
+            .hit
+            .iter()
+            .map(|r| r.concurrency)
+            .find(|&c| c == TARGET_CONCURRENCY)
+            .or_else(|| scenarios.hit.iter().map(|r| r.concurrency).max());
+        for (echo, hit) in scenarios.echo.iter().zip(&scenarios.hit) {
+            let targeted = Some(hit.concurrency) == target_at;
+            let rps = ratio(hit.rps, echo.rps);
+            ratios.push(Ratio {
+                name: "cache-hit / echo, req/s".to_owned(),
+                at: hit.concurrency,
+                value: rps,
+                target: targeted.then(|| format!(">= {TARGET_RPS_RATIO:.2}")),
+                met: targeted.then_some(rps >= TARGET_RPS_RATIO),
+            });
+            let mut pairs: Vec<f64> = hit
+                .slice_rps
+                .iter()
+                .zip(&echo.slice_rps)
+                .map(|(&h, &e)| ratio(h, e))
+                .collect();
+            if pairs.len() > 1 {
+                pairs.sort_by(f64::total_cmp);
+                ratios.push(Ratio {
+                    name: format!(
+                        "cache-hit / echo, req/s, median of {} alternating slice pairs (min {:.3}, max {:.3})",
+                        pairs.len(),
+                        pairs[0],
+                        pairs[pairs.len() - 1]
+                    ),
+                    at: hit.concurrency,
+                    value: pairs[pairs.len() / 2],
+                    target: None,
+                    met: None,
+                });
+            }
+            let p50 = ratio(f64::from(hit.p50_us), f64::from(echo.p50_us));
+            ratios.push(Ratio {
+                name: "cache-hit / echo, p50".to_owned(),
+                at: hit.concurrency,
+                value: p50,
+                target: None,
+                met: None,
+            });
+            let p99 = ratio(f64::from(hit.p99_us), f64::from(echo.p99_us));
+            ratios.push(Ratio {
+                name: "cache-hit / echo, p99".to_owned(),
+                at: hit.concurrency,
+                value: p99,
+                target: targeted.then(|| format!("<= {TARGET_P99_RATIO:.2}")),
+                met: targeted.then_some(p99 <= TARGET_P99_RATIO),
+            });
+        }
+        if let Some(signing) = &signing {
+            for cold in &scenarios.cold {
+                for sign in [&signing.rsa_1, &signing.rsa_all] {
+                    ratios.push(Ratio {
+                        name: format!(
+                            "cold c={} req/s / RS256 signs/s (key parsed once) on {} thread(s)",
+                            cold.concurrency, sign.threads
+                        ),
+                        at: cold.concurrency,
+                        value: ratio(cold.rps, sign.ops_per_s),
+                        target: None,
+                        met: None,
+                    });
+                }
+            }
+        }
+        Self {
+            config,
+            scenarios,
+            signing,
+            ratios,
+            checks,
+        }
+    }
+
+    /// The report as pretty JSON.
+    pub(crate) fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default() + "\n"
+    }
+
+    /// The report as Markdown.
+    pub(crate) fn markdown(&self) -> String {
+        let mut out = String::new();
+        let config = &self.config;
+        let _ = writeln!(
+            out,
+            "## broker-load: 127.0.0.1, mTLS (TLS 1.3, aws-lc-rs), {} cores; {} s per scenario after {} s warm-up; echo and cache-hit alternate in {} slices\n",
+            config["cores"], config["duration_s"], config["warmup_s"], config["rounds"]
+        );
+        out.push_str("| scenario | concurrency | connections | req/s | p50 µs | p90 µs | p99 µs | max µs | mean µs | errors | unexpected |\n");
+        out.push_str("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n");
+        let pairs = self.scenarios.echo.len().max(self.scenarios.hit.len());
+        let rows = (0..pairs)
+            .flat_map(|i| {
+                [
+                    ("echo (tonic-health Check)", self.scenarios.echo.get(i)),
+                    (
+                        "broker GetAccessToken, cache hit",
+                        self.scenarios.hit.get(i),
+                    ),
+                ]
+            })
+            .filter_map(|(name, result)| Some((name, result?)))
+            .chain(
+                self.scenarios
+                    .cold
+                    .iter()
+                    .map(|cold| ("broker GetAccessToken, cold (cache off)", cold)),
+            );
+        for (name, r) in rows {
+            let _ = writeln!(
+                out,
+                "| {name} | {} | {} | {:.0} | {} | {} | {} | {} | {:.0} | {} | {} |",
+                r.concurrency,
+                r.channels,
+                r.rps,
+                r.p50_us,
+                r.p90_us,
+                r.p99_us,
+                r.max_us,
+                r.mean_us,
+                r.errors,
+                r.unexpected
+            );
+        }
+        if let Some(signing) = &self.signing {
+            out.push_str(
+                "\n| signing baseline | threads | signatures/s | µs per signature per thread |\n",
+            );
+            out.push_str("|---|--:|--:|--:|\n");
+            for (name, s) in [
+                (
+                    "aws-lc-rs RSA-2048 PKCS#1 SHA-256, key parsed once (the backend's signer)",
+                    &signing.rsa_1,
+                ),
+                (
+                    "aws-lc-rs RSA-2048 PKCS#1 SHA-256, key parsed once (the backend's signer)",
+                    &signing.rsa_all,
+                ),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "| {name} | {} | {:.0} | {:.0} |",
+                    s.threads, s.ops_per_s, s.us_per_op
+                );
+            }
+        }
+        out.push_str("\n| ratio | at | value | target | met |\n|---|--:|--:|---|---|\n");
+        for r in &self.ratios {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.3} | {} | {} |",
+                r.name,
+                r.at,
+                r.value,
+                r.target.as_deref().unwrap_or(""),
+                match r.met {
+                    Some(true) => "yes",
+                    Some(false) => "**no**",
+                    None => "",
+                }
+            );
+        }
+        let c = &self.checks;
+        let _ = writeln!(
+            out,
+            "\nChecks: upstream token calls: {} to warm the cache, {} during the cache-hit scenarios \
+             (broker cache: {} hits, {} misses); cold scenarios: {} requests, {} upstream token calls.",
+            c.warmup_token_calls,
+            c.hit_token_calls,
+            c.cache_hits,
+            c.cache_misses,
+            c.cold_requests,
+            c.cold_token_calls
+        );
+        for r in self
+            .scenarios
+            .echo
+            .iter()
+            .chain(&self.scenarios.hit)
+            .chain(&self.scenarios.cold)
+        {
+            if let Some(problem) = &r.first_problem {
+                let _ = writeln!(out, "Problem at concurrency {}: {problem}", r.concurrency);
+            }
+        }
+        out
+    }
+
+    /// Prints the Markdown report to stdout.
+    #[allow(clippy::print_stdout)]
+    pub(crate) fn print(&self) {
+        print!("{}", self.markdown());
+    }
+}
+
+fn ratio(numerator: f64, denominator: f64) -> f64 {
+    if denominator > 0.0 {
+        numerator / denominator
+    } else {
+        0.0
+    }
+}

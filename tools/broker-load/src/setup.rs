@@ -1,0 +1,237 @@
+//! The system under test, all on 127.0.0.1 in this process: the Google emulator, a PKI, two
+//! brokers started from configuration files (cache on, cache off), and a bare tonic health
+//! service behind a listener built exactly like the broker's (same `ServerConfig`, same
+//! acceptor, same server options), so that the only difference from the broker is the handler.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use gcp_emulator::{Emulator, RunningEmulator};
+use token_broker::pki::{CertificateAuthority, LeafSpec};
+use token_broker::server::{self, RunningBroker};
+use token_broker::settings::Settings;
+use token_broker::tls::{self, TlsFiles};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::Error;
+
+/// The SPIFFE ID of the load generator's client certificate.
+pub(crate) const CALLER: &str = "spiffe://example.org/ns/load/sa/broker-load";
+/// The scope every broker request asks for.
+pub(crate) const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
+/// The key file the emulator writes for [`SERVICE_ACCOUNT`], relative to the work directory.
+const KEY_FILE: &str = "emulator/keys/broker.json";
+
+/// The policy: the load generator may get cloud-platform tokens of `sa` by default.
+const POLICY: &str = r#"
+[[grants]]
+name = "load"
+credential = "sa"
+default = true
+callers = [{ spiffe_id = "spiffe://example.org/ns/load/sa/broker-load" }]
+scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+"#;
+
+/// A unique temporary directory, removed on drop.
+#[derive(Debug)]
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Result<Self, Error> {
+        let path = std::env::temp_dir().join(format!("broker-load-{}", std::process::id()));
+        std::fs::create_dir_all(&path)?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The bare tonic service: tonic-health's `Check` behind the broker's TLS acceptor.
+#[derive(Debug)]
+pub(crate) struct EchoServer {
+    addr: SocketAddr,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl EchoServer {
+    /// Serves tonic-health with the broker's TLS configuration and server options.
+    async fn start(files: &TlsFiles, settings: &Settings) -> Result<Self, Error> {
+        let config = tls::load_server_config(files)?;
+        // The broker's acceptor reads the configuration from a watch channel; this one never
+        // changes (the receiver keeps the last value after the sender is dropped).
+        let (_sender, receiver) = tokio::sync::watch::channel(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+        let addr = listener.local_addr()?;
+        let incoming = tls::incoming(listener, receiver, settings.server.handshake_timeout);
+        // The "" service is registered as SERVING by the reporter.
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        let router = tonic::transport::Server::builder()
+            .timeout(settings.server.rpc_timeout)
+            .add_service(health);
+        let (shutdown, signal) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let signal = async move {
+                let _ = signal.await;
+            };
+            if let Err(error) = router.serve_with_incoming_shutdown(incoming, signal).await {
+                eprintln!("broker-load: echo server failed: {error}");
+            }
+        });
+        Ok(Self {
+            addr,
+            shutdown,
+            task,
+        })
+    }
+
+    async fn shutdown(self) {
+        let _ = self.shutdown.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}
+
+/// Everything the scenarios run against.
+#[derive(Debug)]
+pub(crate) struct World {
+    /// The Google emulator.
+    pub(crate) emulator: RunningEmulator,
+    /// The broker with its cache on.
+    pub(crate) hit: RunningBroker,
+    /// The broker with its cache off: every request signs and calls the emulator.
+    pub(crate) cold: RunningBroker,
+    /// The bare tonic service.
+    pub(crate) echo: EchoServer,
+    client_tls: ClientTlsConfig,
+    dir: TempDir,
+}
+
+impl World {
+    /// Starts the emulator, writes the PKI, policy and configurations, and starts the brokers
+    /// and the bare service.
+    pub(crate) async fn start() -> Result<Self, Error> {
+        let dir = TempDir::new()?;
+        let path = dir.0.as_path();
+        let emulator = Emulator::builder()
+            .data_dir(path.join("emulator"))
+            .start()
+            .await?;
+
+        let ca = CertificateAuthority::new("broker-load CA")?;
+        std::fs::write(path.join("ca.pem"), ca.certificate_pem())?;
+        let server_cert = ca.issue(&LeafSpec::localhost_server())?;
+        std::fs::write(path.join("server.pem"), &server_cert.cert_pem)?;
+        std::fs::write(path.join("server-key.pem"), server_cert.key_pem.as_bytes())?;
+        std::fs::write(path.join("policy.toml"), POLICY)?;
+        let client = ca.issue(&LeafSpec::spiffe_client(CALLER))?;
+        let client_tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(ca.certificate_pem()))
+            .domain_name("localhost")
+            .identity(Identity::from_pem(
+                &client.cert_pem,
+                client.key_pem.as_bytes(),
+            ));
+
+        let hit_settings = settings(path, "hit", emulator.url(), true)?;
+        let cold_settings = settings(path, "cold", emulator.url(), false)?;
+        let files = TlsFiles {
+            cert: hit_settings.tls.cert.clone(),
+            key: hit_settings.tls.key.clone(),
+            client_cas: hit_settings.tls.client_cas.clone(),
+        };
+        let echo = EchoServer::start(&files, &hit_settings).await?;
+        let hit = server::start(hit_settings).await?;
+        let cold = server::start(cold_settings).await?;
+        Ok(Self {
+            emulator,
+            hit,
+            cold,
+            echo,
+            client_tls,
+            dir,
+        })
+    }
+
+    /// The bare service's address.
+    pub(crate) fn echo_addr(&self) -> SocketAddr {
+        self.echo.addr
+    }
+
+    /// The service-account key file the backend signs with.
+    pub(crate) fn key_file(&self) -> PathBuf {
+        self.dir.0.join(KEY_FILE)
+    }
+
+    /// `count` new mTLS connections to `addr`, each its own HTTP/2 connection.
+    pub(crate) async fn channels(
+        &self,
+        addr: SocketAddr,
+        count: usize,
+    ) -> Result<Vec<Channel>, Error> {
+        let mut channels = Vec::with_capacity(count);
+        for _ in 0..count {
+            let channel = Endpoint::from_shared(format!("https://127.0.0.1:{}", addr.port()))?
+                .tls_config(self.client_tls.clone())?
+                .connect_timeout(Duration::from_secs(5))
+                .connect()
+                .await?;
+            channels.push(channel);
+        }
+        Ok(channels)
+    }
+
+    /// Stops everything and removes the work directory.
+    pub(crate) async fn shutdown(self) {
+        self.echo.shutdown().await;
+        self.hit.shutdown().await;
+        self.cold.shutdown().await;
+        self.emulator.shutdown().await;
+        drop(self.dir);
+    }
+}
+
+/// Writes `broker-NAME.toml` and loads it the way the broker binary does.
+fn settings(dir: &Path, name: &str, emulator: &str, cache: bool) -> Result<Settings, Error> {
+    let config = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+
+[tls]
+cert = "server.pem"
+key = "server-key.pem"
+client_cas = ["ca.pem"]
+
+[policy]
+file = "policy.toml"
+
+[google]
+token_url = "{emulator}/token"
+sts_url = "{emulator}/v1/token"
+iam_credentials_url = "{emulator}"
+metadata_url = "{emulator}"
+
+[http]
+request_timeout = "5s"
+
+[cache]
+enabled = {cache}
+
+[[credentials]]
+name = "sa"
+kind = "service_account"
+key_file = "{KEY_FILE}"
+"#
+    );
+    let path = dir.join(format!("broker-{name}.toml"));
+    std::fs::write(&path, config)?;
+    Ok(Settings::load(&path, Some(Default::default()), &[])?)
+}
