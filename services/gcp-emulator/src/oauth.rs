@@ -308,18 +308,11 @@ fn user_id_token(
     lifetime: i64,
 ) -> Result<String, OAuthError> {
     let iat = now();
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, user.email.as_bytes());
-    let user_id: String = digest
-        .as_ref()
-        .iter()
-        .take(21)
-        .map(|b| char::from(b'0' + b % 10))
-        .collect();
     let mut claims = json!({
         "iss": "https://accounts.google.com",
         "aud": user.client_id,
         "azp": user.client_id,
-        "sub": user_id,
+        "sub": crate::world::numeric_id(&user.email),
         "iat": iat,
         "exp": iat + lifetime,
     });

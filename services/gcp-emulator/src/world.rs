@@ -119,13 +119,19 @@ impl ServiceAccount {
 
     /// A stable 21-digit numeric unique id derived from the email.
     pub fn unique_id(&self) -> String {
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, self.email.as_bytes());
-        let mut id = String::from("1");
-        for byte in digest.as_ref().iter().take(20) {
-            id.push(char::from(b'0' + byte % 10));
-        }
-        id
+        numeric_id(&self.email)
     }
+}
+
+/// A stable 21-digit numeric id derived from an email (Google's unique ids of accounts and
+/// users have that shape).
+pub fn numeric_id(email: &str) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, email.as_bytes());
+    let mut id = String::from("1");
+    for byte in digest.as_ref().iter().take(20) {
+        id.push(char::from(b'0' + byte % 10));
+    }
+    id
 }
 
 /// The instance the metadata server speaks for.

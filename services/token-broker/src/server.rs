@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use broker_authz::Policy;
-use broker_backends::{
-    GoogleEndpoints, HttpClient, HttpConfig, RetryPolicy, ServiceAccountKey, ServiceAccountSource,
-};
+use broker_backends::{HttpClient, ServiceAccountKey, ServiceAccountSource};
 use broker_cache::{CacheConfig, TokenCache};
 use broker_core::{Clock, CredentialName, SystemClock};
 use broker_proto::tokenbroker::v1::token_broker_server::TokenBrokerServer;
@@ -113,35 +111,14 @@ pub fn load_policy(
     }
 }
 
-/// The HTTP client and endpoints the backends use.
-fn upstream(settings: &Settings) -> Result<(HttpClient, GoogleEndpoints), StartError> {
-    let http = HttpClient::new(HttpConfig {
-        connect_timeout: settings.http.connect_timeout,
-        request_timeout: settings.http.request_timeout,
-        retry: RetryPolicy {
-            max_attempts: settings.http.max_attempts,
-            initial_backoff: settings.http.initial_backoff,
-            max_backoff: settings.http.max_backoff,
-            ..RetryPolicy::default()
-        },
-        ..HttpConfig::default()
-    })
-    .map_err(|e| StartError::Http(e.to_string()))?;
-    let endpoints = GoogleEndpoints {
-        token_url: settings.google.token_url.clone(),
-        sts_url: settings.google.sts_url.clone(),
-        iam_credentials_url: settings.google.iam_credentials_url.clone(),
-        metadata_url: settings.google.metadata_url.clone(),
-    };
-    Ok((http, endpoints))
-}
-
 /// Loads every configured credential; on failure, every problem with its location.
 pub fn load_credentials(
     settings: &Settings,
     clock: Arc<dyn Clock>,
 ) -> Result<HashMap<CredentialName, Credential>, StartError> {
-    let (http, endpoints) = upstream(settings)?;
+    let http =
+        HttpClient::new(settings.http.clone()).map_err(|e| StartError::Http(e.to_string()))?;
+    let endpoints = &settings.google;
     let mut credentials = HashMap::new();
     let mut problems = Vec::new();
     for (index, entry) in settings.credentials.iter().enumerate() {

@@ -23,8 +23,11 @@
 //!
 //! [http]
 //! connect_timeout = "5s"
-//! request_timeout = "10s"
+//! request_timeout = "10s"             # one attempt
+//! [http.retry]                        # transient failures: jittered exponential backoff
 //! max_attempts = 4
+//! initial_backoff = "100ms"
+//! max_backoff = "5s"
 //!
 //! [cache]
 //! max_entries = 10000
@@ -42,6 +45,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use broker_backends::{GoogleEndpoints, HttpConfig};
 use serde::Deserialize;
 
 /// Why the configuration could not be used; each problem names where it is.
@@ -66,12 +70,12 @@ pub struct Settings {
     pub tls: TlsSettings,
     /// The authorization policy.
     pub policy: PolicySettings,
-    /// Google's endpoints.
+    /// Google's endpoints (defaults: Google's production endpoints).
     #[serde(default)]
-    pub google: GoogleSettings,
-    /// The HTTP client used to call Google.
+    pub google: GoogleEndpoints,
+    /// The HTTP client used to call Google, and its retries.
     #[serde(default)]
-    pub http: HttpSettings,
+    pub http: HttpConfig,
     /// The token cache.
     #[serde(default)]
     pub cache: CacheSettings,
@@ -145,63 +149,6 @@ pub struct PolicySettings {
     /// How often the file is checked for changes.
     #[serde(default = "default_reload_interval", with = "humantime_serde")]
     pub reload_interval: Duration,
-}
-
-/// `[google]`: Google's endpoints (every one overridable, e.g. to the emulator).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct GoogleSettings {
-    /// OAuth2 token endpoint.
-    pub token_url: String,
-    /// Security Token Service.
-    pub sts_url: String,
-    /// IAM Service Account Credentials API base URL.
-    pub iam_credentials_url: String,
-    /// Metadata server base URL.
-    pub metadata_url: String,
-}
-
-impl Default for GoogleSettings {
-    fn default() -> Self {
-        Self {
-            token_url: "https://oauth2.googleapis.com/token".to_owned(),
-            sts_url: "https://sts.googleapis.com/v1/token".to_owned(),
-            iam_credentials_url: "https://iamcredentials.googleapis.com".to_owned(),
-            metadata_url: "http://metadata.google.internal".to_owned(),
-        }
-    }
-}
-
-/// `[http]`: the client that calls Google.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct HttpSettings {
-    /// TCP + TLS connect timeout.
-    #[serde(with = "humantime_serde")]
-    pub connect_timeout: Duration,
-    /// Timeout of one HTTP attempt.
-    #[serde(with = "humantime_serde")]
-    pub request_timeout: Duration,
-    /// Attempts per upstream call, the first included.
-    pub max_attempts: u32,
-    /// First retry backoff (full jitter, doubling).
-    #[serde(with = "humantime_serde")]
-    pub initial_backoff: Duration,
-    /// Largest retry backoff.
-    #[serde(with = "humantime_serde")]
-    pub max_backoff: Duration,
-}
-
-impl Default for HttpSettings {
-    fn default() -> Self {
-        Self {
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(10),
-            max_attempts: 4,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(5),
-        }
-    }
 }
 
 /// `[cache]`.
@@ -352,25 +299,15 @@ impl Settings {
         if self.server.rpc_timeout.is_zero() {
             problems.push("server.rpc_timeout: must be positive".to_owned());
         }
-        if self.http.max_attempts == 0 {
-            problems.push("http.max_attempts: must be at least 1".to_owned());
+        if self.http.retry.max_attempts == 0 {
+            problems.push("http.retry.max_attempts: must be at least 1".to_owned());
         }
         if self.cache.safety_margin >= self.cache.refresh_window && self.cache.enabled {
             problems
                 .push("cache.safety_margin: must be shorter than cache.refresh_window".to_owned());
         }
-        for (name, url) in [
-            ("google.token_url", &self.google.token_url),
-            ("google.sts_url", &self.google.sts_url),
-            (
-                "google.iam_credentials_url",
-                &self.google.iam_credentials_url,
-            ),
-            ("google.metadata_url", &self.google.metadata_url),
-        ] {
-            if !(url.starts_with("https://") || url.starts_with("http://")) {
-                problems.push(format!("{name}: {url:?} is not an http(s) URL"));
-            }
+        if let Err(e) = self.google.validate() {
+            problems.push(format!("google: {e}"));
         }
         let mut names = std::collections::HashSet::new();
         for (i, credential) in self.credentials.iter().enumerate() {

@@ -98,7 +98,7 @@ impl Default for Options {
         Self {
             policy: DEFAULT_POLICY.to_owned(),
             extra_config: String::new(),
-            http: "[http]\nrequest_timeout = \"2s\"\ninitial_backoff = \"10ms\"\nmax_backoff = \"50ms\"\nmax_attempts = 3\n"
+            http: "[http]\nrequest_timeout = \"2s\"\n[http.retry]\ninitial_backoff = \"10ms\"\nmax_backoff = \"50ms\"\nmax_attempts = 3\n"
                 .to_owned(),
             cache: String::new(),
             server: String::new(),

@@ -111,7 +111,10 @@ async fn serve(
         .credentials
         .get(&decision.credential)
         .ok_or_else(|| RpcError::CredentialNotFound(decision.credential.to_string()))?;
-    configured.check_flows(&decision.credential, subject.is_some(), lifetime)?;
+    if credential.is_none() {
+        // The default grant's credential: its flows were not checked above.
+        configured.check_flows(&decision.credential, subject.is_some(), lifetime)?;
+    }
     if !configured.chooses_lifetime {
         decision
             .check_fixed_lifetime(&context.caller, FIXED_LIFETIME)
