@@ -6,8 +6,11 @@ use serde::{Deserialize, Serialize};
 pub const MAX_RULES: usize = 10;
 /// The longest availability condition expression.
 pub const MAX_EXPRESSION_LEN: usize = 2048;
+/// The longest STS `options` JSON (`{"accessBoundary": ...}`) Google accepts, in characters.
+pub const MAX_OPTIONS_LEN: usize = 4096;
 
-/// Why a boundary was refused; `field` is relative to the boundary, such as `rules[1].available_permissions[0]`.
+/// Why a boundary was refused; `field` is relative to the boundary, such as
+/// `rules[1].available_permissions[0]`, and empty when the boundary as a whole is at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}")]
 pub struct BoundaryError {
@@ -54,7 +57,8 @@ pub struct AvailabilityCondition {
 }
 
 impl AccessBoundary {
-    /// Checks the limits Google enforces.
+    /// Checks the limits Google enforces, including the length of the STS `options` it makes
+    /// ([`MAX_OPTIONS_LEN`]), so that a boundary that passes is never refused for its shape.
     pub fn validate(&self) -> Result<(), BoundaryError> {
         let error = |field: String, reason: &str| {
             Err(BoundaryError {
@@ -99,6 +103,15 @@ impl AccessBoundary {
                     "must be a CEL expression of 1 to 2048 characters",
                 );
             }
+        }
+        let options = self.sts_options().to_string().chars().count();
+        if options > MAX_OPTIONS_LEN {
+            return error(
+                String::new(),
+                &format!(
+                    "the boundary makes {options} characters of STS options; Google accepts at most {MAX_OPTIONS_LEN}"
+                ),
+            );
         }
         Ok(())
     }
@@ -175,6 +188,21 @@ mod tests {
                     rules: (0..11).map(|_| rule("//s/b", "inRole:roles/x")).collect(),
                 },
                 "rules",
+            ),
+            (
+                AccessBoundary {
+                    rules: (0..3)
+                        .map(|i| AccessBoundaryRule {
+                            availability_condition: Some(AvailabilityCondition {
+                                expression: format!("resource.name == '{i}{}'", "x".repeat(2000)),
+                                title: None,
+                                description: None,
+                            }),
+                            ..rule("//s/b", "inRole:roles/x")
+                        })
+                        .collect(),
+                },
+                "",
             ),
         ];
         for (boundary, field) in cases {

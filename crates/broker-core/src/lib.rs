@@ -14,11 +14,14 @@ mod token;
 
 pub use boundary::{
     AccessBoundary, AccessBoundaryRule, AvailabilityCondition, BoundaryError, MAX_EXPRESSION_LEN,
-    MAX_RULES,
+    MAX_OPTIONS_LEN, MAX_RULES,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use key::{CredentialName, NameError, TokenKey};
 pub use scope::{MAX_SCOPE_LEN, MAX_SCOPES, ScopeError, ScopeSet};
 pub use secret::{Secret, fingerprint};
-pub use source::{Rejection, SourceError, SourceFuture, TokenRequest, TokenSource};
+pub use source::{
+    Rejection, SourceError, SourceFuture, TokenRequest, TokenSource, UpstreamRejection,
+    UpstreamStatus,
+};
 pub use token::Token;

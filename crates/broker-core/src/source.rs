@@ -32,58 +32,133 @@ impl TokenRequest {
     }
 }
 
-/// How Google refused a request for good (retrying will not help).
+/// Whose fault a permanent refusal by Google is, which decides the gRPC status the broker
+/// answers with (see `UPSTREAM_REJECTED` in `error_reason.proto`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rejection {
-    /// `invalid_grant`: bad assertion, unknown or disabled account or key, bad DWD subject.
-    InvalidGrant,
-    /// `invalid_scope`.
-    InvalidScope,
-    /// `unauthorized_client`: e.g. domain-wide delegation not authorized.
-    UnauthorizedClient,
-    /// The credential itself was refused (`invalid_client`, 401).
-    Unauthenticated,
-    /// A 403 from an API.
-    PermissionDenied,
-    /// A 404 from an API.
-    NotFound,
-    /// A 400 from an API.
+    /// Google refused a value the caller chose: a scope, a domain-wide delegation subject, a
+    /// lifetime, an audience, an access boundary, a subject token. `INVALID_ARGUMENT`.
     InvalidArgument,
+    /// Google's IAM or policy refused (`access_denied`, `unauthorized_client`, an IAM 403): the
+    /// fix is in Google Cloud, not in the request. `PERMISSION_DENIED`.
+    PermissionDenied,
+    /// The target (a service account, a pool) does not exist. `NOT_FOUND`.
+    NotFound,
+    /// Google no longer accepts the broker's own credential: a deleted or disabled key or
+    /// account, a revoked refresh token, a clock too far from Google's, an unknown OAuth client.
+    /// An operator has to fix it. `FAILED_PRECONDITION`.
+    CredentialRejected,
+    /// Any other permanent refusal. `FAILED_PRECONDITION`.
+    Other,
 }
 
-/// Why a source could not produce a token. Messages never contain secrets.
+/// What the last attempt at an upstream call ended with, for the `upstream_status` metadata:
+/// an HTTP status code, or `timeout`, `connect` or `io` when no status arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum UpstreamStatus {
+    /// Google answered with this HTTP status.
+    Http(u16),
+    /// The attempt timed out.
+    Timeout,
+    /// The connection could not be made.
+    Connect,
+    /// The connection failed after it was made (reset, closed early, TLS).
+    Io,
+}
+
+impl std::fmt::Display for UpstreamStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Http(status) => write!(f, "{status}"),
+            Self::Timeout => f.write_str("timeout"),
+            Self::Connect => f.write_str("connect"),
+            Self::Io => f.write_str("io"),
+        }
+    }
+}
+
+/// A permanent refusal by Google, with what the broker may tell the caller about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamRejection {
+    /// Whose fault it is (decides the gRPC status).
+    pub rejection: Rejection,
+    /// The host that refused, such as `oauth2.googleapis.com` (with the port when not the
+    /// scheme's default).
+    pub upstream: String,
+    /// Google's HTTP status.
+    pub status: u16,
+    /// Google's own error code: the OAuth `error` (`invalid_grant`), or the `google.rpc`
+    /// ErrorInfo reason or status (`IAM_PERMISSION_DENIED`, `NOT_FOUND`). Only the characters
+    /// `[A-Za-z0-9_.-]`, at most 64 of them; `unknown` when Google gave none.
+    pub error: String,
+    /// The request field Google rejected, when the source can tell (`scopes`, `subject`,
+    /// `lifetime`, `access_boundary`, ...).
+    pub field: Option<String>,
+    /// What happened, with Google's description sanitized (control characters escaped, length
+    /// capped). Never a secret.
+    pub message: String,
+}
+
+/// Why a source could not produce a token. Messages never contain secrets, and Google's text
+/// in them is sanitized (control characters escaped, length capped).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SourceError {
     /// Google failed in a way that may pass (connection error, 5xx, 408, 429), after retries.
     #[error("Google is unavailable: {message}")]
     Unavailable {
+        /// The host called last.
+        upstream: String,
+        /// What the last attempt ended with.
+        status: UpstreamStatus,
         /// What failed last.
         message: String,
-        /// How long Google asked us to wait, if it did.
+        /// How long Google asked us to wait (already capped by the HTTP client), if it did.
         retry_after: Option<Duration>,
     },
     /// The deadline passed before Google answered.
     #[error("deadline exceeded after {attempts} attempt(s): {last}")]
     DeadlineExceeded {
+        /// The host called last.
+        upstream: String,
         /// Attempts made.
         attempts: u32,
         /// What failed last.
         last: String,
     },
     /// Google refused the request for good.
-    #[error("Google rejected the request ({rejection:?}): {message}")]
-    Rejected {
-        /// The kind of refusal.
-        rejection: Rejection,
-        /// Google's description.
+    #[error("Google rejected the request: {}", .0.message)]
+    Rejected(Box<UpstreamRejection>),
+    /// Google answered something that is not a valid response. Treated as transient.
+    #[error("Google's answer could not be understood: {message}")]
+    Malformed {
+        /// The host that answered.
+        upstream: String,
+        /// What was wrong (never quoting the body, which may hold a token).
         message: String,
     },
-    /// Google answered something that is not a valid token response.
-    #[error("Google's answer could not be understood: {0}")]
-    Malformed(String),
-    /// The credential cannot do what was asked (e.g. a subject on a flow without DWD).
-    #[error("the credential cannot do this: {0}")]
-    Unsupported(String),
+    /// The credential cannot do what was asked (for example a subject on a flow without
+    /// domain-wide delegation). Decided locally; nothing was sent to Google.
+    #[error("the credential cannot do {flow}: {message}")]
+    Unsupported {
+        /// The flow, as in `CREDENTIAL_FLOW_UNSUPPORTED`'s `flow` metadata:
+        /// `domain_wide_delegation`, `extended_lifetime`, `access_boundary`, ...
+        flow: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// A value of the request breaks a limit the source checks locally (for example an access
+    /// boundary longer than STS accepts). Nothing was sent to Google.
+    #[error("invalid {field}: {message}")]
+    InvalidRequest {
+        /// The request field, such as `access_boundary`.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The source itself is broken (for example a request that cannot be built from its
+    /// configuration). A bug or a configuration error, never the caller's fault.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl SourceError {
@@ -91,7 +166,7 @@ impl SourceError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            Self::Unavailable { .. } | Self::DeadlineExceeded { .. } | Self::Malformed(_)
+            Self::Unavailable { .. } | Self::DeadlineExceeded { .. } | Self::Malformed { .. }
         )
     }
 
@@ -100,6 +175,17 @@ impl SourceError {
         match self {
             Self::Unavailable { retry_after, .. } => *retry_after,
             _ => None,
+        }
+    }
+
+    /// The Google host the error came from; `None` for errors decided locally.
+    pub fn upstream(&self) -> Option<&str> {
+        match self {
+            Self::Unavailable { upstream, .. }
+            | Self::DeadlineExceeded { upstream, .. }
+            | Self::Malformed { upstream, .. } => Some(upstream),
+            Self::Rejected(rejection) => Some(&rejection.upstream),
+            Self::Unsupported { .. } | Self::InvalidRequest { .. } | Self::Internal(_) => None,
         }
     }
 }
