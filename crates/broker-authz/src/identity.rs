@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::{Duration, SystemTime};
 
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
@@ -206,6 +207,9 @@ pub struct CallerIdentity {
     pub common_name: Option<String>,
     /// The lowercase hex SHA-256 of the certificate's DER encoding (64 digits).
     pub fingerprint: String,
+    /// When the certificate expires: the identity ends then, even on a connection that stays
+    /// open.
+    pub not_after: SystemTime,
 }
 
 impl CallerIdentity {
@@ -293,6 +297,7 @@ impl CallerIdentity {
             dns_names,
             common_name,
             fingerprint: sha256_hex(der),
+            not_after: unix_time(cert.validity().not_after.timestamp()),
         })
     }
 
@@ -332,6 +337,14 @@ impl fmt::Display for CallerIdentity {
             CallerName::None => write!(f, "sha256:{}", self.fingerprint),
         }
     }
+}
+
+/// Seconds since the Unix epoch as a `SystemTime`; times before the epoch become the epoch.
+fn unix_time(seconds: i64) -> SystemTime {
+    u64::try_from(seconds)
+        .ok()
+        .and_then(|s| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(s)))
+        .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -446,6 +459,12 @@ mod tests {
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         );
         assert_eq!(identity.to_string(), "spiffe://example.org/ci/deployer");
+        let left = identity
+            .not_after
+            .duration_since(SystemTime::now())
+            .expect("in the future");
+        // rcgen's default validity ends in 4096; anything years ahead will do.
+        assert!(left > Duration::from_secs(365 * 86_400), "{left:?}");
     }
 
     #[test]
@@ -467,6 +486,7 @@ mod tests {
             dns_names: vec![],
             common_name: None,
             fingerprint: "ab".repeat(32),
+            not_after: SystemTime::UNIX_EPOCH,
         };
         assert_eq!(nameless.to_string(), format!("sha256:{}", "ab".repeat(32)));
     }

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use broker_authz::{
-    AccessRequest, CallerIdentity, Decision, Denial, DenialRule, GrantOutcome, Policy, SpiffeId,
+    AccessRequest, CallerIdentity, Decision, Denial, DenialRule, GrantOutcome, Policy, Rpc,
+    SpiffeId,
 };
 use broker_core::{
     AccessBoundary, AccessBoundaryRule, AvailabilityCondition, CredentialName, ScopeSet,
@@ -24,6 +25,7 @@ fn spiffe(id: &str) -> CallerIdentity {
         dns_names: vec![],
         common_name: None,
         fingerprint: "00".repeat(32),
+        not_after: std::time::SystemTime::UNIX_EPOCH,
     }
 }
 
@@ -33,6 +35,7 @@ fn dns(names: &[&str]) -> CallerIdentity {
         dns_names: names.iter().map(|s| (*s).to_owned()).collect(),
         common_name: None,
         fingerprint: "00".repeat(32),
+        not_after: std::time::SystemTime::UNIX_EPOCH,
     }
 }
 
@@ -42,6 +45,7 @@ fn cn(name: &str) -> CallerIdentity {
         dns_names: vec![],
         common_name: Some(name.to_owned()),
         fingerprint: "00".repeat(32),
+        not_after: std::time::SystemTime::UNIX_EPOCH,
     }
 }
 
@@ -199,7 +203,7 @@ fn every_caller_matcher() {
         let scopes = scopes(&[CP]);
         let request = AccessRequest {
             credential: Some(&name("c")),
-            ..AccessRequest::new(&scopes)
+            ..AccessRequest::new(Rpc::GetAccessToken, &scopes)
         };
         let result = policy.authorize(&caller, &request);
         assert_eq!(
@@ -236,13 +240,14 @@ fn weaker_names_do_not_match_a_caller_that_has_a_stronger_one() {
     let scopes = scopes(&[CP]);
     let request = AccessRequest {
         credential: Some(&name("c")),
-        ..AccessRequest::new(&scopes)
+        ..AccessRequest::new(Rpc::GetAccessToken, &scopes)
     };
     let both = CallerIdentity {
         spiffe_id: Some(SpiffeId::parse("spiffe://example.org/app").expect("id")),
         dns_names: vec!["app.example.org".into()],
         common_name: Some("app".into()),
         fingerprint: String::new(),
+        not_after: std::time::SystemTime::UNIX_EPOCH,
     };
     assert_eq!(
         policy.authorize(&both, &request).expect_err("denied").rule,
@@ -540,6 +545,7 @@ fn every_way_to_pass_and_fail() {
         let credential = case.credential.map(name);
         let scopes = scopes(case.scopes);
         let request = AccessRequest {
+            rpc: Rpc::GetAccessToken,
             credential: credential.as_ref(),
             scopes: &scopes,
             subject: case.subject,
@@ -570,7 +576,7 @@ fn decisions_carry_the_effective_request() {
             &deployer,
             &AccessRequest {
                 lifetime,
-                ..AccessRequest::new(&cp)
+                ..AccessRequest::new(Rpc::GetAccessToken, &cp)
             },
         )
     };
@@ -583,6 +589,8 @@ fn decisions_carry_the_effective_request() {
             lifetime: Some(Duration::from_secs(1800)),
             max_lifetime: Some(Duration::from_secs(1800)),
             boundary: None,
+            rate_limit: None,
+            distinct_keys: None,
         }
     );
     assert_eq!(
@@ -616,7 +624,7 @@ fn decisions_carry_the_effective_request() {
             &AccessRequest {
                 credential: Some(&artifacts),
                 lifetime: Some(Duration::from_secs(43200)),
-                ..AccessRequest::new(&gcs)
+                ..AccessRequest::new(Rpc::GetAccessToken, &gcs)
             },
         )
         .expect("allowed");
@@ -640,7 +648,7 @@ fn decisions_carry_the_effective_request() {
             &AccessRequest {
                 credential: Some(&artifacts),
                 boundary: Some(&narrow),
-                ..AccessRequest::new(&gcs)
+                ..AccessRequest::new(Rpc::GetAccessToken, &gcs)
             },
         )
         .expect("allowed");
@@ -651,7 +659,7 @@ fn decisions_carry_the_effective_request() {
             &deployer,
             &AccessRequest {
                 boundary: Some(&narrow),
-                ..AccessRequest::new(&cp)
+                ..AccessRequest::new(Rpc::GetAccessToken, &cp)
             },
         )
         .expect("allowed");
@@ -712,7 +720,7 @@ fn the_closest_grant_is_named() {
                 &AccessRequest {
                     credential: Some(&c),
                     subject,
-                    ..AccessRequest::new(&scopes)
+                    ..AccessRequest::new(Rpc::GetAccessToken, &scopes)
                 },
             )
             .expect_err("denied")
@@ -783,7 +791,7 @@ fn a_request_without_credential_is_one_naming_the_default_grants_credential() {
     // The first matching default picks credential `a`; every grant for `a` then counts,
     // including the non-default one that allows this scope.
     let decision = policy
-        .authorize(&team, &AccessRequest::new(&cp))
+        .authorize(&team, &AccessRequest::new(Rpc::GetAccessToken, &cp))
         .expect("allowed");
     assert_eq!(
         (decision.grant.as_str(), decision.credential.as_str()),
@@ -792,13 +800,13 @@ fn a_request_without_credential_is_one_naming_the_default_grants_credential() {
     // The second default grant is never the team's default, even for its own scopes.
     let bq = scopes(&[BQ]);
     let denial = policy
-        .authorize(&team, &AccessRequest::new(&bq))
+        .authorize(&team, &AccessRequest::new(Rpc::GetAccessToken, &bq))
         .expect_err("denied");
     assert_eq!(denial.rule_name(), "scopes");
     assert_eq!(denial.grant.as_deref(), Some("not-default"));
     // Others get `b` by default.
     let decision = policy
-        .authorize(&other, &AccessRequest::new(&bq))
+        .authorize(&other, &AccessRequest::new(Rpc::GetAccessToken, &bq))
         .expect("allowed");
     assert_eq!(decision.credential.as_str(), "b");
 }
@@ -808,7 +816,7 @@ fn explain_reports_every_grant() {
     let policy = shop_policy();
     let deployer = spiffe("spiffe://example.org/ci/deployer");
     let bq = scopes(&[BQ]);
-    let explanation = policy.explain(&deployer, &AccessRequest::new(&bq));
+    let explanation = policy.explain(&deployer, &AccessRequest::new(Rpc::GetAccessToken, &bq));
     let outcomes: Vec<(&str, &GrantOutcome)> = explanation
         .grants
         .iter()
@@ -829,18 +837,18 @@ fn explain_reports_every_grant() {
     );
     assert_eq!(
         explanation.result,
-        policy.authorize(&deployer, &AccessRequest::new(&bq))
+        policy.authorize(&deployer, &AccessRequest::new(Rpc::GetAccessToken, &bq))
     );
 
     let cp = scopes(&[CP]);
-    let explanation = policy.explain(&cn("nobody"), &AccessRequest::new(&cp));
+    let explanation = policy.explain(&cn("nobody"), &AccessRequest::new(Rpc::GetAccessToken, &cp));
     assert!(
         explanation
             .grants
             .iter()
             .all(|check| check.outcome == GrantOutcome::CallerNotMatched)
     );
-    let explanation = policy.explain(&deployer, &AccessRequest::new(&cp));
+    let explanation = policy.explain(&deployer, &AccessRequest::new(Rpc::GetAccessToken, &cp));
     assert_eq!(explanation.grants[0].outcome, GrantOutcome::Allowed);
     assert_eq!(explanation.grants.len(), 3);
 }
@@ -851,7 +859,10 @@ fn an_empty_policy_denies_everything() {
         let policy = load(text);
         let cp = scopes(&[CP]);
         let denial = policy
-            .authorize(&spiffe("spiffe://example.org/a"), &AccessRequest::new(&cp))
+            .authorize(
+                &spiffe("spiffe://example.org/a"),
+                &AccessRequest::new(Rpc::GetAccessToken, &cp),
+            )
             .expect_err("denied");
         assert_eq!(denial.rule, DenialRule::NoGrantForCaller);
         assert_eq!(denial.grant, None);
@@ -968,6 +979,15 @@ fn load_errors_name_their_place() {
         (grant(&format!("scopes = [\"https://x/{}\"]", "a".repeat(300))), "grants[0].scopes[0]", "longer than 256"),
         (grant("scope_prefixes = [\"https://www.googleapis.com/auth/cloud\"]"), "grants[0].scope_prefixes[0]", "ending with '/' or '.'"),
         (grant("scope_prefixes = [\"https://www.googleapis.com.\"]"), "grants[0].scope_prefixes[0]", "with a path"),
+        (grant("scope_prefixes = [\"https://www.googleapis.com/\"]"), "grants[0].scope_prefixes[0]", "below the host"),
+        (grant("scope_prefixes = [\"https://www.googleapis.com/auth/\"]"), "grants[0].scope_prefixes[0]", "would match https://www.googleapis.com/auth/cloud-platform"),
+        (grant("scope_prefixes = [\"https://www.googleapis.com/auth/cloud-platform.\"]"), "grants[0].scope_prefixes[0]", "would match https://www.googleapis.com/auth/cloud-platform.read-only"),
+        (grant("rpcs = []"), "grants[0].rpcs", "at least one RPC"),
+        (grant("rpcs = [\"GetAccessToken\", \"getIdToken\"]"), "grants[0].rpcs[1]", "not an RPC"),
+        (grant("rate_limit = { per_second = 0, burst = 5 }"), "grants[0].rate_limit", "per_second must be"),
+        (grant("rate_limit = { per_second = 5, burst = 0 }"), "grants[0].rate_limit", "burst at least 1"),
+        (grant("rate_limit = { per_second = 5 }"), "grants[0].rate_limit", "missing field `burst`"),
+        (grant("distinct_keys = 0"), "grants[0].distinct_keys", "from 1 to"),
         (grant("scope_prefixes = [\"http://x/\"]"), "grants[0].scope_prefixes[0]", "not an OAuth scope"),
         (grant("max_lifetime = \"1 fortnight\""), "grants[0].max_lifetime", "unknown time unit"),
         (grant("max_lifetime = 3600"), "grants[0].max_lifetime", "invalid type"),
@@ -1091,6 +1111,78 @@ fn loaded_grants_are_normalized() {
     assert_eq!(grant.credential().as_str(), "c");
     assert!(grant.access_boundary().is_none());
     assert!(grant.scope_prefixes().is_empty());
+    assert_eq!(grant.rpcs(), [Rpc::GetAccessToken], "the default");
+    assert_eq!(grant.rate_limit(), None);
+    assert_eq!(grant.distinct_keys(), None);
+}
+
+#[test]
+fn grants_name_the_rpcs_they_allow() {
+    let policy = load(&format!(
+        r#"
+        [[grants]]
+        name = "tokens-only"
+        credential = "c"
+        callers = [{{ spiffe_id = "spiffe://example.org/a" }}]
+        scopes = ["{CP}"]
+
+        [[grants]]
+        name = "signer"
+        credential = "c"
+        callers = [{{ spiffe_id = "spiffe://example.org/a" }}]
+        rpcs = ["SignBlob", "SignJwt", "SignBlob"]
+        rate_limit = {{ per_second = 0.5, burst = 3 }}
+        distinct_keys = 8
+        "#
+    ));
+    let caller = spiffe("spiffe://example.org/a");
+    let cp = scopes(&[CP]);
+    let c = name("c");
+    let with_credential = |rpc| AccessRequest {
+        credential: Some(&c),
+        ..AccessRequest::new(rpc, &cp)
+    };
+    assert_eq!(
+        policy
+            .authorize(&caller, &with_credential(Rpc::GetAccessToken))
+            .expect("allowed")
+            .grant,
+        "tokens-only"
+    );
+
+    // A grant without `rpcs` allows GetAccessToken only; the closest grant is named.
+    let denial = policy
+        .authorize(&caller, &with_credential(Rpc::ImpersonateServiceAccount))
+        .expect_err("denied");
+    assert_eq!(denial.rule_name(), "rpc");
+    assert_eq!(denial.value(), Some("ImpersonateServiceAccount"));
+    assert!(
+        denial
+            .to_string()
+            .contains("does not allow ImpersonateServiceAccount"),
+        "{denial}"
+    );
+
+    // The signer grant allows SignJwt (no scopes asked) and carries its limits.
+    let none = ScopeSet::parse(Vec::<String>::new()).expect("empty");
+    let decision = policy
+        .authorize(
+            &caller,
+            &AccessRequest {
+                credential: Some(&c),
+                ..AccessRequest::new(Rpc::SignJwt, &none)
+            },
+        )
+        .expect("allowed");
+    assert_eq!(decision.grant, "signer");
+    let limit = decision.rate_limit.expect("rate limit");
+    assert_eq!(limit.burst(), 3);
+    assert_eq!(limit.interval(), Duration::from_secs(2));
+    assert_eq!(decision.distinct_keys, Some(8));
+    assert_eq!(
+        policy.grant("signer").expect("grant").rpcs(),
+        [Rpc::SignJwt, Rpc::SignBlob]
+    );
 }
 
 #[test]
@@ -1110,7 +1202,7 @@ fn a_real_certificate_through_the_policy() {
     let policy = shop_policy();
     let gcs = scopes(&[GCS_RW]);
     let decision = policy
-        .authorize(&caller, &AccessRequest::new(&gcs))
+        .authorize(&caller, &AccessRequest::new(Rpc::GetAccessToken, &gcs))
         .expect("allowed");
     assert_eq!(decision.credential.as_str(), "prod-deployer");
 }

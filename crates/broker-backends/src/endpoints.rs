@@ -1,4 +1,5 @@
-//! Where Google lives: every URL the backends call, each overridable in configuration.
+//! Where Google lives: every URL the backends call, each overridable in configuration, and the
+//! host an error names as its `upstream`.
 
 use serde::Deserialize;
 
@@ -95,6 +96,35 @@ impl GoogleEndpoints {
     }
 }
 
+/// The host of `url` as errors and metrics name an upstream: the host, plus `:port` when the URL
+/// gives a port other than its scheme's default (`https://oauth2.googleapis.com/token` is
+/// `oauth2.googleapis.com`, `http://127.0.0.1:8085/v1/token` is `127.0.0.1:8085`, an IPv6
+/// host keeps its brackets). User information in the URL is never part of it. A string that
+/// is not an absolute URL with a host gives its text between `://` (if any) and the first `/`,
+/// `?` or `#`, without anything up to an `@`.
+pub fn upstream_host(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(parsed) if parsed.host_str().is_some_and(|h| !h.is_empty()) => host_of(&parsed),
+        _ => {
+            let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+            authority
+                .rsplit_once('@')
+                .map_or(authority, |(_, host)| host)
+                .to_owned()
+        }
+    }
+}
+
+/// [`upstream_host`] of a parsed URL.
+pub(crate) fn host_of(url: &reqwest::Url) -> String {
+    let host = url.host_str().unwrap_or_default();
+    match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +164,33 @@ mod tests {
         assert!(error.contains("sts_url"), "{error}");
         e.sts_url = "not a url".into();
         assert!(e.validate().is_err());
+    }
+
+    #[test]
+    fn upstream_host_keeps_only_non_default_ports() {
+        for (url, host) in [
+            (GOOGLE_TOKEN_URL, "oauth2.googleapis.com"),
+            (GOOGLE_STS_URL, "sts.googleapis.com"),
+            (
+                "https://sts.googleapis.com:443/v1/token",
+                "sts.googleapis.com",
+            ),
+            (
+                "http://metadata.google.internal:80/",
+                "metadata.google.internal",
+            ),
+            (
+                "https://eu-sts.example:8443/v1/token",
+                "eu-sts.example:8443",
+            ),
+            ("http://127.0.0.1:8085/token", "127.0.0.1:8085"),
+            ("http://[::1]:8085/token", "[::1]:8085"),
+            ("https://user:secret@oauth2.example/token", "oauth2.example"),
+            ("HTTPS://OAuth2.Example/token?x=1", "oauth2.example"),
+            ("oauth2.example:99/token", "oauth2.example:99"),
+            ("weird://user:pw@host:1/x", "host:1"),
+        ] {
+            assert_eq!(upstream_host(url), host, "{url}");
+        }
     }
 }

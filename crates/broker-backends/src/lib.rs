@@ -5,10 +5,16 @@
 //! cache miss: to Google in production, to `services/gcp-emulator` in dev and tests. It never
 //! caches. Every call has timeouts and bounded, jittered retries of transient failures
 //! ([`HttpClient::send_with_retry`]), and every failure is a [`broker_core::SourceError`] that
-//! says whether trying later may help. Secrets (keys, assertions, tokens) never reach logs,
-//! errors or `Debug` output; logs carry [`broker_core::Secret::fingerprint`]s.
+//! says whether trying later may help and, when it came from Google, which host
+//! ([`upstream_host`]), what the last attempt ended with, and whose fault a refusal is (each
+//! flow classifies Google's OAuth errors: see [`ServiceAccountSource`] and [`downscope`]).
+//! Decisions taken locally are not upstream errors: `Unsupported`, `InvalidRequest`,
+//! `Internal`. Secrets (keys, assertions, tokens) never reach logs, errors or `Debug` output;
+//! logs carry [`broker_core::Secret::fingerprint`]s. Google's text is sanitized before it
+//! reaches a message (control characters escaped, length capped), and nothing of a
+//! successful answer is ever quoted.
 //!
-//! - [`endpoints`](GoogleEndpoints): Google's URLs, each overridable;
+//! - [`endpoints`](GoogleEndpoints): Google's URLs, each overridable, and [`upstream_host`];
 //! - [`HttpClient`]: the one shared reqwest client and the retry loop;
 //! - [`ServiceAccountSource`]: service-account keys, the RFC 7523 JWT-bearer grant, with
 //!   domain-wide delegation (google-protocols.md §1, §2.1);
@@ -37,12 +43,13 @@ mod error;
 mod http;
 mod jws;
 mod oauth;
+mod sanitize;
 mod service_account;
 mod sts;
 
 pub use endpoints::{
     GOOGLE_IAM_CREDENTIALS_URL, GOOGLE_METADATA_URL, GOOGLE_STS_URL, GOOGLE_TOKEN_URL,
-    GoogleEndpoints,
+    GoogleEndpoints, upstream_host,
 };
 pub use error::BackendError;
 pub use http::{

@@ -1,13 +1,21 @@
 //! Reading OAuth 2.0 token responses and error bodies, shared by the token endpoint and STS
 //! (google-protocols.md §1.4, §1.5, §4.3, §4.4).
+//!
+//! [`interpret`] does what every OAuth-style flow does alike: it reads a success, retries
+//! transient failures, parses Google's error body once ([`OAuthError`]), sanitizes Google's
+//! text and builds the [`UpstreamRejection`]. Whose fault a permanent refusal is depends on
+//! the flow (`invalid_grant` blames the broker's key at the token endpoint, its access token
+//! at STS), so the flow passes its classification: a function from [`OAuthError`] to a
+//! [`Verdict`].
 
 use std::time::Duration;
 
-use broker_core::{Rejection, Secret, SourceError};
+use broker_core::{Rejection, Secret, SourceError, UpstreamRejection};
 use reqwest::StatusCode;
 use serde_json::Value;
 
 use crate::http::{Attempt, HttpResponse};
+use crate::sanitize;
 
 /// OAuth `error` (or `error_description`) values Google uses for failures that pass; Python
 /// google-auth retries on them too.
@@ -17,17 +25,65 @@ const TRANSIENT_ERRORS: [&str; 3] = [
     "temporarily_unavailable",
 ];
 
-/// The longest piece of Google's text quoted in an error message.
-const MAX_QUOTED: usize = 300;
-
-/// A successful token response.
+/// A successful token response. `Debug` shows the token's fingerprint only.
+#[derive(Debug)]
 pub(crate) struct TokenResponse {
+    /// The host that answered, for errors about the answer.
+    pub(crate) upstream: String,
     /// `access_token`.
     pub(crate) access_token: Secret,
     /// `expires_in`, when present.
     pub(crate) expires_in: Option<Duration>,
     /// `issued_token_type` (STS), when present.
     pub(crate) issued_token_type: Option<String>,
+}
+
+/// A permanent failure of an OAuth endpoint, as a flow's classification sees it. The strings
+/// are Google's, unsanitized: match them, never quote them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OAuthError<'a> {
+    /// The HTTP status (4xx).
+    pub(crate) status: StatusCode,
+    /// `error`; `None` when the body is no OAuth error body (a proxy's page, an empty body).
+    pub(crate) error: Option<&'a str>,
+    /// `error_description`, when given.
+    pub(crate) description: Option<&'a str>,
+}
+
+impl OAuthError<'_> {
+    /// Whether `error_description` contains `needle` (lowercase), ignoring case.
+    pub(crate) fn description_mentions(&self, needle: &str) -> bool {
+        self.description
+            .is_some_and(|d| d.to_lowercase().contains(needle))
+    }
+}
+
+/// A flow's reading of a permanent refusal: whose fault it is, and the request field Google
+/// refused when the flow can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Verdict {
+    /// Whose fault.
+    pub(crate) rejection: Rejection,
+    /// The request field (`scopes`, `subject`, `access_boundary`, ...).
+    pub(crate) field: Option<&'static str>,
+}
+
+impl Verdict {
+    /// A refusal attributed to no request field.
+    pub(crate) const fn of(rejection: Rejection) -> Self {
+        Self {
+            rejection,
+            field: None,
+        }
+    }
+
+    /// A refusal of the caller's value in `field`: [`Rejection::InvalidArgument`].
+    pub(crate) const fn invalid(field: &'static str) -> Self {
+        Self {
+            rejection: Rejection::InvalidArgument,
+            field: Some(field),
+        }
+    }
 }
 
 /// Whether an HTTP status is worth retrying: 5xx, 408, 429.
@@ -38,68 +94,86 @@ pub(crate) fn is_transient_status(status: StatusCode) -> bool {
 }
 
 /// Interprets a response of an OAuth-style endpoint (`what` names it in messages).
-pub(crate) fn interpret(response: HttpResponse, what: &str) -> Attempt<TokenResponse> {
-    let status = response.status;
+///
+/// - 2xx: the token response, or [`SourceError::Malformed`] in words of our own (the body
+///   may hold a token and is never quoted).
+/// - 5xx, 408, 429, or an `error` or `error_description` of `internal_failure`,
+///   `server_error` or `temporarily_unavailable`: [`Attempt::Retry`].
+/// - Other 4xx: [`SourceError::Rejected`] whose category and field come from `classify`,
+///   whose `error` is Google's `error` when it is a plain code ([`sanitize::error_code`]:
+///   `unknown` when absent or not plain), and whose message quotes `error` and
+///   `error_description` sanitized ([`sanitize::quote`]).
+/// - Anything else (a redirect, which is never followed): [`SourceError::Malformed`].
+pub(crate) fn interpret(
+    response: HttpResponse,
+    what: &str,
+    classify: impl Fn(&OAuthError<'_>) -> Verdict,
+) -> Attempt<TokenResponse> {
+    let HttpResponse {
+        upstream,
+        status,
+        body,
+        ..
+    } = response;
     if status.is_success() {
-        return match parse_success(&response.body) {
+        return match parse_success(&body, &upstream) {
             Ok(token) => Attempt::Done(token),
-            Err(problem) => Attempt::Fail(SourceError::Malformed(format!(
-                "{what} answered HTTP {} {problem}",
-                status.as_u16()
-            ))),
+            Err(problem) => Attempt::Fail(SourceError::Malformed {
+                upstream,
+                message: format!("{what} answered HTTP {} {problem}", status.as_u16()),
+            }),
         };
     }
-    let body = serde_json::from_slice::<Value>(&response.body).ok();
-    let field = |name: &str| {
+    let body = serde_json::from_slice::<Value>(&body).ok();
+    let text = |name: &str| {
         body.as_ref()
             .and_then(|b| b.get(name))
             .and_then(Value::as_str)
-            .map(str::to_owned)
+            .filter(|v| !v.is_empty())
     };
-    let error = field("error");
-    let description = field("error_description");
-    let message = match (&error, &description) {
-        (Some(error), Some(description)) => format!(
+    let error = OAuthError {
+        status,
+        error: text("error"),
+        description: text("error_description"),
+    };
+    let message = match (error.error, error.description) {
+        (Some(code), Some(description)) => format!(
             "{what} answered HTTP {}: {}: {}",
             status.as_u16(),
-            quote(error),
-            quote(description)
+            sanitize::quote(code),
+            sanitize::quote(description)
         ),
-        (Some(error), None) => {
-            format!("{what} answered HTTP {}: {}", status.as_u16(), quote(error))
-        }
-        _ => format!("{what} answered HTTP {}", status.as_u16()),
+        (Some(code), None) => format!(
+            "{what} answered HTTP {}: {}",
+            status.as_u16(),
+            sanitize::quote(code)
+        ),
+        (None, _) => format!("{what} answered HTTP {}", status.as_u16()),
     };
-    let transient_body = [&error, &description]
+    let transient_body = [error.error, error.description]
         .into_iter()
         .flatten()
-        .any(|v| TRANSIENT_ERRORS.contains(&v.as_str()));
+        .any(|v| TRANSIENT_ERRORS.contains(&v));
     if is_transient_status(status) || transient_body {
         return Attempt::Retry(message);
     }
     if !status.is_client_error() {
-        return Attempt::Fail(SourceError::Malformed(message));
+        return Attempt::Fail(SourceError::Malformed { upstream, message });
     }
-    let rejection = match error.as_deref() {
-        Some("invalid_grant") => Rejection::InvalidGrant,
-        Some("invalid_scope") => Rejection::InvalidScope,
-        Some("unauthorized_client") => Rejection::UnauthorizedClient,
-        Some("invalid_client") => Rejection::Unauthenticated,
-        Some(_) => Rejection::InvalidArgument,
-        // Not an OAuth error body (a proxy, a load balancer): go by the status.
-        None => match status {
-            StatusCode::UNAUTHORIZED => Rejection::Unauthenticated,
-            StatusCode::FORBIDDEN => Rejection::PermissionDenied,
-            StatusCode::NOT_FOUND => Rejection::NotFound,
-            _ => Rejection::InvalidArgument,
-        },
-    };
-    Attempt::Fail(SourceError::Rejected { rejection, message })
+    let verdict = classify(&error);
+    Attempt::Fail(SourceError::Rejected(Box::new(UpstreamRejection {
+        rejection: verdict.rejection,
+        upstream,
+        status: status.as_u16(),
+        error: sanitize::error_code(error.error),
+        field: verdict.field.map(str::to_owned),
+        message,
+    })))
 }
 
 /// Reads `{"access_token", "expires_in", "token_type", ...}`. Problems are described in words
 /// of our own: serde's messages may quote values, and a value here may be a token.
-fn parse_success(body: &[u8]) -> Result<TokenResponse, &'static str> {
+fn parse_success(body: &[u8], upstream: &str) -> Result<TokenResponse, &'static str> {
     let body: Value = serde_json::from_slice(body).map_err(|_| "with a body that is not JSON")?;
     let object = body
         .as_object()
@@ -127,6 +201,7 @@ fn parse_success(body: &[u8]) -> Result<TokenResponse, &'static str> {
         .and_then(Value::as_str)
         .map(str::to_owned);
     Ok(TokenResponse {
+        upstream: upstream.to_owned(),
         access_token,
         expires_in,
         issued_token_type,
@@ -147,32 +222,45 @@ fn seconds(value: &Value) -> Option<Duration> {
     (seconds > 0).then(|| Duration::from_secs(seconds))
 }
 
-/// Google's text, cut to [`MAX_QUOTED`] characters.
-fn quote(text: &str) -> String {
-    if text.chars().count() <= MAX_QUOTED {
-        text.to_owned()
-    } else {
-        let mut cut: String = text.chars().take(MAX_QUOTED).collect();
-        cut.push('…');
-        cut
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use reqwest::header::HeaderMap;
 
+    pub(crate) const UPSTREAM: &str = "oauth2.googleapis.com";
+
     fn response(status: u16, body: &str) -> HttpResponse {
         HttpResponse {
+            upstream: UPSTREAM.to_owned(),
             status: StatusCode::from_u16(status).expect("status"),
             headers: HeaderMap::new(),
             body: body.as_bytes().to_vec(),
         }
     }
 
+    /// The outcome of a response under `classify`.
+    pub(crate) fn outcome_with(
+        status: u16,
+        body: &str,
+        classify: impl Fn(&OAuthError<'_>) -> Verdict,
+    ) -> Attempt<TokenResponse> {
+        interpret(response(status, body), "token endpoint", classify)
+    }
+
+    /// The rejection a permanent failure becomes under `classify`.
+    pub(crate) fn rejection_with(
+        status: u16,
+        body: &str,
+        classify: impl Fn(&OAuthError<'_>) -> Verdict,
+    ) -> UpstreamRejection {
+        match outcome_with(status, body, classify) {
+            Attempt::Fail(SourceError::Rejected(rejection)) => *rejection,
+            other => panic!("{status} {body} should be rejected, got {other:?}"),
+        }
+    }
+
     fn outcome(status: u16, body: &str) -> Attempt<TokenResponse> {
-        interpret(response(status, body), "token endpoint")
+        outcome_with(status, body, |_| Verdict::of(Rejection::Other))
     }
 
     #[test]
@@ -187,6 +275,7 @@ mod tests {
             };
             assert_eq!(token.expires_in, Some(Duration::from_secs(3599)), "{body}");
             assert_eq!(token.access_token.expose(), "t");
+            assert_eq!(token.upstream, UPSTREAM);
         }
         let Attempt::Done(token) = outcome(200, r#"{"access_token":"t","token_type":"Bearer"}"#)
         else {
@@ -207,16 +296,17 @@ mod tests {
             r#"{"access_token":"ya29.secret","expires_in":3599,"token_type":"MAC"}"#,
         ] {
             match outcome(200, body) {
-                Attempt::Fail(SourceError::Malformed(message)) => {
+                Attempt::Fail(SourceError::Malformed { upstream, message }) => {
+                    assert_eq!(upstream, UPSTREAM);
                     assert!(!message.contains("ya29"), "{message}");
                 }
-                _ => panic!("{body} should be malformed"),
+                other => panic!("{body} should be malformed, got {other:?}"),
             }
         }
     }
 
     #[test]
-    fn errors_are_split_into_transient_and_permanent() {
+    fn transient_failures_are_retried_before_any_classification() {
         let transient = [
             (500, r#"{"error":"internal_failure"}"#),
             (503, "<html>busy</html>"),
@@ -229,63 +319,130 @@ mod tests {
             (400, r#"{"error":"x","error_description":"server_error"}"#),
         ];
         for (status, body) in transient {
-            assert!(
-                matches!(outcome(status, body), Attempt::Retry(_)),
-                "{status} {body}"
-            );
+            let outcome = outcome_with(status, body, |_| panic!("not classified"));
+            assert!(matches!(outcome, Attempt::Retry(_)), "{status} {body}");
         }
-        let permanent = [
-            (
-                400,
-                r#"{"error":"invalid_grant","error_description":"Invalid JWT Signature."}"#,
-                Rejection::InvalidGrant,
-            ),
-            (400, r#"{"error":"invalid_scope"}"#, Rejection::InvalidScope),
-            (
-                401,
-                r#"{"error":"unauthorized_client"}"#,
-                Rejection::UnauthorizedClient,
-            ),
-            (
-                401,
-                r#"{"error":"invalid_client"}"#,
-                Rejection::Unauthenticated,
-            ),
-            (
-                400,
-                r#"{"error":"invalid_request"}"#,
-                Rejection::InvalidArgument,
-            ),
-            (
-                403,
-                r#"{"error":"access_denied"}"#,
-                Rejection::InvalidArgument,
-            ),
-            (403, "Forbidden", Rejection::PermissionDenied),
-            (404, "", Rejection::NotFound),
-        ];
-        for (status, body, expected) in permanent {
-            match outcome(status, body) {
-                Attempt::Fail(SourceError::Rejected { rejection, message }) => {
-                    assert_eq!(rejection, expected, "{status} {body}");
-                    assert!(message.contains(&status.to_string()), "{message}");
-                }
-                _ => panic!("{status} {body} should be permanent"),
-            }
-        }
-        let Attempt::Fail(SourceError::Rejected { message, .. }) = outcome(
-            400,
-            r#"{"error":"invalid_grant","error_description":"Invalid JWT Signature."}"#,
+        let Attempt::Retry(message) = outcome(
+            503,
+            r#"{"error":"x\u001b[2J","error_description":"down\nnow"}"#,
         ) else {
-            panic!("rejected");
+            panic!("transient");
         };
         assert_eq!(
             message,
-            "token endpoint answered HTTP 400: invalid_grant: Invalid JWT Signature."
+            "token endpoint answered HTTP 503: x\\u{1b}[2J: down\\nnow"
         );
         assert!(matches!(
             outcome(302, ""),
-            Attempt::Fail(SourceError::Malformed(_))
+            Attempt::Fail(SourceError::Malformed { .. })
         ));
+    }
+
+    #[test]
+    fn the_classification_sees_googles_error_and_the_rejection_carries_it_sanitized() {
+        let seen = std::cell::RefCell::new(Vec::new());
+        let classify = |e: &OAuthError<'_>| {
+            seen.borrow_mut().push((
+                e.status.as_u16(),
+                e.error.map(str::to_owned),
+                e.description.map(str::to_owned),
+            ));
+            Verdict::invalid("scopes")
+        };
+        let long = "d".repeat(10_000);
+        // (status, body, error code kept, message)
+        let cases = [
+            (
+                400,
+                r#"{"error":"invalid_grant","error_description":"Invalid JWT Signature."}"#
+                    .to_owned(),
+                "invalid_grant",
+                "token endpoint answered HTTP 400: invalid_grant: Invalid JWT Signature."
+                    .to_owned(),
+            ),
+            (
+                400,
+                r#"{"error":"invalid_scope"}"#.to_owned(),
+                "invalid_scope",
+                "token endpoint answered HTTP 400: invalid_scope".to_owned(),
+            ),
+            (
+                400,
+                r#"{"error":"bad code","error_description":"line\nnext \u001b[31mred"}"#.to_owned(),
+                "unknown",
+                "token endpoint answered HTTP 400: bad code: line\\nnext \\u{1b}[31mred".to_owned(),
+            ),
+            (
+                400,
+                format!(r#"{{"error":"{}"}}"#, "e".repeat(65)),
+                "unknown",
+                format!("token endpoint answered HTTP 400: {}", "e".repeat(65)),
+            ),
+            (
+                400,
+                format!(r#"{{"error":"invalid_request","error_description":"{long}"}}"#),
+                "invalid_request",
+                format!(
+                    "token endpoint answered HTTP 400: invalid_request: {}…",
+                    "d".repeat(sanitize::MAX_QUOTED)
+                ),
+            ),
+            (
+                403,
+                "<html>Forbidden: ya29.secret</html>".to_owned(),
+                "unknown",
+                "token endpoint answered HTTP 403".to_owned(),
+            ),
+            (
+                401,
+                r#"{"error":"","error_description":"empty code"}"#.to_owned(),
+                "unknown",
+                "token endpoint answered HTTP 401".to_owned(),
+            ),
+        ];
+        for (status, body, code, message) in &cases {
+            let rejection = rejection_with(*status, body, classify);
+            assert_eq!(
+                rejection,
+                UpstreamRejection {
+                    rejection: Rejection::InvalidArgument,
+                    upstream: UPSTREAM.to_owned(),
+                    status: *status,
+                    error: (*code).to_owned(),
+                    field: Some("scopes".to_owned()),
+                    message: message.clone(),
+                },
+                "{body}"
+            );
+        }
+        let seen = seen.into_inner();
+        assert_eq!(seen.len(), cases.len());
+        // The classification gets Google's text as sent, to match on.
+        assert_eq!(
+            seen[2],
+            (
+                400,
+                Some("bad code".to_owned()),
+                Some("line\nnext \u{1b}[31mred".to_owned())
+            )
+        );
+        assert_eq!(seen[5], (403, None, None));
+        assert_eq!(seen[6], (401, None, Some("empty code".to_owned())));
+    }
+
+    #[test]
+    fn description_mentions_ignores_case() {
+        let error = OAuthError {
+            status: StatusCode::BAD_REQUEST,
+            error: Some("invalid_grant"),
+            description: Some("Invalid Email or User ID"),
+        };
+        assert!(error.description_mentions("email or user id"));
+        assert!(!error.description_mentions("signature"));
+        let bare = OAuthError {
+            description: None,
+            ..error
+        };
+        assert!(!bare.description_mentions("email or user id"));
     }
 }

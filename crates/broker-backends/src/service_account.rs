@@ -20,7 +20,8 @@ use zeroize::Zeroizing;
 use crate::endpoints::GOOGLE_TOKEN_URL;
 use crate::http::HttpClient;
 use crate::jws::Rs256Signer;
-use crate::{BackendError, GoogleEndpoints, oauth, sts};
+use crate::oauth::{self, OAuthError, Verdict};
+use crate::{BackendError, GoogleEndpoints, sts};
 
 /// The JWT-bearer grant type.
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -215,9 +216,23 @@ struct Claims<'a> {
 /// signed assertions there). The assertion's `aud` is always `https://oauth2.googleapis.com/token`.
 ///
 /// Tokens live one hour (`expires_in` from Google, usually 3599 s); a request for a longer
-/// lifetime is [`SourceError::Unsupported`]. A request with a DWD `subject` gets a token for that
-/// user (its `principal`). A request with an access boundary gets the token downscoped through
-/// STS ([`crate::downscope`]).
+/// lifetime is [`SourceError::Unsupported`] (flow `extended_lifetime`), decided without a call.
+/// A request with a DWD `subject` gets a token for that user (its `principal`). A request with
+/// an access boundary gets the token downscoped through STS ([`crate::downscope`], whose
+/// errors name the STS host); a boundary that fails [`broker_core::AccessBoundary::validate`]
+/// is [`SourceError::InvalidRequest`] (field `access_boundary`) before anything is minted.
+///
+/// The token endpoint's permanent refusals are [`SourceError::Rejected`], classified:
+///
+/// | `error` | rejection | field |
+/// |---|---|---|
+/// | `invalid_grant`, with a subject and a description naming the "email or user id" | `InvalidArgument` | `subject` |
+/// | `invalid_grant` otherwise (bad or deleted key, disabled or unknown account, clock skew) | `CredentialRejected` | |
+/// | `invalid_scope` | `InvalidArgument` | `scopes` |
+/// | `unauthorized_client` (DWD not authorized), `access_denied`, `admin_policy_enforced`, `org_internal` | `PermissionDenied` | |
+/// | `invalid_client`, `disabled_client` | `CredentialRejected` | |
+/// | `invalid_request`, `unsupported_grant_type`, any other code | `Other` | |
+/// | no OAuth error body: HTTP 401 / 403 / 404 / other 4xx | `CredentialRejected` / `PermissionDenied` / `NotFound` / `Other` | |
 pub struct ServiceAccountSource {
     email: String,
     key_id: Option<String>,
@@ -309,7 +324,7 @@ impl ServiceAccountSource {
             sub: request.subject.as_deref(),
         };
         self.signer.sign(&claims).map_err(|e| {
-            SourceError::Unsupported(format!("cannot sign the assertion of {}: {e}", self.email))
+            SourceError::Internal(format!("cannot sign the assertion of {}: {e}", self.email))
         })
     }
 
@@ -321,22 +336,28 @@ impl ServiceAccountSource {
         if let Some(lifetime) = request.lifetime
             && lifetime > MAX_TOKEN_LIFETIME
         {
-            return Err(SourceError::Unsupported(format!(
-                "a service-account key gives tokens of at most {} s; {} s were asked for",
-                MAX_TOKEN_LIFETIME.as_secs(),
-                lifetime.as_secs()
-            )));
+            return Err(SourceError::Unsupported {
+                flow: "extended_lifetime",
+                message: format!(
+                    "a service-account key gives tokens of at most {} s; {} s were asked for",
+                    MAX_TOKEN_LIFETIME.as_secs(),
+                    lifetime.as_secs()
+                ),
+            });
         }
         if let Some(boundary) = &request.boundary {
             // Checked before the token is minted, so a boundary STS would refuse costs no call.
-            boundary.validate().map_err(|e| SourceError::Rejected {
-                rejection: Rejection::InvalidArgument,
-                message: format!("invalid access boundary: {e}"),
-            })?;
+            boundary
+                .validate()
+                .map_err(|e| SourceError::InvalidRequest {
+                    field: "access_boundary".to_owned(),
+                    message: e.to_string(),
+                })?;
         }
         let issued_at = self.clock.now();
         let assertion = self.assertion(request, issued_at)?;
         let token_url = self.endpoints.token_url.as_str();
+        let with_subject = request.subject.is_some();
         let response = self
             .http
             .send_with_retry(
@@ -348,12 +369,17 @@ impl ServiceAccountSource {
                         ("assertion", assertion.as_str()),
                     ])
                 },
-                |response| oauth::interpret(response, "token endpoint"),
+                |response| {
+                    oauth::interpret(response, "token endpoint", |error| {
+                        classify(error, with_subject)
+                    })
+                },
             )
             .await?;
         drop(assertion);
-        let expires_in = response.expires_in.ok_or_else(|| {
-            SourceError::Malformed("token endpoint answered HTTP 200 without expires_in".to_owned())
+        let expires_in = response.expires_in.ok_or_else(|| SourceError::Malformed {
+            upstream: response.upstream.clone(),
+            message: "token endpoint answered HTTP 200 without expires_in".to_owned(),
         })?;
         let principal: Arc<str> = match &request.subject {
             Some(subject) => subject.as_str().into(),
@@ -388,6 +414,30 @@ impl ServiceAccountSource {
     }
 }
 
+/// Whose fault the token endpoint's refusal of a JWT-bearer grant is (the table on
+/// [`ServiceAccountSource`]); `with_subject` says whether the assertion named a DWD subject.
+fn classify(error: &OAuthError<'_>, with_subject: bool) -> Verdict {
+    match error.error {
+        Some("invalid_grant") if with_subject && error.description_mentions("email or user id") => {
+            Verdict::invalid("subject")
+        }
+        Some("invalid_grant" | "invalid_client" | "disabled_client") => {
+            Verdict::of(Rejection::CredentialRejected)
+        }
+        Some("invalid_scope") => Verdict::invalid("scopes"),
+        Some(
+            "unauthorized_client" | "access_denied" | "admin_policy_enforced" | "org_internal",
+        ) => Verdict::of(Rejection::PermissionDenied),
+        Some(_) => Verdict::of(Rejection::Other),
+        None => Verdict::of(match error.status.as_u16() {
+            401 => Rejection::CredentialRejected,
+            403 => Rejection::PermissionDenied,
+            404 => Rejection::NotFound,
+            _ => Rejection::Other,
+        }),
+    }
+}
+
 impl TokenSource for ServiceAccountSource {
     fn principal(&self) -> &str {
         &self.email
@@ -405,6 +455,71 @@ impl TokenSource for ServiceAccountSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::oauth::tests::rejection_with;
+
+    #[test]
+    fn token_endpoint_refusals_are_classified_by_whose_fault_they_are() {
+        use Rejection::{CredentialRejected, InvalidArgument, NotFound, Other, PermissionDenied};
+        const BAD_SUBJECT: &str = "Invalid email or User ID";
+        const SKEW: &str = "Invalid JWT: Token must be a short-lived token (60 minutes) and in a \
+            reasonable timeframe. Check your iat and exp values in the JWT claim.";
+        // (status, error, description, with a subject, rejection, field)
+        #[rustfmt::skip]
+        let cases = [
+            (400, "invalid_grant", "Invalid JWT Signature.", false, CredentialRejected, None),
+            (400, "invalid_grant", "Invalid JWT Signature.", true, CredentialRejected, None),
+            (400, "invalid_grant", SKEW, false, CredentialRejected, None),
+            (400, "invalid_grant", "Invalid grant: account not found", false, CredentialRejected, None),
+            (400, "invalid_grant", BAD_SUBJECT, true, InvalidArgument, Some("subject")),
+            (400, "invalid_grant", "invalid EMAIL OR USER ID", true, InvalidArgument, Some("subject")),
+            // Without a subject in the request, the subject cannot be at fault.
+            (400, "invalid_grant", BAD_SUBJECT, false, CredentialRejected, None),
+            (400, "invalid_scope", "Invalid OAuth scope", false, InvalidArgument, Some("scopes")),
+            (400, "invalid_scope", "", true, InvalidArgument, Some("scopes")),
+            (401, "unauthorized_client", "Client is unauthorized", true, PermissionDenied, None),
+            (400, "unauthorized_client", "", true, PermissionDenied, None),
+            (403, "access_denied", "", false, PermissionDenied, None),
+            (400, "admin_policy_enforced", "", true, PermissionDenied, None),
+            (403, "org_internal", "", false, PermissionDenied, None),
+            (401, "invalid_client", "The OAuth client was not found.", false, CredentialRejected, None),
+            (401, "disabled_client", "", false, CredentialRejected, None),
+            (400, "invalid_request", "Missing required parameter", false, Other, None),
+            (400, "unsupported_grant_type", "", false, Other, None),
+            (404, "something_new", "", false, Other, None),
+            (401, "invalid_target", "", false, Other, None),
+        ];
+        for (status, code, description, with_subject, rejection, field) in cases {
+            let body = serde_json::json!({"error": code, "error_description": description});
+            let got = rejection_with(status, &body.to_string(), |e| classify(e, with_subject));
+            assert_eq!(
+                (
+                    got.rejection,
+                    got.field.as_deref(),
+                    got.error.as_str(),
+                    got.status
+                ),
+                (rejection, field, code, status),
+                "{status} {code} {description:?} subject={with_subject}"
+            );
+        }
+        // Not an OAuth error body (a proxy, a load balancer): the status decides.
+        for (status, rejection) in [
+            (401, CredentialRejected),
+            (403, PermissionDenied),
+            (404, NotFound),
+            (400, Other),
+            (409, Other),
+        ] {
+            for with_subject in [false, true] {
+                let got = rejection_with(status, "<html>no</html>", |e| classify(e, with_subject));
+                assert_eq!(
+                    (got.rejection, got.field, got.error.as_str()),
+                    (rejection, None, "unknown"),
+                    "{status}"
+                );
+            }
+        }
+    }
 
     const PEM_BODY: &str = "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj";
 

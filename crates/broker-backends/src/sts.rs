@@ -6,17 +6,16 @@
 
 use std::time::Instant;
 
-use broker_core::{AccessBoundary, Clock, Rejection, SourceError, Token};
+use broker_core::{AccessBoundary, Clock, MAX_OPTIONS_LEN, Rejection, SourceError, Token};
 
+use crate::GoogleEndpoints;
 use crate::http::HttpClient;
-use crate::{GoogleEndpoints, oauth};
+use crate::oauth::{self, OAuthError, Verdict};
 
 /// The RFC 8693 grant type.
 const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 /// The token type of a Google access token, subject and result alike.
 const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
-/// Google's limit on the `options` JSON.
-const MAX_OPTIONS_LEN: usize = 4096;
 
 /// Exchanges `token` for one restricted by `boundary`, posting to
 /// [`GoogleEndpoints::sts_url`].
@@ -31,10 +30,24 @@ const MAX_OPTIONS_LEN: usize = 4096;
 ///
 /// # Errors
 ///
-/// [`SourceError::Rejected`] for STS's refusals (`invalid_grant` for an invalid or expired
-/// subject token, `invalid_request` for a boundary it refuses, ...), or the transient errors of
-/// [`HttpClient::send_with_retry`], or [`SourceError::Malformed`] for an answer that is not a
-/// token.
+/// Errors from STS name its host (`sts.googleapis.com`) as their `upstream`, never the token
+/// endpoint's.
+///
+/// - [`SourceError::Rejected`] for STS's refusals, classified as follows:
+///
+///   | STS `error` | rejection | field |
+///   |---|---|---|
+///   | `invalid_request`, `invalid_scope` | `InvalidArgument` (STS refused the boundary) | `access_boundary` |
+///   | `invalid_grant` | `CredentialRejected` (STS refused the broker's own access token) | |
+///   | `unauthorized_client`, `access_denied` | `PermissionDenied` | |
+///   | `invalid_target` | `NotFound` | |
+///   | anything else, or no OAuth error body | `Other` | |
+///
+/// - the transient errors of [`HttpClient::send_with_retry`];
+/// - [`SourceError::Malformed`] for an answer that is not an access token;
+/// - [`SourceError::InvalidRequest`] (field `access_boundary`, nothing sent) for a boundary
+///   whose `options` exceed [`MAX_OPTIONS_LEN`] characters, which
+///   [`AccessBoundary::validate`] already refuses.
 pub async fn downscope(
     http: &HttpClient,
     endpoints: &GoogleEndpoints,
@@ -44,12 +57,12 @@ pub async fn downscope(
     deadline: Option<Instant>,
 ) -> Result<Token, SourceError> {
     let options = boundary.sts_options().to_string();
-    if options.len() > MAX_OPTIONS_LEN {
-        return Err(SourceError::Rejected {
-            rejection: Rejection::InvalidArgument,
+    let length = options.chars().count();
+    if length > MAX_OPTIONS_LEN {
+        return Err(SourceError::InvalidRequest {
+            field: "access_boundary".to_owned(),
             message: format!(
-                "the access boundary is {} characters of JSON; STS accepts at most {MAX_OPTIONS_LEN}",
-                options.len()
+                "the boundary makes {length} characters of STS options; STS accepts at most {MAX_OPTIONS_LEN}"
             ),
         });
     }
@@ -68,16 +81,20 @@ pub async fn downscope(
                     ("options", options.as_str()),
                 ])
             },
-            |response| oauth::interpret(response, "STS"),
+            |response| oauth::interpret(response, "STS", classify),
         )
         .await?;
-    if let Some(issued) = &response.issued_token_type
-        && issued != ACCESS_TOKEN_TYPE
+    if response
+        .issued_token_type
+        .as_ref()
+        .is_some_and(|issued| issued != ACCESS_TOKEN_TYPE)
     {
-        return Err(SourceError::Malformed(format!(
-            "STS answered issued_token_type {:?}, not an access token",
-            issued.chars().take(100).collect::<String>()
-        )));
+        // Not quoted: nothing of a successful answer is.
+        return Err(SourceError::Malformed {
+            upstream: response.upstream,
+            message: "STS answered HTTP 200 with an issued_token_type other than an access token"
+                .to_owned(),
+        });
     }
     let expires_at = match response.expires_in {
         Some(expires_in) => (started + expires_in).min(token.expires_at),
@@ -97,4 +114,58 @@ pub async fn downscope(
         "token downscoped"
     );
     Ok(downscoped)
+}
+
+/// Whose fault STS's refusal of a downscoping is (see [`downscope`]).
+fn classify(error: &OAuthError<'_>) -> Verdict {
+    match error.error {
+        Some("invalid_request" | "invalid_scope") => Verdict::invalid("access_boundary"),
+        Some("invalid_grant") => Verdict::of(Rejection::CredentialRejected),
+        Some("unauthorized_client" | "access_denied") => Verdict::of(Rejection::PermissionDenied),
+        Some("invalid_target") => Verdict::of(Rejection::NotFound),
+        _ => Verdict::of(Rejection::Other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::oauth::tests::rejection_with;
+
+    #[test]
+    fn sts_refusals_are_classified_by_whose_fault_they_are() {
+        #[rustfmt::skip]
+        let cases = [
+            (400, "invalid_request", Rejection::InvalidArgument, Some("access_boundary")),
+            (400, "invalid_scope", Rejection::InvalidArgument, Some("access_boundary")),
+            (400, "invalid_grant", Rejection::CredentialRejected, None),
+            (400, "unauthorized_client", Rejection::PermissionDenied, None),
+            (403, "access_denied", Rejection::PermissionDenied, None),
+            (400, "invalid_target", Rejection::NotFound, None),
+            (400, "unsupported_grant_type", Rejection::Other, None),
+            (400, "invalid_client", Rejection::Other, None),
+            (401, "something_new", Rejection::Other, None),
+        ];
+        for (status, code, rejection, field) in cases {
+            let body = format!(r#"{{"error":"{code}","error_description":"why"}}"#);
+            let got = rejection_with(status, &body, classify);
+            assert_eq!(
+                (got.rejection, got.field.as_deref(), got.error.as_str()),
+                (rejection, field, code),
+                "{status} {code}"
+            );
+        }
+        for (status, body) in [
+            (401, ""),
+            (403, "Forbidden"),
+            (404, "<html>Not Found</html>"),
+        ] {
+            let got = rejection_with(status, body, classify);
+            assert_eq!(
+                (got.rejection, got.field, got.error.as_str()),
+                (Rejection::Other, None, "unknown"),
+                "{status} {body}"
+            );
+        }
+    }
 }

@@ -6,11 +6,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use broker_backends::{
     BackendError, GoogleEndpoints, HttpClient, HttpConfig, RetryPolicy, ServiceAccountKey,
-    ServiceAccountSource,
+    ServiceAccountSource, upstream_host,
 };
 use broker_core::{
     AccessBoundary, AccessBoundaryRule, Clock, ManualClock, Rejection, ScopeSet, Secret,
-    SourceError, Token, TokenRequest, TokenSource,
+    SourceError, Token, TokenRequest, TokenSource, UpstreamRejection, UpstreamStatus,
 };
 use gcp_emulator::{Emulator, Endpoint, Fault, RunningEmulator, World};
 use serde_json::{Value, json};
@@ -36,6 +36,7 @@ fn http_with(retry: RetryPolicy, request_timeout: Duration) -> HttpClient {
         connect_timeout: Duration::from_secs(2),
         request_timeout,
         no_proxy: true,
+        max_retry_after: Duration::from_secs(60),
         retry,
     })
     .expect("http client")
@@ -129,11 +130,16 @@ fn assert_expiry_matches(info: &Value, token: &Token) {
     assert!((exp - ours).abs() <= 2, "emulator exp {exp}, ours {ours}");
 }
 
-fn rejection(result: Result<Token, SourceError>) -> (Rejection, String) {
+fn rejection(result: Result<Token, SourceError>) -> UpstreamRejection {
     match result {
-        Err(SourceError::Rejected { rejection, message }) => (rejection, message),
+        Err(SourceError::Rejected(rejection)) => *rejection,
         other => panic!("expected a rejection, got {other:?}"),
     }
+}
+
+/// The emulator's host as errors name it: `127.0.0.1:PORT`.
+fn host(emulator: &RunningEmulator) -> String {
+    format!("127.0.0.1:{}", emulator.addr().port())
 }
 
 fn boundary() -> AccessBoundary {
@@ -239,9 +245,17 @@ async fn domain_wide_delegation_without_the_grant_is_unauthorized_client() {
     let mut dwd = request(&[CLOUD_PLATFORM]);
     dwd.subject = Some("alice@example.com".into());
 
-    let (kind, message) = rejection(source.fetch(&dwd, None).await);
-    assert_eq!(kind, Rejection::UnauthorizedClient);
-    assert!(message.contains("unauthorized_client"), "{message}");
+    let refused = rejection(source.fetch(&dwd, None).await);
+    assert_eq!(refused.rejection, Rejection::PermissionDenied);
+    assert_eq!(refused.error, "unauthorized_client");
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.upstream, host(&emulator));
+    assert_eq!(refused.field, None);
+    assert!(
+        refused.message.contains("unauthorized_client"),
+        "{}",
+        refused.message
+    );
     assert_eq!(emulator.count(Endpoint::OAuth2Token), 1, "no retries");
 
     // Without a subject the same account is fine.
@@ -310,9 +324,13 @@ async fn persistent_unavailability_gives_up_after_max_attempts() {
         .expect_err("unavailable");
     match &error {
         SourceError::Unavailable {
+            upstream,
+            status,
             message,
             retry_after,
         } => {
+            assert_eq!(*upstream, host(&emulator));
+            assert_eq!(*status, UpstreamStatus::Http(503));
             assert!(message.contains("503"), "{message}");
             assert!(message.contains("temporarily_unavailable"), "{message}");
             assert!(message.contains("3 attempts"), "{message}");
@@ -381,9 +399,15 @@ async fn a_deadline_shorter_than_the_backoff_stops_early() {
     .await
     .expect("no sleeping past the deadline")
     .expect_err("deadline exceeded");
-    let SourceError::DeadlineExceeded { attempts, last } = &error else {
+    let SourceError::DeadlineExceeded {
+        upstream,
+        attempts,
+        last,
+    } = &error
+    else {
         panic!("expected DeadlineExceeded, got {error:?}");
     };
+    assert_eq!(*upstream, host(&emulator));
     // A jittered wait fits in 300 ms with odds of 3 in 10,000; two in a row, never.
     assert!(*attempts >= 1 && *attempts <= 2, "{attempts}");
     assert!(last.contains("503"), "{last}");
@@ -446,9 +470,11 @@ async fn a_slow_answer_times_out_and_is_retried() {
         .await
         .expect_err("unavailable");
     assert!(
-        matches!(&error, SourceError::Unavailable { message, .. } if message.contains("timed out")),
+        matches!(&error, SourceError::Unavailable { message, status: UpstreamStatus::Timeout, .. }
+            if message.contains("timed out")),
         "{error:?}"
     );
+    assert_eq!(error.upstream(), Some(host(&emulator).as_str()));
     assert_eq!(emulator.count(Endpoint::OAuth2Token), 2 + 4);
     emulator.clear_faults();
     emulator.shutdown().await;
@@ -466,9 +492,10 @@ async fn a_malformed_body_is_malformed_and_not_retried() {
         .fetch(&request(&[CLOUD_PLATFORM]), None)
         .await
         .expect_err("malformed");
-    let SourceError::Malformed(message) = &error else {
+    let SourceError::Malformed { upstream, message } = &error else {
         panic!("expected Malformed, got {error:?}");
     };
+    assert_eq!(*upstream, host(&emulator));
     assert!(!message.contains("ya29"), "{message}");
     assert!(error.is_transient());
     assert_eq!(emulator.count(Endpoint::OAuth2Token), 1);
@@ -476,27 +503,36 @@ async fn a_malformed_body_is_malformed_and_not_retried() {
 }
 
 #[tokio::test]
-async fn a_tampered_key_id_is_invalid_grant_and_not_retried() {
+async fn a_tampered_key_id_is_a_rejected_credential_and_not_retried() {
     let emulator = emulator().await;
     let mut file = key_file(&emulator, BROKER);
     file["private_key_id"] = json!("0000000000000000000000000000000000000000");
     let source = source_with(&emulator, &file, http(), &clock());
-    let (kind, message) = rejection(source.fetch(&request(&[CLOUD_PLATFORM]), None).await);
-    assert_eq!(kind, Rejection::InvalidGrant);
-    assert!(message.contains("Invalid JWT Signature"), "{message}");
+    let refused = rejection(source.fetch(&request(&[CLOUD_PLATFORM]), None).await);
+    assert_eq!(refused.rejection, Rejection::CredentialRejected);
+    assert_eq!(
+        (refused.error.as_str(), refused.status),
+        ("invalid_grant", 400)
+    );
+    assert!(
+        refused.message.contains("Invalid JWT Signature"),
+        "{}",
+        refused.message
+    );
     assert_eq!(emulator.count(Endpoint::OAuth2Token), 1);
     emulator.shutdown().await;
 }
 
 #[tokio::test]
-async fn another_key_is_invalid_grant() {
+async fn another_key_is_a_rejected_credential() {
     let emulator = emulator().await;
     let other = gcp_emulator::SigningKey::generate("impostor").expect("key");
     let mut file = key_file(&emulator, BROKER);
     file["private_key"] = json!(other.private_key_pem());
     let source = source_with(&emulator, &file, http(), &clock());
-    let (kind, _) = rejection(source.fetch(&request(&[CLOUD_PLATFORM]), None).await);
-    assert_eq!(kind, Rejection::InvalidGrant);
+    let refused = rejection(source.fetch(&request(&[CLOUD_PLATFORM]), None).await);
+    assert_eq!(refused.rejection, Rejection::CredentialRejected);
+    assert_eq!(refused.error, "invalid_grant");
     assert_eq!(emulator.count(Endpoint::OAuth2Token), 1);
     emulator.shutdown().await;
 }
@@ -505,24 +541,268 @@ async fn another_key_is_invalid_grant() {
 async fn permanent_errors_map_to_rejections() {
     let emulator = emulator().await;
     let source = source(&emulator, http(), &clock());
-    for (status, expected) in [
-        (400, Rejection::InvalidArgument),
-        (401, Rejection::Unauthenticated),
-        (403, Rejection::InvalidArgument),
+    // The emulator's default bodies: invalid_client for 401, invalid_request otherwise.
+    for (status, expected, code) in [
+        (400, Rejection::Other, "invalid_request"),
+        (401, Rejection::CredentialRejected, "invalid_client"),
+        (403, Rejection::Other, "invalid_request"),
     ] {
         inject(
             &emulator,
             json!({"endpoint": "oauth2.token", "status": status, "times": 1}),
         );
-        let (kind, message) = rejection(source.fetch(&request(&[CLOUD_PLATFORM]), None).await);
-        assert_eq!(kind, expected, "{status}: {message}");
-        assert!(message.contains(&status.to_string()), "{message}");
+        let refused = rejection(source.fetch(&request(&[CLOUD_PLATFORM]), None).await);
+        assert_eq!(refused.rejection, expected, "{status}: {}", refused.message);
+        assert_eq!((refused.status, refused.error.as_str()), (status, code));
+        assert!(
+            refused.message.contains(&status.to_string()),
+            "{}",
+            refused.message
+        );
     }
     assert_eq!(emulator.count(Endpoint::OAuth2Token), 3, "no retries");
 
     let empty = TokenRequest::new(ScopeSet::parse(Vec::<String>::new()).expect("empty"));
-    let (kind, _) = rejection(source.fetch(&empty, None).await);
-    assert_eq!(kind, Rejection::InvalidScope);
+    let refused = rejection(source.fetch(&empty, None).await);
+    assert_eq!(refused.rejection, Rejection::InvalidArgument);
+    assert_eq!(refused.field.as_deref(), Some("scopes"));
+    assert_eq!(refused.error, "invalid_scope");
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_bad_dwd_subject_is_the_callers_argument() {
+    let emulator = emulator().await;
+    let source = source(&emulator, http(), &clock());
+    let mut dwd = request(&[CLOUD_PLATFORM]);
+    dwd.subject = Some("not-an-email".into());
+    let refused = rejection(source.fetch(&dwd, None).await);
+    assert_eq!(refused.rejection, Rejection::InvalidArgument);
+    assert_eq!(refused.field.as_deref(), Some("subject"));
+    assert_eq!(
+        (refused.error.as_str(), refused.status),
+        ("invalid_grant", 400)
+    );
+    assert!(
+        refused.message.contains("Invalid email or User ID"),
+        "{}",
+        refused.message
+    );
+    assert_eq!(emulator.count(Endpoint::OAuth2Token), 1, "no retries");
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn googles_oauth_errors_are_classified_per_flow() {
+    let emulator = emulator().await;
+    let source = source(&emulator, http(), &clock());
+    const BAD_SUBJECT: &str = "Invalid email or User ID";
+    // (endpoint, status, error, description, subject, boundary, rejection, field)
+    #[rustfmt::skip]
+    let cases = [
+        ("oauth2.token", 403, "access_denied", "", false, false, Rejection::PermissionDenied, None),
+        ("oauth2.token", 400, "admin_policy_enforced", "", true, false, Rejection::PermissionDenied, None),
+        ("oauth2.token", 403, "org_internal", "", false, false, Rejection::PermissionDenied, None),
+        ("oauth2.token", 400, "invalid_grant", BAD_SUBJECT, true, false, Rejection::InvalidArgument, Some("subject")),
+        ("oauth2.token", 400, "invalid_grant", BAD_SUBJECT, false, false, Rejection::CredentialRejected, None),
+        ("oauth2.token", 401, "disabled_client", "", false, false, Rejection::CredentialRejected, None),
+        ("oauth2.token", 400, "unsupported_grant_type", "", false, false, Rejection::Other, None),
+        ("sts.token", 400, "invalid_request", "Invalid access boundary", false, true, Rejection::InvalidArgument, Some("access_boundary")),
+        ("sts.token", 400, "invalid_scope", "", true, true, Rejection::InvalidArgument, Some("access_boundary")),
+        ("sts.token", 400, "invalid_grant", "The subject token is invalid.", false, true, Rejection::CredentialRejected, None),
+        ("sts.token", 400, "unauthorized_client", "", false, true, Rejection::PermissionDenied, None),
+        ("sts.token", 400, "invalid_target", "", false, true, Rejection::NotFound, None),
+        ("sts.token", 401, "invalid_client", "", false, true, Rejection::Other, None),
+    ];
+    for (endpoint, status, code, description, subject, bounded, expected, field) in cases {
+        let mut rule = json!({"endpoint": endpoint, "status": status, "error": code, "times": 1});
+        if !description.is_empty() {
+            rule["error_description"] = json!(description);
+        }
+        inject(&emulator, rule);
+        let mut call = request(&[CLOUD_PLATFORM]);
+        if subject {
+            call.subject = Some("alice@example.com".into());
+        }
+        if bounded {
+            call.boundary = Some(boundary());
+        }
+        let before = emulator.counters();
+        let refused = rejection(source.fetch(&call, None).await);
+        let case = format!("{endpoint} {status} {code} subject={subject}");
+        assert_eq!(refused.rejection, expected, "{case}");
+        assert_eq!(refused.field.as_deref(), field, "{case}");
+        assert_eq!(
+            (refused.status, refused.error.as_str()),
+            (status, code),
+            "{case}"
+        );
+        assert_eq!(refused.upstream, host(&emulator), "{case}");
+        assert!(
+            refused.message.contains(code),
+            "{case}: {}",
+            refused.message
+        );
+        assert!(
+            refused.message.contains(description),
+            "{case}: {}",
+            refused.message
+        );
+        let calls = |counters: &std::collections::BTreeMap<Endpoint, u64>, e: Endpoint| {
+            counters.get(&e).copied().unwrap_or(0)
+        };
+        let after = emulator.counters();
+        let faulted = if bounded {
+            Endpoint::StsToken
+        } else {
+            Endpoint::OAuth2Token
+        };
+        assert_eq!(
+            calls(&after, faulted) - calls(&before, faulted),
+            1,
+            "{case}: no retries"
+        );
+    }
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn googles_text_is_sanitized_and_odd_codes_are_unknown() {
+    let emulator = emulator().await;
+    let source = source(&emulator, http(), &clock());
+    let description = format!(
+        "first\nsecond \u{1b}[31mred\u{1b}[0m {}",
+        "x".repeat(10_000)
+    );
+    for code in ["bad code", "invalid_grant\n", &"e".repeat(65)] {
+        inject(
+            &emulator,
+            json!({"endpoint": "oauth2.token", "status": 400, "error": code,
+                   "error_description": description, "times": 1}),
+        );
+        let refused = rejection(source.fetch(&request(&[CLOUD_PLATFORM]), None).await);
+        assert_eq!(refused.error, "unknown", "{code:?}");
+        assert_eq!(refused.rejection, Rejection::Other, "{code:?}");
+        let message = &refused.message;
+        assert!(
+            message.contains("first\\nsecond \\u{1b}[31mred\\u{1b}[0m xxx"),
+            "{message}"
+        );
+        assert!(message.ends_with("x…"), "{message}");
+        assert!(!message.chars().any(char::is_control), "{message:?}");
+        // The prefix, the code (at most 200) and the description (at most 200).
+        assert!(message.chars().count() < 450, "{}", message.chars().count());
+        let shown = SourceError::Rejected(Box::new(refused.clone())).to_string();
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+    }
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failed_downscoping_names_the_sts_host() {
+    let tokens = emulator().await;
+    let sts = emulator().await;
+    let mut endpoints = GoogleEndpoints::emulator(tokens.url());
+    endpoints.sts_url = GoogleEndpoints::emulator(sts.url()).sts_url;
+    let source = ServiceAccountSource::new(key(&key_file(&tokens, BROKER)), endpoints, http())
+        .expect("source")
+        .with_clock(Arc::new(clock()));
+    let mut bounded = request(&[CLOUD_PLATFORM]);
+    bounded.boundary = Some(boundary());
+    assert_ne!(host(&tokens), host(&sts));
+
+    // The second emulator never minted the token: STS refuses the broker's own token.
+    let refused = rejection(source.fetch(&bounded, None).await);
+    assert_eq!(refused.rejection, Rejection::CredentialRejected);
+    assert_eq!(refused.error, "invalid_grant");
+    assert_eq!(refused.upstream, host(&sts));
+    assert_eq!(refused.upstream, upstream_host(sts.url()));
+
+    inject(&sts, json!({"endpoint": "sts.token", "status": 503}));
+    let error = source.fetch(&bounded, None).await.expect_err("unavailable");
+    assert!(
+        matches!(
+            &error,
+            SourceError::Unavailable {
+                status: UpstreamStatus::Http(503),
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(error.upstream(), Some(host(&sts).as_str()));
+    assert_eq!(tokens.count(Endpoint::StsToken), 0);
+    tokens.shutdown().await;
+    sts.shutdown().await;
+}
+
+#[tokio::test]
+async fn retry_after_is_capped_for_the_wait_and_the_error() {
+    let emulator = emulator().await;
+    inject(
+        &emulator,
+        json!({"endpoint": "oauth2.token", "status": 503, "retry_after_secs": 3600}),
+    );
+    let http = HttpClient::new(HttpConfig {
+        connect_timeout: Duration::from_secs(2),
+        request_timeout: Duration::from_secs(5),
+        no_proxy: true,
+        max_retry_after: Duration::from_millis(200),
+        retry: policy(2),
+    })
+    .expect("http client");
+    let source = source(&emulator, http, &clock());
+    let started = Instant::now();
+    let error = tokio::time::timeout(
+        Duration::from_secs(10),
+        source.fetch(&request(&[CLOUD_PLATFORM]), None),
+    )
+    .await
+    .expect("an hour was not waited")
+    .expect_err("unavailable");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    let SourceError::Unavailable {
+        status,
+        retry_after,
+        upstream,
+        ..
+    } = &error
+    else {
+        panic!("expected Unavailable, got {error:?}");
+    };
+    assert_eq!(*status, UpstreamStatus::Http(503));
+    assert_eq!(*retry_after, Some(Duration::from_millis(200)));
+    assert_eq!(*upstream, host(&emulator));
+    assert_eq!(emulator.count(Endpoint::OAuth2Token), 2);
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_refused_connection_names_the_host_and_connect() {
+    let emulator = emulator().await;
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("address").port()
+    };
+    let source = ServiceAccountSource::new(
+        key(&key_file(&emulator, BROKER)),
+        GoogleEndpoints::emulator(&format!("http://127.0.0.1:{closed}")),
+        http_with(policy(2), Duration::from_secs(5)),
+    )
+    .expect("source");
+    let error = source
+        .fetch(&request(&[CLOUD_PLATFORM]), None)
+        .await
+        .expect_err("unavailable");
+    assert!(
+        matches!(&error, SourceError::Unavailable { status: UpstreamStatus::Connect, message, .. }
+            if message.contains("2 attempts")),
+        "{error:?}"
+    );
+    assert_eq!(
+        error.upstream(),
+        Some(format!("127.0.0.1:{closed}").as_str())
+    );
     emulator.shutdown().await;
 }
 
@@ -533,8 +813,18 @@ async fn lifetimes_beyond_an_hour_are_unsupported_without_a_call() {
     let mut long = request(&[CLOUD_PLATFORM]);
     long.lifetime = Some(Duration::from_secs(7200));
     let error = source.fetch(&long, None).await.expect_err("unsupported");
-    assert!(matches!(error, SourceError::Unsupported(_)), "{error:?}");
+    assert!(
+        matches!(
+            error,
+            SourceError::Unsupported {
+                flow: "extended_lifetime",
+                ..
+            }
+        ),
+        "{error:?}"
+    );
     assert!(!error.is_transient());
+    assert_eq!(error.upstream(), None);
     long.lifetime = Some(Duration::from_secs(3600));
     source.fetch(&long, None).await.expect("one hour is fine");
     assert_eq!(emulator.count(Endpoint::OAuth2Token), 1);
@@ -571,8 +861,12 @@ async fn a_boundary_downscopes_through_sts() {
     // Invalid boundaries are refused before anything is minted.
     let mut invalid = request(&[CLOUD_PLATFORM]);
     invalid.boundary = Some(AccessBoundary { rules: vec![] });
-    let (kind, _) = rejection(source.fetch(&invalid, None).await);
-    assert_eq!(kind, Rejection::InvalidArgument);
+    let error = source.fetch(&invalid, None).await.expect_err("invalid");
+    assert!(
+        matches!(&error, SourceError::InvalidRequest { field, .. } if field == "access_boundary"),
+        "{error:?}"
+    );
+    assert_eq!(error.upstream(), None);
     assert_eq!(emulator.count(Endpoint::OAuth2Token), 1);
     emulator.shutdown().await;
 }

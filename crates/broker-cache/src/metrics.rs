@@ -9,7 +9,7 @@ pub struct CacheMetrics {
     /// Calls served from the cache without waiting ([`Origin::Hit`](crate::Origin::Hit)).
     pub hits: u64,
     /// Calls that found no token fresh enough: they waited for a fetch, or were served a
-    /// last-known-good token, or failed.
+    /// last-known-good token, or failed (including negative hits).
     pub misses: u64,
     /// Misses that waited on a fetch another caller (or a background refresh) had started.
     pub coalesced: u64,
@@ -19,8 +19,12 @@ pub struct CacheMetrics {
     pub background_refreshes: u64,
     /// Upstream fetches that failed (counted once per fetch, not per waiter).
     pub refresh_failures: u64,
-    /// Calls served a last-known-good token ([`Origin::Stale`](crate::Origin::Stale)).
-    pub stale_serves: u64,
+    /// Calls served a last-known-good token
+    /// ([`Origin::LastKnownGood`](crate::Origin::LastKnownGood)).
+    pub last_known_good_serves: u64,
+    /// Calls answered with a remembered permanent failure
+    /// ([`CacheError::Negative`](crate::CacheError::Negative)), without an upstream call.
+    pub negative_hits: u64,
     /// Entries evicted for capacity or expiry (not replacements or explicit invalidations).
     pub evictions: u64,
 }
@@ -34,7 +38,8 @@ pub(crate) struct Counters {
     pub(crate) upstream_fetches: AtomicU64,
     pub(crate) background_refreshes: AtomicU64,
     pub(crate) refresh_failures: AtomicU64,
-    pub(crate) stale_serves: AtomicU64,
+    pub(crate) last_known_good_serves: AtomicU64,
+    pub(crate) negative_hits: AtomicU64,
     pub(crate) evictions: AtomicU64,
 }
 
@@ -53,7 +58,8 @@ impl Counters {
             upstream_fetches: read(&self.upstream_fetches),
             background_refreshes: read(&self.background_refreshes),
             refresh_failures: read(&self.refresh_failures),
-            stale_serves: read(&self.stale_serves),
+            last_known_good_serves: read(&self.last_known_good_serves),
+            negative_hits: read(&self.negative_hits),
             evictions: read(&self.evictions),
         }
     }

@@ -1,9 +1,13 @@
 //! Tests, driven by a [`ManualClock`] and a gated, counting fake source; no wall-clock sleeps.
 
+mod negative;
+mod simulation;
+
 use std::sync::atomic::AtomicUsize;
 
 use broker_core::{
     CredentialName, ManualClock, Rejection, ScopeSet, Secret, SourceError, SourceFuture,
+    UpstreamRejection, UpstreamStatus,
 };
 use tokio::sync::Notify;
 
@@ -11,6 +15,8 @@ use super::*;
 
 const PRINCIPAL: &str = "deployer@project.iam.gserviceaccount.com";
 const HOUR: Duration = Duration::from_secs(3600);
+/// The jitter seed of every test cache, so that runs are reproducible.
+const SEED: u64 = 7;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -20,14 +26,37 @@ enum Mode {
     Panic,
 }
 
-/// A source that counts calls, can be told to fail, and holds every fetch at a gate while
-/// the gate is closed.
+/// What Google answers when it is down.
+fn unavailable(retry_after: Option<Duration>) -> SourceError {
+    SourceError::Unavailable {
+        upstream: "oauth2.googleapis.com".into(),
+        status: UpstreamStatus::Http(503),
+        message: "HTTP 503".into(),
+        retry_after,
+    }
+}
+
+/// What Google answers for a disabled service account.
+fn rejected() -> SourceError {
+    SourceError::Rejected(Box::new(UpstreamRejection {
+        rejection: Rejection::CredentialRejected,
+        upstream: "oauth2.googleapis.com".into(),
+        status: 400,
+        error: "invalid_grant".into(),
+        field: None,
+        message: "account disabled".into(),
+    }))
+}
+
+/// A source that counts calls (and records when they happened), can be told to fail, and holds
+/// every fetch at a gate while the gate is closed.
 #[derive(Debug)]
 struct FakeSource {
     clock: ManualClock,
     lifetime: Mutex<Duration>,
     mode: Mutex<Mode>,
     calls: AtomicUsize,
+    called_at: Mutex<Vec<SystemTime>>,
     gate: watch::Sender<bool>,
     started: Notify,
 }
@@ -39,6 +68,7 @@ impl FakeSource {
             lifetime: Mutex::new(HOUR),
             mode: Mutex::new(Mode::Succeed),
             calls: AtomicUsize::new(0),
+            called_at: Mutex::new(Vec::new()),
             gate: watch::channel(true).0,
             started: Notify::new(),
         })
@@ -50,6 +80,10 @@ impl FakeSource {
 
     fn set_mode(&self, mode: Mode) {
         *lock(&self.mode) = mode;
+    }
+
+    fn set_lifetime(&self, lifetime: Duration) {
+        *lock(&self.lifetime) = lifetime;
     }
 
     fn close_gate(&self) {
@@ -73,6 +107,7 @@ impl TokenSource for FakeSource {
     ) -> SourceFuture<'a> {
         Box::pin(async move {
             let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            lock(&self.called_at).push(self.clock.now());
             self.started.notify_one();
             let mut gate = self.gate.subscribe();
             let _ = gate.wait_for(|open| *open).await;
@@ -84,14 +119,8 @@ impl TokenSource for FakeSource {
                     scopes: request.scopes.clone(),
                     principal: PRINCIPAL.into(),
                 }),
-                Mode::FailTransiently => Err(SourceError::Unavailable {
-                    message: "HTTP 503".into(),
-                    retry_after: None,
-                }),
-                Mode::FailPermanently => Err(SourceError::Rejected {
-                    rejection: Rejection::InvalidGrant,
-                    message: "account disabled".into(),
-                }),
+                Mode::FailTransiently => Err(unavailable(None)),
+                Mode::FailPermanently => Err(rejected()),
                 Mode::Panic => panic!("the fake source panics (expected by this test)"),
             }
         })
@@ -100,6 +129,11 @@ impl TokenSource for FakeSource {
 
 /// Test-only views of the cache's internals.
 impl TokenCache {
+    /// A cache with the fixed test jitter seed.
+    fn for_tests(config: CacheConfig, clock: &ManualClock) -> Self {
+        Self::with_jitter_seed(config, Arc::new(clock.clone()), SEED)
+    }
+
     /// Waits until no fetch of `key` is in flight.
     async fn settle(&self, key: &TokenKey) {
         loop {
@@ -123,6 +157,11 @@ impl TokenCache {
         if let Some(store) = &self.inner.store {
             store.run_pending_tasks().await;
         }
+    }
+
+    /// The refresh lead of `key` (before the cap at a quarter of the lifetime).
+    fn lead(&self, key: &TokenKey) -> Duration {
+        self.inner.lead_of(key)
     }
 }
 
@@ -162,7 +201,7 @@ impl Harness {
         let clock = ManualClock::default();
         Self {
             source: FakeSource::new(clock.clone()),
-            cache: TokenCache::new(config, Arc::new(clock.clone())),
+            cache: TokenCache::for_tests(config, &clock),
             clock,
         }
     }
@@ -218,6 +257,10 @@ fn secret(result: &Result<CachedToken, CacheError>) -> &str {
 
 fn origin(result: &Result<CachedToken, CacheError>) -> Origin {
     result.as_ref().expect("a token").origin
+}
+
+fn secs(seconds: u64) -> Duration {
+    Duration::from_secs(seconds)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -356,20 +399,21 @@ async fn an_expired_token_is_fetched_again() {
 }
 
 #[tokio::test]
-async fn a_hit_in_the_refresh_window_serves_the_token_and_refreshes_once_in_the_background() {
+async fn a_hit_due_for_refresh_serves_the_token_and_refreshes_once_in_the_background() {
     let h = Harness::default();
     let start = h.clock.now();
     let first = h.get("sa").await.expect("token");
 
-    // 400 s left: outside the window (5 min +- 10 %), a plain hit.
-    h.leave(Duration::from_secs(400), start);
+    // The largest requirement is the 60 s safety margin, the lead 120 s +- 25 %: a refresh is
+    // due with at most 150 to 210 s left. 250 s left: a plain hit.
+    h.leave(secs(250), start);
     assert_eq!(origin(&h.get("sa").await), Origin::Hit);
     assert_eq!(h.cache.metrics().background_refreshes, 0);
 
-    // 200 s left: inside the window. Hits keep serving the current token while one
-    // background refresh, held at the gate, is in flight.
+    // 140 s left: due. Hits keep serving the current token while one background refresh,
+    // held at the gate, is in flight.
     h.source.close_gate();
-    h.leave(Duration::from_secs(200), start);
+    h.leave(secs(140), start);
     for _ in 0..50 {
         let hit = h.get("sa").await.expect("token");
         assert_eq!(hit.origin, Origin::Hit);
@@ -455,23 +499,24 @@ async fn a_transient_refresh_failure_serves_the_last_known_good_token_until_it_e
     h.get("sa").await.expect("token");
     h.source.set_mode(Mode::FailTransiently);
 
-    // Inside the safety margin: the refresh fails, the old token is served, marked stale.
+    // Inside the safety margin: the refresh fails, the old token is served as last known good.
     h.leave(Duration::from_secs(30), start);
-    let stale = h.get("sa").await;
+    let kept = h.get("sa").await;
     assert_eq!(
-        (origin(&stale), secret(&stale)),
-        (Origin::Stale, "ya29.token-1")
+        (origin(&kept), secret(&kept)),
+        (Origin::LastKnownGood, "ya29.token-1")
     );
+    assert!(!origin(&kept).is_cache_hit());
     assert_eq!(h.source.calls(), 2);
 
-    // Backing off: served stale without going upstream, also to a demanding caller.
-    let stale = h.get_min("sa", Duration::from_secs(900)).await;
-    assert_eq!(origin(&stale), Origin::Stale);
+    // Backing off: served without going upstream, also to a demanding caller.
+    let kept = h.get_min("sa", Duration::from_secs(900)).await;
+    assert_eq!(origin(&kept), Origin::LastKnownGood);
     assert_eq!(h.source.calls(), 2);
 
-    // After the backoff: one more attempt, still failing, still stale.
+    // After the backoff: one more attempt, still failing, still the last known good token.
     h.leave(Duration::from_secs(19), start);
-    assert_eq!(origin(&h.get("sa").await), Origin::Stale);
+    assert_eq!(origin(&h.get("sa").await), Origin::LastKnownGood);
     assert_eq!(h.source.calls(), 3);
 
     // Once the token really expired there is nothing to fall back on.
@@ -489,7 +534,7 @@ async fn a_transient_refresh_failure_serves_the_last_known_good_token_until_it_e
             misses: 6,
             upstream_fetches: 5,
             refresh_failures: 3,
-            stale_serves: 3,
+            last_known_good_serves: 3,
             ..CacheMetrics::default()
         }
     );
@@ -501,7 +546,7 @@ async fn a_failed_background_refresh_keeps_the_token_and_backs_off() {
     let start = h.clock.now();
     h.get("sa").await.expect("token");
     h.source.set_mode(Mode::FailTransiently);
-    h.leave(Duration::from_secs(200), start);
+    h.leave(secs(140), start);
 
     assert_eq!(origin(&h.get("sa").await), Origin::Hit);
     h.cache.settle(&key("sa")).await;
@@ -538,12 +583,7 @@ async fn a_retry_after_longer_than_the_backoff_is_honoured() {
             PRINCIPAL
         }
         fn fetch<'a>(&'a self, _: &'a TokenRequest, _: Option<Instant>) -> SourceFuture<'a> {
-            Box::pin(async {
-                Err(SourceError::Unavailable {
-                    message: "HTTP 429".into(),
-                    retry_after: Some(Duration::from_secs(40)),
-                })
-            })
+            Box::pin(async { Err(unavailable(Some(Duration::from_secs(40)))) })
         }
     }
     let h = Harness::default();
@@ -560,9 +600,9 @@ async fn a_retry_after_longer_than_the_backoff_is_honoured() {
             None,
         )
     };
-    assert_eq!(get().await.expect("stale").origin, Origin::Stale);
+    assert_eq!(get().await.expect("kept").origin, Origin::LastKnownGood);
     h.clock.advance(Duration::from_secs(20)); // past the 10 s backoff, not the 40 s retry-after
-    assert_eq!(get().await.expect("stale").origin, Origin::Stale);
+    assert_eq!(get().await.expect("kept").origin, Origin::LastKnownGood);
     assert_eq!(h.cache.metrics().upstream_fetches, 2);
 }
 
@@ -576,12 +616,11 @@ async fn a_permanent_failure_is_returned_and_drops_the_entry() {
 
     let error = h.get("sa").await.expect_err("rejected");
     assert!(!error.is_transient());
+    assert!(!error.is_negative());
     assert!(matches!(
         error.source_error(),
-        Some(SourceError::Rejected {
-            rejection: Rejection::InvalidGrant,
-            ..
-        })
+        Some(SourceError::Rejected(rejection))
+            if rejection.rejection == Rejection::CredentialRejected
     ));
     assert!(!h.cache.contains(&key("sa")));
     assert_eq!(
@@ -601,13 +640,15 @@ async fn a_permanent_background_failure_drops_the_entry_too() {
     let start = h.clock.now();
     h.get("sa").await.expect("token");
     h.source.set_mode(Mode::FailPermanently);
-    h.leave(Duration::from_secs(200), start);
+    h.leave(secs(140), start);
     assert_eq!(origin(&h.get("sa").await), Origin::Hit);
     h.cache.settle(&key("sa")).await;
     assert!(!h.cache.contains(&key("sa")));
+    // The failure is remembered: the next caller gets it without another upstream call.
     let error = h.get("sa").await.expect_err("rejected");
     assert!(!error.is_transient());
-    assert_eq!(h.source.calls(), 3);
+    assert!(error.is_negative());
+    assert_eq!(h.source.calls(), 2);
 }
 
 #[tokio::test]
@@ -703,19 +744,31 @@ async fn a_panicking_source_fails_its_waiters_without_wedging_the_key() {
 }
 
 #[tokio::test]
-async fn short_lived_tokens_clamp_the_window_and_the_margin() {
+async fn short_lived_tokens_cap_the_requirement_and_the_lead() {
     let h = Harness::default();
-    *lock(&h.source.lifetime) = Duration::from_secs(120);
+    h.source.set_lifetime(secs(120));
     let start = h.clock.now();
     h.get("sa").await.expect("token");
-    // Window clamps to 60 s, margin to 30 s: 85 s left is a plain hit.
-    h.clock.set(start + Duration::from_secs(35));
-    assert_eq!(origin(&h.get("sa").await), Origin::Hit);
+    // The requirement caps at 60 s (half the lifetime), the lead at 30 s (a quarter): a
+    // refresh is due with 90 s left. 95 s left is a plain hit, even for a caller asking 30 min.
+    h.clock.set(start + secs(25));
+    assert_eq!(origin(&h.get_min("sa", secs(1800)).await), Origin::Hit);
     assert_eq!(h.cache.metrics().background_refreshes, 0);
-    // 55 s left: in the window, still above the margin.
-    h.clock.set(start + Duration::from_secs(65));
-    assert_eq!(origin(&h.get("sa").await), Origin::Hit);
+    // 80 s left: due, and still above every (capped) requirement.
+    h.source.close_gate();
+    h.clock.set(start + secs(40));
+    assert_eq!(origin(&h.get_min("sa", secs(1800)).await), Origin::Hit);
     assert_eq!(h.cache.metrics().background_refreshes, 1);
+    // 59 s left, the refresh still held: a caller whose requirement fails waits for it.
+    h.clock.set(start + secs(61));
+    let waited = h.spawn_get("sa", Duration::ZERO);
+    until(|| h.cache.metrics().coalesced == 1).await;
+    h.source.open_gate();
+    let waited = waited.await.expect("task");
+    assert_eq!(
+        (origin(&waited), secret(&waited)),
+        (Origin::Coalesced, "ya29.token-2")
+    );
 }
 
 #[test]
@@ -734,33 +787,224 @@ fn jitter_stays_within_its_percentage() {
     assert!(seen.len() > 100, "the jitter spreads windows");
     assert_eq!(jitter(window, 0, 12345), window);
     assert!(jitter(window, 255, u64::MAX) <= window * 2);
+    // Hash 0 gives the shortest: the default lead's 90 s.
+    assert_eq!(jitter(secs(120), 25, 0), secs(90));
+    assert_eq!(jitter(secs(120), 25, 5_000), secs(150));
+}
+
+#[test]
+fn leads_are_fixed_per_key_and_differ_across_keys_and_replicas() {
+    let clock = ManualClock::default();
+    let cache = TokenCache::for_tests(CacheConfig::default(), &clock);
+    let names = ["a", "b", "c", "d", "e", "f", "g", "h"];
+    let leads: std::collections::HashSet<_> = names.iter().map(|n| cache.lead(&key(n))).collect();
+    assert!(leads.len() > 1, "{leads:?}");
+    assert!(
+        leads
+            .iter()
+            .all(|lead| (secs(90)..=secs(150)).contains(lead))
+    );
+    assert_eq!(cache.lead(&key("a")), cache.lead(&key("a")));
+    let replicas: std::collections::HashSet<_> = (0..8)
+        .map(|seed| {
+            TokenCache::with_jitter_seed(CacheConfig::default(), Arc::new(clock.clone()), seed)
+                .lead(&key("a"))
+        })
+        .collect();
+    assert!(replicas.len() > 1, "{replicas:?}");
 }
 
 #[test]
 fn cache_errors_pass_the_source_classification_through() {
-    let throttled = CacheError::from(SourceError::Unavailable {
-        message: "HTTP 429".into(),
-        retry_after: Some(Duration::from_secs(7)),
-    });
+    let throttled = CacheError::from(unavailable(Some(secs(7))));
     assert!(throttled.is_transient());
-    assert_eq!(throttled.retry_after(), Some(Duration::from_secs(7)));
+    assert!(!throttled.is_negative());
+    assert_eq!(throttled.retry_after(), Some(secs(7)));
     assert_eq!(
         throttled.to_string(),
-        "Google is unavailable: HTTP 429".to_owned()
+        "Google is unavailable: HTTP 503".to_owned()
     );
-    let rejected = CacheError::from(SourceError::Rejected {
-        rejection: Rejection::PermissionDenied,
-        message: "no".into(),
-    });
-    assert!(!rejected.is_transient());
-    assert_eq!(rejected.retry_after(), None);
+    let refused = CacheError::from(rejected());
+    assert!(!refused.is_transient());
+    assert_eq!(refused.retry_after(), None);
+
+    let CacheError::Source(error) = refused else {
+        panic!("a source error");
+    };
+    let remembered = CacheError::Negative(Arc::clone(&error));
+    assert!(remembered.is_negative());
+    assert!(!remembered.is_transient());
+    assert!(std::ptr::eq(
+        remembered.source_error().expect("inner"),
+        &*error
+    ));
+    assert_eq!(
+        remembered.to_string(),
+        "Google rejected the request: account disabled \
+         (remembered from less than negative_ttl ago; not asked again)"
+    );
+    assert!(CacheError::Aborted.source_error().is_none());
+}
+
+#[test]
+fn origins_name_themselves_and_only_hits_are_cache_hits() {
+    let all = [
+        (Origin::Hit, "hit", true),
+        (Origin::Fetched, "fetched", false),
+        (Origin::Coalesced, "coalesced", false),
+        (Origin::LastKnownGood, "last_known_good", false),
+    ];
+    for (origin, name, hit) in all {
+        assert_eq!(origin.as_str(), name);
+        assert_eq!(origin.to_string(), name);
+        assert_eq!(origin.is_cache_hit(), hit, "{origin:?}");
+    }
 }
 
 #[test]
 fn config_defaults_and_disabled() {
     let config = CacheConfig::default();
     assert!(config.is_enabled());
-    assert_eq!(config.refresh_window, Duration::from_secs(300));
-    assert_eq!(config.safety_margin, Duration::from_secs(60));
+    assert_eq!(
+        config,
+        CacheConfig {
+            max_capacity: 10_000,
+            refresh_lead: secs(120),
+            refresh_jitter_percent: 25,
+            safety_margin: secs(60),
+            failure_backoff: secs(10),
+            background_deadline: secs(30),
+            negative_ttl: secs(15),
+        }
+    );
+    assert!(config.problems().is_empty(), "{:?}", config.problems());
     assert!(!CacheConfig::disabled().is_enabled());
+    assert!(CacheConfig::disabled().problems().is_empty());
+}
+
+#[test]
+fn problems_name_every_setting_that_breaks_the_refresh_rule() {
+    let problems = |config: CacheConfig| config.problems();
+
+    let too_slow = CacheConfig {
+        refresh_lead: secs(40),
+        background_deadline: secs(45),
+        ..CacheConfig::default()
+    };
+    assert_eq!(
+        problems(too_slow),
+        [
+            "background_deadline: 45s is longer than the shortest refresh lead (refresh_lead \
+          minus jitter = 30s); a background refresh could still be running when a caller's \
+          requirement fails"
+        ]
+    );
+    // As long as the shortest lead is fine.
+    let exact = CacheConfig {
+        refresh_lead: secs(40),
+        background_deadline: secs(30),
+        ..CacheConfig::default()
+    };
+    assert!(problems(exact).is_empty());
+
+    let all_jitter = problems(CacheConfig {
+        refresh_jitter_percent: 100,
+        ..CacheConfig::default()
+    });
+    assert_eq!(all_jitter.len(), 1, "{all_jitter:?}");
+    assert!(all_jitter[0].starts_with("refresh_jitter_percent: must be below 100"));
+
+    let no_lead = problems(CacheConfig {
+        refresh_lead: Duration::ZERO,
+        ..CacheConfig::default()
+    });
+    assert_eq!(no_lead.len(), 1, "{no_lead:?}");
+    assert!(no_lead[0].starts_with("refresh_lead: must be longer than zero"));
+
+    let no_deadline = problems(CacheConfig {
+        background_deadline: Duration::ZERO,
+        ..CacheConfig::default()
+    });
+    assert_eq!(no_deadline.len(), 1, "{no_deadline:?}");
+    assert!(no_deadline[0].starts_with("background_deadline: must be longer than zero"));
+
+    let everything = problems(CacheConfig {
+        refresh_jitter_percent: 200,
+        refresh_lead: Duration::ZERO,
+        background_deadline: Duration::ZERO,
+        ..CacheConfig::default()
+    });
+    assert_eq!(everything.len(), 3, "{everything:?}");
+
+    // Settings the rule does not depend on are free.
+    let other = CacheConfig {
+        safety_margin: Duration::ZERO,
+        failure_backoff: secs(600),
+        negative_ttl: Duration::ZERO,
+        max_capacity: 1,
+        ..CacheConfig::default()
+    };
+    assert!(problems(other).is_empty());
+}
+
+#[tokio::test]
+async fn a_fetch_survives_the_caller_that_started_it() {
+    let h = Harness::default();
+    h.source.close_gate();
+    let caller = h.spawn_get("sa", Duration::ZERO);
+    until(|| h.source.calls() == 1).await;
+    caller.abort();
+    assert!(caller.await.expect_err("aborted").is_cancelled());
+
+    h.source.open_gate();
+    h.cache.settle(&key("sa")).await;
+    let next = h.get("sa").await;
+    assert_eq!(
+        (origin(&next), secret(&next)),
+        (Origin::Hit, "ya29.token-1")
+    );
+    assert_eq!(h.source.calls(), 1);
+}
+
+/// The largest requirement is remembered for one more token generation, then fades.
+#[tokio::test]
+async fn a_one_off_large_requirement_shapes_the_next_generation_then_fades() {
+    let h = Harness::default();
+    let lead = h.cache.lead(&key("sa"));
+    // A refresh is due once no more than (largest requirement + lead) is left.
+    let due_with = |largest: Duration| largest + lead;
+    let one = secs(1);
+
+    // Generation 1: plain callers, and once a caller needing 30 minutes.
+    let mut fetched_at = h.clock.now();
+    h.get("sa").await.expect("token");
+    h.clock.advance(secs(100));
+    assert_eq!(origin(&h.get_min("sa", secs(1800)).await), Origin::Hit);
+
+    for generation in 2..=3 {
+        // Just before the refresh is due for 30 minutes: nothing happens.
+        h.leave(due_with(secs(1800)) + one, fetched_at);
+        h.get("sa").await.expect("token");
+        h.cache.settle(&key("sa")).await;
+        assert_eq!(h.source.calls(), generation - 1);
+        // Due: the hit refreshes in the background.
+        h.leave(due_with(secs(1800)), fetched_at);
+        assert_eq!(origin(&h.get("sa").await), Origin::Hit);
+        h.cache.settle(&key("sa")).await;
+        assert_eq!(h.source.calls(), generation);
+        fetched_at = h.clock.now();
+    }
+
+    // Generation 3 inherited only generation 2's plain callers: it is refreshed when the
+    // safety margin plus the lead is left.
+    h.leave(due_with(secs(60)) + one, fetched_at);
+    h.get("sa").await.expect("token");
+    h.cache.settle(&key("sa")).await;
+    assert_eq!(h.source.calls(), 3);
+    h.leave(due_with(secs(60)), fetched_at);
+    h.get("sa").await.expect("token");
+    h.cache.settle(&key("sa")).await;
+    assert_eq!(h.source.calls(), 4);
+    assert_eq!(h.cache.metrics().background_refreshes, 3);
+    assert_eq!(h.cache.metrics().misses, 1);
 }

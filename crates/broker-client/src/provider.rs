@@ -34,6 +34,9 @@ pub struct AccessToken {
     /// True if the broker served the token from its own cache (as reported when this client
     /// fetched it).
     pub cache_hit: bool,
+    /// True if the broker served its last known good token because refreshing it failed
+    /// (Google unavailable): valid until `expire_time`, but with less left than asked for.
+    pub last_known_good: bool,
 }
 
 impl AccessToken {
@@ -64,6 +67,7 @@ impl AccessToken {
             principal,
             cache_hit,
             credential,
+            last_known_good,
         } = response;
         let token = Secret::new(access_token);
         if token.expose().is_empty() {
@@ -94,6 +98,7 @@ impl AccessToken {
             scopes: granted_scopes,
             credential,
             cache_hit,
+            last_known_good,
         })
     }
 }
@@ -393,6 +398,7 @@ impl Inner {
                         attempt,
                         principal = %token.principal,
                         broker_cache_hit = token.cache_hit,
+                        last_known_good = token.last_known_good,
                         "got an access token from the broker"
                     );
                     return Ok(Cached { token, refresh_at });
@@ -461,6 +467,7 @@ mod tests {
             scopes: vec![],
             credential: "prod".to_owned(),
             cache_hit: false,
+            last_known_good: false,
         };
         let debug = format!("{token:?}");
         assert!(!debug.contains("very-secret"), "{debug}");

@@ -1,6 +1,8 @@
 //! Google's error bodies: the OAuth2 shape (token endpoint, STS) and the Google API envelope
 //! (IAM Credentials).
 
+use std::borrow::Cow;
+
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -9,16 +11,20 @@ use serde_json::json;
 #[derive(Debug, Clone)]
 pub struct OAuthError {
     status: StatusCode,
-    error: &'static str,
+    error: Cow<'static, str>,
     description: String,
 }
 
 impl OAuthError {
     /// An error with an explicit status.
-    pub fn new(status: StatusCode, error: &'static str, description: impl Into<String>) -> Self {
+    pub fn new(
+        status: StatusCode,
+        error: impl Into<Cow<'static, str>>,
+        description: impl Into<String>,
+    ) -> Self {
         Self {
             status,
-            error,
+            error: error.into(),
             description: description.into(),
         }
     }
@@ -43,19 +49,23 @@ impl OAuthError {
         Self::new(StatusCode::UNAUTHORIZED, "unauthorized_client", description)
     }
 
-    /// The error for an HTTP status injected by a fault.
-    pub fn for_status(status: StatusCode) -> Self {
-        let error = match status.as_u16() {
-            429 | 503 => "temporarily_unavailable",
-            500..=599 => "internal_failure",
-            401 => "invalid_client",
-            _ => "invalid_request",
+    /// The error for an HTTP status injected by a fault: `error` and `description` when
+    /// given, else a code that fits the status (`temporarily_unavailable` for 429 and 503,
+    /// `internal_failure` for other 5xx, `invalid_client` for 401, `invalid_request` for the
+    /// rest) and `injected fault: HTTP <status>`.
+    pub fn for_fault(status: StatusCode, error: Option<&str>, description: Option<&str>) -> Self {
+        let error: Cow<'static, str> = match error {
+            Some(error) => error.to_owned().into(),
+            None => match status.as_u16() {
+                429 | 503 => "temporarily_unavailable",
+                500..=599 => "internal_failure",
+                401 => "invalid_client",
+                _ => "invalid_request",
+            }
+            .into(),
         };
-        Self::new(
-            status,
-            error,
-            format!("injected fault: HTTP {}", status.as_u16()),
-        )
+        let description = description.map_or_else(|| injected(status), str::to_owned);
+        Self::new(status, error, description)
     }
 }
 
@@ -66,6 +76,11 @@ impl IntoResponse for OAuthError {
             json!({"error": self.error, "error_description": self.description}),
         )
     }
+}
+
+/// The description or message of an injected fault that names none.
+fn injected(status: StatusCode) -> String {
+    format!("injected fault: HTTP {}", status.as_u16())
 }
 
 /// A Google API error envelope: `{"error": {"code", "message", "status", "details"}}`.
@@ -83,6 +98,20 @@ impl ApiError {
             status,
             message: message.into(),
             details: Vec::new(),
+        }
+    }
+
+    /// The error for an HTTP status injected by a fault: `description` as the message (else
+    /// `injected fault: HTTP <status>`), the canonical status of the HTTP status, and with
+    /// `reason` a `google.rpc.ErrorInfo` of that reason in the domain `iam.googleapis.com`.
+    pub fn for_fault(status: StatusCode, reason: Option<&str>, description: Option<&str>) -> Self {
+        let error = Self::new(
+            status,
+            description.map_or_else(|| injected(status), str::to_owned),
+        );
+        match reason {
+            Some(reason) => error.with_reason(reason, "iam.googleapis.com", json!({})),
+            None => error,
         }
     }
 

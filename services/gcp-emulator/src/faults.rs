@@ -2,8 +2,8 @@
 //!
 //! Every request to an emulated Google endpoint passes [`middleware`], which counts it and
 //! applies the first matching fault rule: added latency, an error status (with Google's error
-//! body for that endpoint and an optional `Retry-After`), a malformed body, or a dropped
-//! connection.
+//! body for that endpoint, optionally with the error code and description the rule names, and
+//! an optional `Retry-After`), a malformed body, or a dropped connection.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -76,19 +76,18 @@ impl Endpoint {
         }
     }
 
-    /// The error body Google's endpoint would give with this status.
-    fn error_response(self, status: StatusCode) -> Response {
+    /// The error body Google's endpoint would give with this status, with the fault's error
+    /// code and description when it names them (see [`Fault::error`]).
+    fn error_response(self, status: StatusCode, fault: &Fault) -> Response {
+        let (error, description) = (fault.error.as_deref(), fault.error_description.as_deref());
         match self {
             Self::OAuth2Token | Self::OAuth2Certs | Self::OAuth2TokenInfo | Self::StsToken => {
-                OAuthError::for_status(status).into_response()
+                OAuthError::for_fault(status, error, description).into_response()
             }
             Self::IamGenerateAccessToken
             | Self::IamGenerateIdToken
             | Self::IamSignJwt
-            | Self::IamSignBlob => {
-                ApiError::new(status, format!("injected fault: HTTP {}", status.as_u16()))
-                    .into_response()
-            }
+            | Self::IamSignBlob => ApiError::for_fault(status, error, description).into_response(),
             Self::Metadata => crate::metadata::text(status, "injected fault\n"),
         }
     }
@@ -106,6 +105,20 @@ pub struct Fault {
     /// With `status`: a `Retry-After` header, in seconds.
     #[serde(default)]
     pub retry_after_secs: Option<u64>,
+    /// With `status`, not on `metadata`: the error code of the body. On the OAuth endpoints
+    /// (`oauth2.*`, `sts.token`) the OAuth `error` (`invalid_grant`, `access_denied`, ...); on
+    /// IAM Credentials the `reason` of a `google.rpc.ErrorInfo` detail in the domain
+    /// `iam.googleapis.com` (`IAM_PERMISSION_DENIED`, `SERVICE_DISABLED`, ...), the envelope's
+    /// `status` following the HTTP status as Google's does. Sent as given, unchecked, so that
+    /// clients can be tested against odd codes. Without it: the code the status implies on
+    /// OAuth endpoints, no ErrorInfo on IAM.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// With `status`, not on `metadata`: the OAuth `error_description`, or the IAM envelope's
+    /// `message`. Sent as given (control characters and all). Without it:
+    /// `injected fault: HTTP <status>`.
+    #[serde(default)]
+    pub error_description: Option<String>,
     /// Added latency in milliseconds, before the response (or the other effect).
     #[serde(default)]
     pub delay_ms: Option<u64>,
@@ -135,6 +148,14 @@ pub enum FaultError {
     /// Status out of range.
     #[error("status must be an HTTP error status (400-599), got {0}")]
     Status(u16),
+    /// `error` or `error_description` without `status`.
+    #[error("error and error_description shape the body of a status fault: they need status")]
+    BodyWithoutStatus,
+    /// `error` or `error_description` on the metadata server, whose errors are plain text.
+    #[error(
+        "error and error_description mean nothing on the metadata endpoint (its errors are plain text)"
+    )]
+    BodyOnMetadata,
     /// Probability out of range.
     #[error("probability must be within 0 and 1")]
     Probability,
@@ -142,6 +163,14 @@ pub enum FaultError {
 
 impl Fault {
     fn validate(&self) -> Result<(), FaultError> {
+        if self.error.is_some() || self.error_description.is_some() {
+            if self.status.is_none() {
+                return Err(FaultError::BodyWithoutStatus);
+            }
+            if self.endpoint == Endpoint::Metadata {
+                return Err(FaultError::BodyOnMetadata);
+            }
+        }
         let terminal = usize::from(self.status.is_some())
             + usize::from(self.malformed_body)
             + usize::from(self.drop_connection);
@@ -261,7 +290,7 @@ pub async fn middleware(
     }
     if let Some(status) = fault.status {
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut response = endpoint.error_response(status);
+        let mut response = endpoint.error_response(status, &fault);
         if let Some(seconds) = fault.retry_after_secs {
             response
                 .headers_mut()
@@ -345,6 +374,11 @@ mod tests {
             serde_json::json!({"endpoint": "oauth2.token", "status": 200}),
             serde_json::json!({"endpoint": "oauth2.token", "status": 500, "drop_connection": true}),
             serde_json::json!({"endpoint": "oauth2.token", "delay_ms": 5, "probability": 1.5}),
+            serde_json::json!({"endpoint": "oauth2.token", "error": "invalid_grant"}),
+            serde_json::json!({"endpoint": "sts.token", "delay_ms": 5, "error_description": "x"}),
+            serde_json::json!({"endpoint": "oauth2.token", "drop_connection": true, "error": "x"}),
+            serde_json::json!({"endpoint": "metadata", "status": 500, "error": "internal_failure"}),
+            serde_json::json!({"endpoint": "metadata", "status": 403, "error_description": "no"}),
         ] {
             assert!(faults.inject(fault(bad.clone())).is_err(), "{bad}");
         }
@@ -352,6 +386,13 @@ mod tests {
             serde_json::from_value::<Fault>(serde_json::json!({"endpoint": "nope", "status": 500}))
                 .is_err()
         );
+        for good in [
+            serde_json::json!({"endpoint": "oauth2.token", "status": 400, "error": "invalid_grant"}),
+            serde_json::json!({"endpoint": "iam.signBlob", "status": 403, "error_description": "no"}),
+            serde_json::json!({"endpoint": "metadata", "status": 503}),
+        ] {
+            faults.inject(fault(good.clone())).expect("valid");
+        }
     }
 
     #[test]

@@ -720,6 +720,226 @@ async fn faults_fail_count_delay_and_drop() {
     emulator.shutdown().await;
 }
 
+/// POSTs `form` to `path` and returns the status and the JSON body.
+async fn post_form(emulator: &RunningEmulator, path: &str, form: &[(&str, &str)]) -> (u16, Value) {
+    let response = client()
+        .post(format!("{}{path}", emulator.url()))
+        .form(form)
+        .send()
+        .await
+        .expect("send");
+    (
+        response.status().as_u16(),
+        response.json().await.expect("json"),
+    )
+}
+
+#[tokio::test]
+async fn status_faults_answer_the_error_code_and_description_they_name() {
+    let emulator = Emulator::builder().start().await.expect("start");
+    let key = account_key(&emulator, BROKER);
+    let jwt = assertion(&key, bearer_claims(BROKER, CLOUD_PLATFORM));
+    let bearer = [
+        ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+        ("assertion", jwt.as_str()),
+    ];
+    let token = broker_token(&emulator).await;
+    let downscope = [
+        (
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        ),
+        (
+            "subject_token_type",
+            "urn:ietf:params:oauth:token-type:access_token",
+        ),
+        (
+            "requested_token_type",
+            "urn:ietf:params:oauth:token-type:access_token",
+        ),
+        ("subject_token", token.as_str()),
+        (
+            "options",
+            r#"{"accessBoundary":{"accessBoundaryRules":[{"availableResource":"//storage.googleapis.com/projects/_/buckets/b","availablePermissions":["inRole:roles/storage.objectViewer"]}]}}"#,
+        ),
+    ];
+    let long = format!("line\nbreak \u{1b}[31m{}", "x".repeat(10_000));
+
+    // OAuth endpoints: the body is exactly {"error", "error_description"}, sent as given.
+    let oauth_cases = [
+        (
+            json!({"endpoint": "oauth2.token", "status": 400, "error": "invalid_grant",
+                   "error_description": "Invalid email or User ID"}),
+            "/token",
+            &bearer[..],
+            400,
+            json!({"error": "invalid_grant", "error_description": "Invalid email or User ID"}),
+        ),
+        (
+            json!({"endpoint": "oauth2.token", "status": 403, "error": "access_denied"}),
+            "/token",
+            &bearer[..],
+            403,
+            json!({"error": "access_denied", "error_description": "injected fault: HTTP 403"}),
+        ),
+        (
+            json!({"endpoint": "oauth2.token", "status": 401, "error_description": long}),
+            "/token",
+            &bearer[..],
+            401,
+            json!({"error": "invalid_client", "error_description": long}),
+        ),
+        (
+            json!({"endpoint": "sts.token", "status": 400, "error": "invalid target!\n",
+                   "error_description": "no such pool"}),
+            "/v1/token",
+            &downscope[..],
+            400,
+            json!({"error": "invalid target!\n", "error_description": "no such pool"}),
+        ),
+        // Without error and error_description, the body is as it always was.
+        (
+            json!({"endpoint": "sts.token", "status": 503}),
+            "/v1/token",
+            &downscope[..],
+            503,
+            json!({"error": "temporarily_unavailable",
+                   "error_description": "injected fault: HTTP 503"}),
+        ),
+    ];
+    for (mut rule, path, form, status, body) in oauth_cases {
+        rule["times"] = json!(1);
+        emulator
+            .inject_fault(serde_json::from_value::<Fault>(rule.clone()).expect("fault"))
+            .expect("valid rule");
+        let answer = post_form(&emulator, path, form).await;
+        assert_eq!(answer, (status, body), "{rule}");
+    }
+    assert_eq!(post_form(&emulator, "/token", &bearer).await.0, 200);
+    assert_eq!(post_form(&emulator, "/v1/token", &downscope).await.0, 200);
+
+    // IAM Credentials: the envelope's message, an ErrorInfo reason, the status from HTTP's.
+    let iam_cases = [
+        (
+            json!({"endpoint": "iam.generateAccessToken", "status": 403,
+                   "error": "IAM_PERMISSION_DENIED",
+                   "error_description": "Permission 'iam.serviceAccounts.getAccessToken' denied on resource (or it may not exist)."}),
+            json!({"error": {
+                "code": 403,
+                "message": "Permission 'iam.serviceAccounts.getAccessToken' denied on resource (or it may not exist).",
+                "status": "PERMISSION_DENIED",
+                "details": [{
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": "IAM_PERMISSION_DENIED",
+                    "domain": "iam.googleapis.com",
+                    "metadata": {},
+                }],
+            }}),
+        ),
+        (
+            json!({"endpoint": "iam.generateAccessToken", "status": 404,
+                   "error_description": "Not found; Gaia id not found for email x@y"}),
+            json!({"error": {"code": 404, "message": "Not found; Gaia id not found for email x@y",
+                             "status": "NOT_FOUND"}}),
+        ),
+        (
+            json!({"endpoint": "iam.generateAccessToken", "status": 429,
+                   "error": "RATE_LIMIT_EXCEEDED"}),
+            json!({"error": {
+                "code": 429,
+                "message": "injected fault: HTTP 429",
+                "status": "RESOURCE_EXHAUSTED",
+                "details": [{
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": "RATE_LIMIT_EXCEEDED",
+                    "domain": "iam.googleapis.com",
+                    "metadata": {},
+                }],
+            }}),
+        ),
+        (
+            json!({"endpoint": "iam.generateAccessToken", "status": 500}),
+            json!({"error": {"code": 500, "message": "injected fault: HTTP 500",
+                             "status": "INTERNAL"}}),
+        ),
+    ];
+    for (mut rule, body) in iam_cases {
+        rule["times"] = json!(1);
+        emulator
+            .inject_fault(serde_json::from_value::<Fault>(rule.clone()).expect("fault"))
+            .expect("valid rule");
+        let status = body["error"]["code"].as_u64().expect("code");
+        let answer = iam(
+            &emulator,
+            &token,
+            READER,
+            "generateAccessToken",
+            json!({"scope": [CLOUD_PLATFORM]}),
+        )
+        .await;
+        assert_eq!(
+            answer,
+            (u16::try_from(status).expect("status"), body),
+            "{rule}"
+        );
+    }
+
+    // The rules are checked, over the admin API as through inject_fault.
+    let admin = format!("{}/_emulator/faults", emulator.url());
+    for (rule, complaint) in [
+        (
+            json!({"endpoint": "oauth2.token", "error": "invalid_grant"}),
+            "need status",
+        ),
+        (
+            json!({"endpoint": "sts.token", "delay_ms": 10, "error_description": "slow"}),
+            "need status",
+        ),
+        (
+            json!({"endpoint": "metadata", "status": 503, "error": "internal_failure"}),
+            "metadata",
+        ),
+        (
+            json!({"endpoint": "metadata", "status": 403, "error_description": "no"}),
+            "metadata",
+        ),
+    ] {
+        let response = client()
+            .post(&admin)
+            .json(&rule)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status().as_u16(), 400, "{rule}");
+        let body: Value = response.json().await.expect("json");
+        let message = body["error"].as_str().expect("message");
+        assert!(message.contains(complaint), "{rule}: {message}");
+        let refused = emulator
+            .inject_fault(serde_json::from_value::<Fault>(rule.clone()).expect("fault"))
+            .expect_err("invalid rule");
+        assert!(refused.to_string().contains(complaint), "{refused}");
+    }
+    let response = client()
+        .post(&admin)
+        .json(
+            &json!({"endpoint": "oauth2.token", "status": 400, "error": "invalid_scope",
+                      "error_description": "Empty or missing scope not allowed.", "times": 1}),
+        )
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status().as_u16(), 204);
+    assert_eq!(
+        post_form(&emulator, "/token", &bearer).await,
+        (
+            400,
+            json!({"error": "invalid_scope",
+                   "error_description": "Empty or missing scope not allowed."})
+        )
+    );
+    emulator.shutdown().await;
+}
+
 #[tokio::test]
 async fn admin_api_sets_lifetimes_and_validates_faults() {
     let emulator = Emulator::builder().start().await.expect("start");

@@ -11,6 +11,8 @@ use crate::pki::{CertificateAuthority, LeafSpec, PkiError};
 use crate::server::{self, RunningBroker, StartError};
 use crate::settings::{Settings, SettingsError};
 
+/// The trust domain of the dev workloads, the only one the dev CA may vouch for.
+pub const TRUST_DOMAIN: &str = "dev.token-broker.local";
 /// The SPIFFE ID of the example workload allowed broad scopes.
 pub const APP_SPIFFE_ID: &str = "spiffe://dev.token-broker.local/workload/app";
 /// The SPIFFE ID of the example workload allowed read-only storage.
@@ -152,8 +154,9 @@ name = "dev-app"
 credential = "{CREDENTIAL}"
 default = true
 callers = [{{ spiffe_id = "{APP_SPIFFE_ID}" }}]
+rpcs = ["GetAccessToken"]
 scopes = ["https://www.googleapis.com/auth/cloud-platform", "openid", "email"]
-scope_prefixes = ["https://www.googleapis.com/auth/"]
+scope_prefixes = ["https://www.googleapis.com/auth/devstorage.", "https://www.googleapis.com/auth/admin.directory."]
 subject_domains = ["example.com"]
 
 [[grants]]
@@ -162,6 +165,8 @@ credential = "{CREDENTIAL}"
 default = true
 callers = [{{ spiffe_id = "{READONLY_SPIFFE_ID}" }}]
 scopes = ["https://www.googleapis.com/auth/devstorage.read_only"]
+# A small budget, so the limit can be seen: 20 requests a second, 40 at once.
+rate_limit = {{ per_second = 20, burst = 40 }}
 "#
     )
 }
@@ -176,8 +181,13 @@ listen = "{listen}"
 [tls]
 cert = "server.pem"
 key = "server-key.pem"
-client_cas = ["ca.pem"]
 reload_interval = "2s"
+
+# The dev CA may vouch only for SPIFFE IDs of the dev trust domain.
+[[tls.trust_bundles]]
+name = "dev"
+file = "ca.pem"
+spiffe_trust_domains = ["{TRUST_DOMAIN}"]
 
 [policy]
 file = "policy.toml"

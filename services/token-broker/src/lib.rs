@@ -6,6 +6,7 @@
 
 #[cfg(feature = "dev")]
 pub mod dev;
+pub mod limits;
 pub mod pki;
 pub mod reload;
 pub mod rpc;
@@ -13,3 +14,4 @@ pub mod server;
 pub mod settings;
 pub mod status;
 pub mod tls;
+pub mod transport;

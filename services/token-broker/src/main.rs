@@ -114,12 +114,7 @@ fn check_config(path: &std::path::Path) -> ExitCode {
         }
     };
     let mut problems = Vec::new();
-    let tls_files = tls::TlsFiles {
-        cert: settings.tls.cert.clone(),
-        key: settings.tls.key.clone(),
-        client_cas: settings.tls.client_cas.clone(),
-    };
-    if let Err(error) = tls::load_server_config(&tls_files) {
+    if let Err(error) = tls::load(&settings.tls) {
         problems.push(format!("tls: {error}"));
     }
     let credentials: Vec<broker_core::CredentialName> =

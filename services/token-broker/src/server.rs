@@ -7,17 +7,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use broker_authz::Policy;
-use broker_backends::{HttpClient, ServiceAccountKey, ServiceAccountSource};
-use broker_cache::{CacheConfig, TokenCache};
+use broker_backends::{HttpClient, ServiceAccountKey, ServiceAccountSource, upstream_host};
+use broker_cache::TokenCache;
 use broker_core::{Clock, CredentialName, SystemClock};
 use broker_proto::tokenbroker::v1::token_broker_server::TokenBrokerServer;
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tonic::service::Routes;
 use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
-use crate::rpc::{Credential, TokenBrokerService};
+use crate::limits::{CallerLimits, LimitDefaults};
+use crate::rpc::{Credential, ServiceParts, TokenBrokerService};
 use crate::settings::{CredentialSettings, Settings};
-use crate::tls::{self, TlsFiles};
+use crate::tls;
+use crate::transport::{self, Serving, TransportOptions};
 
 /// The health service name of the broker's API.
 const SERVICE_NAME: &str = "tokenbroker.v1.TokenBroker";
@@ -37,6 +40,9 @@ pub enum StartError {
     /// The HTTP client could not be built.
     #[error("http client: {0}")]
     Http(String),
+    /// A setting is out of range (`Settings::load` reports these first).
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
     /// The listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -52,8 +58,8 @@ pub enum StartError {
 pub struct RunningBroker {
     addr: SocketAddr,
     service: TokenBrokerService,
-    shutdown: oneshot::Sender<()>,
-    server: JoinHandle<()>,
+    health: HealthReporter,
+    serving: Serving,
     grace: Duration,
     background: Vec<JoinHandle<()>>,
 }
@@ -69,15 +75,16 @@ impl RunningBroker {
         &self.service
     }
 
-    /// Stops accepting connections, lets in-flight RPCs finish within the grace period, then
-    /// stops.
+    /// Reports NOT_SERVING, stops accepting connections, sends open ones GOAWAY and lets
+    /// in-flight RPCs finish within the grace period, then stops.
     pub async fn shutdown(self) {
-        let _ = self.shutdown.send(());
-        let mut server = self.server;
-        if tokio::time::timeout(self.grace, &mut server).await.is_err() {
-            tracing::warn!(grace = ?self.grace, "in-flight RPCs did not finish within the grace period; stopping");
-            server.abort();
+        for service in [SERVICE_NAME, ""] {
+            self.health
+                .set_service_status(service, ServingStatus::NotServing)
+                .await;
         }
+        tracing::info!("shutting down: no new connections, draining in-flight RPCs");
+        self.serving.shutdown(self.grace).await;
         for task in self.background {
             task.abort();
         }
@@ -134,7 +141,7 @@ pub fn load_credentials(
                     Credential {
                         source: Arc::new(source),
                         kind: entry.kind(),
-                        upstream: host(&endpoints.token_url),
+                        upstream: upstream_host(&endpoints.token_url),
                         chooses_lifetime: false,
                         delegates_domain: true,
                     }
@@ -159,9 +166,30 @@ pub fn load_credentials(
     }
 }
 
-fn host(url: &str) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
-    rest.split(['/', '?']).next().unwrap_or(rest).to_owned()
+/// The gRPC routes of the broker: its API, health and reflection (v1 and v1alpha).
+fn routes(
+    service: TokenBrokerService,
+    health: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    max_request_bytes: usize,
+) -> Result<Routes, StartError> {
+    let reflection = |builder: tonic_reflection::server::Builder<'static>| {
+        builder
+            .register_encoded_file_descriptor_set(broker_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1()
+        .map_err(|e| StartError::Invalid(format!("reflection: {e}")))?;
+    let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
+        .build_v1alpha()
+        .map_err(|e| StartError::Invalid(format!("reflection: {e}")))?;
+    let api = TokenBrokerServer::new(service).max_decoding_message_size(max_request_bytes);
+    Ok(Routes::new(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(api))
 }
 
 /// Starts the broker and returns once it is serving.
@@ -172,12 +200,8 @@ pub async fn start(settings: Settings) -> Result<RunningBroker, StartError> {
         .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
         .await;
 
-    let tls_files = TlsFiles {
-        cert: settings.tls.cert.clone(),
-        key: settings.tls.key.clone(),
-        client_cas: settings.tls.client_cas.clone(),
-    };
-    let (tls_config, tls_task) = tls::watch_files(tls_files, settings.tls.reload_interval)?;
+    let (tls_config, tls_task) =
+        tls::watch_files(settings.tls.clone(), settings.tls.reload_interval)?;
 
     let credentials = load_credentials(&settings, Arc::clone(&clock))?;
     let names: Vec<CredentialName> = credentials.keys().cloned().collect();
@@ -190,23 +214,22 @@ pub async fn start(settings: Settings) -> Result<RunningBroker, StartError> {
     )
     .map_err(StartError::Policy)?;
 
-    let cache_config = if settings.cache.enabled {
-        CacheConfig {
-            max_capacity: settings.cache.max_entries,
-            refresh_window: settings.cache.refresh_window,
-            safety_margin: settings.cache.safety_margin,
-            ..CacheConfig::default()
-        }
-    } else {
-        CacheConfig::disabled()
-    };
-    let service = TokenBrokerService::new(
+    let limits = &settings.limits;
+    let service = TokenBrokerService::new(ServiceParts {
         policy,
         credentials,
-        TokenCache::new(cache_config, Arc::clone(&clock)),
-        settings.server.max_concurrent_rpcs,
-        settings.server.rpc_timeout,
-    );
+        cache: TokenCache::new(settings.cache.config(), Arc::clone(&clock)),
+        limits: CallerLimits::new(LimitDefaults {
+            rate: limits.rate_limit.limit().ok_or_else(|| {
+                StartError::Invalid("limits.rate_limit is out of range".to_owned())
+            })?,
+            distinct_keys: limits.distinct_keys,
+            window: limits.distinct_keys_window,
+        }),
+        clock,
+        max_concurrent_rpcs: settings.server.max_concurrent_rpcs,
+        rpc_timeout: settings.server.rpc_timeout,
+    });
 
     let listener = tokio::net::TcpListener::bind(settings.server.listen)
         .await
@@ -218,45 +241,17 @@ pub async fn start(settings: Settings) -> Result<RunningBroker, StartError> {
         addr: settings.server.listen,
         source,
     })?;
-    let incoming = tls::incoming(listener, tls_config, settings.server.handshake_timeout);
-
-    let reflection = |builder: tonic_reflection::server::Builder<'static>| {
-        builder
-            .register_encoded_file_descriptor_set(broker_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1 = reflection(tonic_reflection::server::Builder::configure())
-        .build_v1()
-        .map_err(|e| StartError::Http(format!("reflection: {e}")))?;
-    let reflection_v1alpha = reflection(tonic_reflection::server::Builder::configure())
-        .build_v1alpha()
-        .map_err(|e| StartError::Http(format!("reflection: {e}")))?;
-    let api = TokenBrokerServer::new(service.clone())
-        .max_decoding_message_size(settings.server.max_request_bytes);
-
-    let (shutdown, shutdown_signal) = oneshot::channel::<()>();
-    let shutdown_health = health.clone();
-    let server = tonic::transport::Server::builder()
-        .timeout(settings.server.rpc_timeout)
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(api);
-    let server = tokio::spawn(async move {
-        let signal = async move {
-            let _ = shutdown_signal.await;
-            shutdown_health
-                .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
-                .await;
-            shutdown_health
-                .set_service_status("", ServingStatus::NotServing)
-                .await;
-            tracing::info!("shutting down: no new connections, draining in-flight RPCs");
-        };
-        if let Err(error) = server.serve_with_incoming_shutdown(incoming, signal).await {
-            tracing::error!(%error, "server failed");
-        }
-    });
+    let routes = routes(
+        service.clone(),
+        health_service,
+        settings.server.max_request_bytes,
+    )?;
+    let serving = transport::serve(
+        listener,
+        tls_config,
+        TransportOptions::from(&settings.server),
+        routes,
+    );
     health
         .set_service_status(SERVICE_NAME, ServingStatus::Serving)
         .await;
@@ -264,8 +259,8 @@ pub async fn start(settings: Settings) -> Result<RunningBroker, StartError> {
     Ok(RunningBroker {
         addr,
         service,
-        shutdown,
-        server,
+        health,
+        serving,
         grace: settings.server.shutdown_grace,
         background: vec![tls_task, policy_task],
     })

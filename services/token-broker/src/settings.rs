@@ -8,12 +8,32 @@
 //! max_concurrent_rpcs = 1024    # beyond this, UNAVAILABLE (OVERLOADED) with RetryInfo
 //! max_request_bytes = 65536
 //! shutdown_grace = "15s"        # how long SIGTERM waits for in-flight calls
+//! max_connections = 10000       # open connections; more wait in the kernel's backlog
+//! max_concurrent_handshakes = 128
+//! handshake_timeout = "10s"
+//! max_connection_age = "30m"    # then GOAWAY (jittered by ±10 %) ...
+//! max_connection_age_grace = "30s"  # ... and calls still running after this are cut
+//! max_concurrent_streams = 256  # calls in flight per connection
+//! keepalive_interval = "60s"    # HTTP/2 pings on idle connections
+//! keepalive_timeout = "20s"
+//! max_header_list_size = 16384
 //!
 //! [tls]
 //! cert = "/etc/token-broker/tls/server.pem"
 //! key = "/etc/token-broker/tls/server-key.pem"
-//! client_cas = ["/etc/token-broker/tls/clients-ca.pem"]
 //! reload_interval = "10s"       # how often the files are checked for changes
+//!
+//! [[tls.trust_bundles]]         # at least one; each says what it may vouch for
+//! name = "prod-spire"           # for logs; default: the file name
+//! file = "/run/spire/bundle.json"   # PEM CA certificates, or a SPIFFE bundle (JSON)
+//! spiffe_trust_domains = ["prod.example.org"]  # SPIFFE IDs it may sign
+//! dns_names = false             # whether it may vouch for DNS-SAN identities
+//! common_names = false          # whether it may vouch for subject-CN identities
+//!
+//! [limits]                      # per caller and grant; a grant may set its own
+//! rate_limit = { per_second = 100, burst = 200 }
+//! distinct_keys = 64            # new cache keys one caller may create per window
+//! distinct_keys_window = "10m"
 //!
 //! [policy]
 //! file = "/etc/token-broker/policy.toml"
@@ -31,7 +51,11 @@
 //!
 //! [cache]
 //! max_entries = 10000
-//! refresh_window = "5m"
+//! refresh_lead = "2m"           # a token in use is refreshed this long before a caller's
+//!                               # min_remaining_validity would fail it (jittered ±25 %)
+//! safety_margin = "60s"         # the least validity any token is served with
+//! background_deadline = "30s"   # how long a background refresh may take
+//! negative_ttl = "15s"          # Google's permanent refusals are remembered this long
 //!
 //! [[credentials]]
 //! name = "prod-deployer"
@@ -45,7 +69,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use broker_authz::{RateLimit, SpiffeId};
 use broker_backends::{GoogleEndpoints, HttpConfig};
+use broker_cache::CacheConfig;
 use serde::Deserialize;
 
 /// Why the configuration could not be used; each problem names where it is.
@@ -79,6 +105,9 @@ pub struct Settings {
     /// The token cache.
     #[serde(default)]
     pub cache: CacheSettings,
+    /// What one caller can cost.
+    #[serde(default)]
+    pub limits: LimitsSettings,
     /// The Google credentials the broker holds.
     #[serde(default)]
     pub credentials: Vec<CredentialSettings>,
@@ -93,7 +122,7 @@ pub struct Settings {
 pub struct ServerSettings {
     /// Listen address.
     pub listen: SocketAddr,
-    /// The longest any RPC may take.
+    /// The longest any RPC may take; a call without a deadline of its own ends when it passes.
     #[serde(with = "humantime_serde")]
     pub rpc_timeout: Duration,
     /// RPCs served at once; more are refused with UNAVAILABLE (OVERLOADED).
@@ -106,6 +135,26 @@ pub struct ServerSettings {
     /// How long shutdown waits for in-flight RPCs.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Open connections at most; beyond it, new ones wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// TLS handshakes in progress at most.
+    pub max_concurrent_handshakes: usize,
+    /// A connection's life before it is sent GOAWAY (jittered by ±10 %).
+    #[serde(with = "humantime_serde")]
+    pub max_connection_age: Duration,
+    /// How long calls may still run on a connection after its GOAWAY.
+    #[serde(with = "humantime_serde")]
+    pub max_connection_age_grace: Duration,
+    /// Calls in flight per connection at most.
+    pub max_concurrent_streams: u32,
+    /// Interval of HTTP/2 pings on idle connections.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// How long a ping may go unanswered before the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
+    /// The largest header block accepted, bytes.
+    pub max_header_list_size: u32,
 }
 
 impl Default for ServerSettings {
@@ -117,6 +166,14 @@ impl Default for ServerSettings {
             max_request_bytes: 64 * 1024,
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(15),
+            max_connections: 10_000,
+            max_concurrent_handshakes: 128,
+            max_connection_age: Duration::from_secs(30 * 60),
+            max_connection_age_grace: Duration::from_secs(30),
+            max_concurrent_streams: 256,
+            keepalive_interval: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(20),
+            max_header_list_size: 16 * 1024,
         }
     }
 }
@@ -129,11 +186,34 @@ pub struct TlsSettings {
     pub cert: PathBuf,
     /// Server private key, PEM.
     pub key: PathBuf,
-    /// Trust bundles for client certificates, PEM.
-    pub client_cas: Vec<PathBuf>,
+    /// The trust bundles client certificates are verified against, each bound to what it may
+    /// vouch for.
+    #[serde(default)]
+    pub trust_bundles: Vec<TrustBundleSettings>,
     /// How often the files are checked for changes.
     #[serde(default = "default_reload_interval", with = "humantime_serde")]
     pub reload_interval: Duration,
+}
+
+/// `[[tls.trust_bundles]]`: CA certificates for client certificates, and what they may vouch
+/// for. A certificate is accepted only if its chain leads to a bundle bound to the identity it
+/// claims: its SPIFFE ID's trust domain, or DNS names or common names where allowed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustBundleSettings {
+    /// The bundle's name in logs and errors; default: the file name.
+    pub name: Option<String>,
+    /// PEM CA certificates, or a SPIFFE bundle (the JWK Set SPIRE publishes).
+    pub file: PathBuf,
+    /// The SPIFFE trust domains whose IDs its CAs may sign, such as `prod.example.org`.
+    #[serde(default)]
+    pub spiffe_trust_domains: Vec<String>,
+    /// Whether its CAs may vouch for identities named by DNS SANs.
+    #[serde(default)]
+    pub dns_names: bool,
+    /// Whether its CAs may vouch for identities named by the subject common name.
+    #[serde(default)]
+    pub common_names: bool,
 }
 
 fn default_reload_interval() -> Duration {
@@ -151,7 +231,7 @@ pub struct PolicySettings {
     pub reload_interval: Duration,
 }
 
-/// `[cache]`.
+/// `[cache]`: see `broker_cache::CacheConfig` for what each setting does.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheSettings {
@@ -159,22 +239,94 @@ pub struct CacheSettings {
     pub enabled: bool,
     /// Most tokens held.
     pub max_entries: u64,
-    /// A hit with less than this left returns the token and refreshes it in the background.
+    /// How long before a caller's `min_remaining_validity` would fail a token in use it is
+    /// refreshed in the background (jittered).
     #[serde(with = "humantime_serde")]
-    pub refresh_window: Duration,
-    /// A token with less than this left is never handed out without a refresh attempt.
+    pub refresh_lead: Duration,
+    /// The least validity any token is served with.
     #[serde(with = "humantime_serde")]
     pub safety_margin: Duration,
+    /// How long a background refresh may take.
+    #[serde(with = "humantime_serde")]
+    pub background_deadline: Duration,
+    /// How long Google's permanent refusal of a request is remembered; `0s` turns it off.
+    #[serde(with = "humantime_serde")]
+    pub negative_ttl: Duration,
 }
 
 impl Default for CacheSettings {
     fn default() -> Self {
+        let defaults = CacheConfig::default();
         Self {
             enabled: true,
-            max_entries: 10_000,
-            refresh_window: Duration::from_secs(300),
-            safety_margin: Duration::from_secs(60),
+            max_entries: defaults.max_capacity,
+            refresh_lead: defaults.refresh_lead,
+            safety_margin: defaults.safety_margin,
+            background_deadline: defaults.background_deadline,
+            negative_ttl: defaults.negative_ttl,
         }
+    }
+}
+
+impl CacheSettings {
+    /// The cache's configuration.
+    pub fn config(&self) -> CacheConfig {
+        if !self.enabled {
+            return CacheConfig::disabled();
+        }
+        CacheConfig {
+            max_capacity: self.max_entries,
+            refresh_lead: self.refresh_lead,
+            safety_margin: self.safety_margin,
+            background_deadline: self.background_deadline,
+            negative_ttl: self.negative_ttl,
+            ..CacheConfig::default()
+        }
+    }
+}
+
+/// `[limits]`: what one caller can cost, counted per caller and grant. A grant may set its own
+/// `rate_limit` and `distinct_keys`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSettings {
+    /// The token bucket of each caller (per grant).
+    pub rate_limit: RateLimitSettings,
+    /// How many distinct cache keys (credential, scopes, subject, boundary, lifetime) one
+    /// caller may create per window; beyond it, new keys are refused until the window ends.
+    pub distinct_keys: u32,
+    /// The window of `distinct_keys`.
+    #[serde(with = "humantime_serde")]
+    pub distinct_keys_window: Duration,
+}
+
+impl Default for LimitsSettings {
+    fn default() -> Self {
+        Self {
+            rate_limit: RateLimitSettings {
+                per_second: 100.0,
+                burst: 200,
+            },
+            distinct_keys: 64,
+            distinct_keys_window: Duration::from_secs(600),
+        }
+    }
+}
+
+/// A token bucket: `per_second` requests a second on average, `burst` at once.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// Average requests per second.
+    pub per_second: f64,
+    /// Requests at once.
+    pub burst: u32,
+}
+
+impl RateLimitSettings {
+    /// The limit, if the numbers are in range (see `broker_authz::RateLimit::new`).
+    pub fn limit(&self) -> Option<RateLimit> {
+        RateLimit::new(self.per_second, self.burst)
     }
 }
 
@@ -255,8 +407,6 @@ impl Settings {
                 config::Environment::with_prefix("BROKER")
                     .prefix_separator("__")
                     .separator("__")
-                    .list_separator(",")
-                    .with_list_parse_key("tls.client_cas")
                     .try_parsing(true)
                     .source(environment),
             );
@@ -278,7 +428,9 @@ impl Settings {
         };
         resolve(&mut self.tls.cert);
         resolve(&mut self.tls.key);
-        self.tls.client_cas.iter_mut().for_each(resolve);
+        for bundle in &mut self.tls.trust_bundles {
+            resolve(&mut bundle.file);
+        }
         resolve(&mut self.policy.file);
         for credential in &mut self.credentials {
             match credential {
@@ -290,21 +442,34 @@ impl Settings {
     /// Every problem that deserialization cannot catch, each with its location.
     pub fn validate(&self) -> Result<(), SettingsError> {
         let mut problems = Vec::new();
-        if self.tls.client_cas.is_empty() {
-            problems.push("tls.client_cas: at least one trust bundle is required (clients must present certificates)".to_owned());
-        }
-        if self.server.max_concurrent_rpcs == 0 {
-            problems.push("server.max_concurrent_rpcs: must be at least 1".to_owned());
-        }
-        if self.server.rpc_timeout.is_zero() {
-            problems.push("server.rpc_timeout: must be positive".to_owned());
-        }
+        self.validate_tls(&mut problems);
+        self.validate_server(&mut problems);
         if self.http.retry.max_attempts == 0 {
             problems.push("http.retry.max_attempts: must be at least 1".to_owned());
         }
-        if self.cache.safety_margin >= self.cache.refresh_window && self.cache.enabled {
-            problems
-                .push("cache.safety_margin: must be shorter than cache.refresh_window".to_owned());
+        if self.cache.enabled {
+            let config = self.cache.config();
+            problems.extend(config.problems().into_iter().map(|p| format!("cache.{p}")));
+            if self.http.request_timeout > config.background_deadline {
+                problems.push(format!(
+                    "http.request_timeout: {} is longer than cache.background_deadline ({}), so a background refresh could not complete even one attempt",
+                    humantime::format_duration(self.http.request_timeout),
+                    humantime::format_duration(config.background_deadline)
+                ));
+            }
+        }
+        if self.limits.rate_limit.limit().is_none() {
+            problems.push(format!(
+                "limits.rate_limit: per_second must be a number from {} to {}, and burst at least 1",
+                RateLimit::MIN_PER_SECOND,
+                RateLimit::MAX_PER_SECOND
+            ));
+        }
+        if self.limits.distinct_keys == 0 {
+            problems.push("limits.distinct_keys: must be at least 1".to_owned());
+        }
+        if self.limits.distinct_keys_window.is_zero() {
+            problems.push("limits.distinct_keys_window: must be positive".to_owned());
         }
         if let Err(e) = self.google.validate() {
             problems.push(format!("google: {e}"));
@@ -329,6 +494,72 @@ impl Settings {
     }
 }
 
+impl Settings {
+    fn validate_tls(&self, problems: &mut Vec<String>) {
+        if self.tls.trust_bundles.is_empty() {
+            problems.push("tls.trust_bundles: at least one trust bundle is required (clients must present certificates), for example [[tls.trust_bundles]] with file = \"ca.pem\" and spiffe_trust_domains = [\"example.org\"]".to_owned());
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, bundle) in self.tls.trust_bundles.iter().enumerate() {
+            let at = format!("tls.trust_bundles[{i}]");
+            if bundle.spiffe_trust_domains.is_empty() && !bundle.dns_names && !bundle.common_names {
+                problems.push(format!("{at}: vouches for nothing; set spiffe_trust_domains, dns_names = true or common_names = true"));
+            }
+            for (j, domain) in bundle.spiffe_trust_domains.iter().enumerate() {
+                if let Err(e) = SpiffeId::parse(&format!("spiffe://{domain}")) {
+                    problems.push(format!(
+                        "{at}.spiffe_trust_domains[{j}]: {domain:?} is not a trust domain: {e}"
+                    ));
+                }
+            }
+            if let Some(name) = &bundle.name
+                && !names.insert(name.as_str())
+            {
+                problems.push(format!("{at}.name: {name:?} is used twice"));
+            }
+        }
+    }
+
+    fn validate_server(&self, problems: &mut Vec<String>) {
+        let server = &self.server;
+        for (field, value) in [
+            ("max_concurrent_rpcs", server.max_concurrent_rpcs),
+            ("max_connections", server.max_connections),
+            (
+                "max_concurrent_handshakes",
+                server.max_concurrent_handshakes,
+            ),
+            (
+                "max_concurrent_streams",
+                server.max_concurrent_streams as usize,
+            ),
+            ("max_header_list_size", server.max_header_list_size as usize),
+        ] {
+            if value == 0 {
+                problems.push(format!("server.{field}: must be at least 1"));
+            }
+        }
+        for (field, value) in [
+            ("rpc_timeout", server.rpc_timeout),
+            ("handshake_timeout", server.handshake_timeout),
+            ("max_connection_age", server.max_connection_age),
+            ("keepalive_interval", server.keepalive_interval),
+            ("keepalive_timeout", server.keepalive_timeout),
+        ] {
+            if value.is_zero() {
+                problems.push(format!("server.{field}: must be positive"));
+            }
+        }
+        if server.max_connection_age_grace < server.rpc_timeout {
+            problems.push(format!(
+                "server.max_connection_age_grace: {} is shorter than server.rpc_timeout ({}), so calls could be cut when their connection ages out",
+                humantime::format_duration(server.max_connection_age_grace),
+                humantime::format_duration(server.rpc_timeout)
+            ));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,7 +575,10 @@ mod tests {
 [tls]
 cert = "server.pem"
 key = "server-key.pem"
-client_cas = ["ca.pem"]
+
+[[tls.trust_bundles]]
+file = "ca.pem"
+spiffe_trust_domains = ["example.org"]
 
 [policy]
 file = "policy.toml"
@@ -385,6 +619,7 @@ key_file = "keys/broker.json"
             "127.0.0.1:9100".parse().expect("addr")
         );
         assert_eq!(settings.tls.cert, dir.join("server.pem"));
+        assert_eq!(settings.tls.trust_bundles[0].file, dir.join("ca.pem"));
         assert!(
             matches!(&settings.credentials[0], CredentialSettings::ServiceAccount { key_file, .. } if *key_file == dir.join("keys/broker.json"))
         );
@@ -401,14 +636,44 @@ key_file = "keys/broker.json"
 
         let file = write(
             &dir,
-            &MINIMAL
-                .replace("name = \"dev\"", "name = \"Dev_1\"")
-                .replace("[\"ca.pem\"]", "[]"),
+            &format!(
+                "{}\n[server]\nmax_connections = 0\nmax_connection_age_grace = \"1s\"\n[limits]\nrate_limit = {{ per_second = 0, burst = 1 }}\n[cache]\nbackground_deadline = \"5m\"\n",
+                MINIMAL
+                    .replace("name = \"dev\"", "name = \"Dev_1\"")
+                    .replace(
+                        "spiffe_trust_domains = [\"example.org\"]",
+                        "spiffe_trust_domains = [\"Example.org\"]\n[[tls.trust_bundles]]\nfile = \"other.pem\""
+                    )
+            ),
         );
         let error = Settings::load(&file, Some(config::Map::new()), &[]).expect_err("invalid");
         let text = error.to_string();
-        assert!(text.contains("credentials[0].name"), "{text}");
-        assert!(text.contains("tls.client_cas"), "{text}");
+        for expected in [
+            "credentials[0].name",
+            "tls.trust_bundles[0].spiffe_trust_domains[0]: \"Example.org\" is not a trust domain",
+            "tls.trust_bundles[1]: vouches for nothing",
+            "server.max_connections: must be at least 1",
+            "server.max_connection_age_grace: 1s is shorter than server.rpc_timeout",
+            "limits.rate_limit: per_second must be",
+            "cache.background_deadline",
+        ] {
+            assert!(text.contains(expected), "{expected}: {text}");
+        }
+
+        let file = write(
+            &dir,
+            &MINIMAL.replace(
+                "[[tls.trust_bundles]]\nfile = \"ca.pem\"\nspiffe_trust_domains = [\"example.org\"]\n",
+                "",
+            ),
+        );
+        let error = Settings::load(&file, Some(config::Map::new()), &[]).expect_err("no bundle");
+        assert!(
+            error
+                .to_string()
+                .contains("tls.trust_bundles: at least one"),
+            "{error}"
+        );
 
         let file = write(
             &dir,

@@ -1,24 +1,42 @@
 //! The one place where the broker's errors become gRPC statuses, with `google.rpc` details:
 //! `ErrorInfo` (domain `tokenbroker.dev`, the reasons of `ErrorReason` in the proto),
 //! `BadRequest` for malformed fields and `RetryInfo` where a retry makes sense.
+//!
+//! The table in `tests::every_row_of_the_error_contract` pins every row of the contract
+//! `proto/tokenbroker/v1/error_reason.proto` documents.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use broker_cache::CacheError;
 use broker_core::{Rejection, SourceError};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::tls::PeerError;
+
 /// The ErrorInfo domain of every broker error.
 pub const DOMAIN: &str = "tokenbroker.dev";
+
+/// Which deadline bounded a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeadlineSource {
+    /// The caller's own `grpc-timeout` (shorter than the broker's maximum).
+    Caller,
+    /// The broker's `server.rpc_timeout`: the caller set none, or a longer one.
+    Broker,
+}
 
 /// Why an RPC failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RpcError {
-    /// No verified client certificate with a usable identity.
-    #[error("a client certificate with a SPIFFE ID, DNS name or common name is required")]
-    NoClientIdentity,
+    /// No verified client certificate on the connection (never expected: the listener
+    /// requires one).
+    #[error("a client certificate is required")]
+    NoCertificate,
+    /// The connection's certificate cannot call: no identity, expired, or no longer trusted.
+    #[error("{0}")]
+    Unauthenticated(#[from] PeerError),
     /// A request field is malformed or out of range.
     #[error("invalid {field}: {description}")]
     InvalidField {
@@ -45,7 +63,7 @@ pub enum RpcError {
         /// The explanation.
         message: String,
     },
-    /// The request names a credential that is not configured.
+    /// The request names a credential that is not configured (told only to callers granted it).
     #[error("credential {0:?} is not configured")]
     CredentialNotFound(String),
     /// The credential's kind cannot do what is asked.
@@ -60,16 +78,43 @@ pub enum RpcError {
         /// Details.
         message: String,
     },
+    /// The caller is over one of its limits.
+    #[error("{message}")]
+    RateLimited {
+        /// Which limit: `caller` (the token bucket) or `caller_keys` (distinct cache keys).
+        limit: &'static str,
+        /// When to try again.
+        retry_after: Duration,
+        /// What was exceeded, for humans.
+        message: String,
+    },
     /// The broker is shedding load.
     #[error("the broker is overloaded; retry shortly, preferably against another replica")]
     Overloaded,
-    /// Google failed or refused, and no valid token was cached.
+    /// The call's deadline passed while the broker waited for Google.
+    #[error("the deadline passed after {} ms while the broker waited for {upstream}", .waited.as_millis())]
+    DeadlineExceeded {
+        /// Whose deadline.
+        deadline: DeadlineSource,
+        /// The Google host waited for.
+        upstream: String,
+        /// How long the call had.
+        waited: Duration,
+    },
+    /// The cache or the credential's source failed.
     #[error("{error}")]
     Upstream {
         /// The error from the cache or source.
         error: CacheError,
-        /// The Google host called.
+        /// The credential used.
+        credential: String,
+        /// Its kind.
+        kind: &'static str,
+        /// The Google host the credential's tokens come from (used when the error does not
+        /// name the host it came from).
         upstream: String,
+        /// Which deadline bounded the call.
+        deadline: DeadlineSource,
     },
     /// The RPC or feature comes in a later release.
     #[error("{0} is not implemented by this broker release yet")]
@@ -82,45 +127,91 @@ const OVERLOAD_RETRY_DELAY: Duration = Duration::from_millis(200);
 const UPSTREAM_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 impl RpcError {
-    /// The ErrorInfo reason.
-    pub fn reason(&self) -> &'static str {
+    /// The error of the cache or source, if this is one.
+    fn source_error(&self) -> Option<&SourceError> {
         match self {
-            Self::NoClientIdentity => "CLIENT_CERTIFICATE_REQUIRED",
+            Self::Upstream { error, .. } => error.source_error(),
+            _ => None,
+        }
+    }
+
+    /// The ErrorInfo reason; `None` for INTERNAL errors, which carry no details.
+    pub fn reason(&self) -> Option<&'static str> {
+        Some(match self {
+            Self::NoCertificate | Self::Unauthenticated(PeerError::NoIdentity(_)) => {
+                "CLIENT_CERTIFICATE_REQUIRED"
+            }
+            Self::Unauthenticated(PeerError::Expired { .. }) => "CLIENT_CERTIFICATE_EXPIRED",
+            Self::Unauthenticated(PeerError::NoLongerTrusted { .. }) => {
+                "CLIENT_CERTIFICATE_NOT_TRUSTED"
+            }
             Self::InvalidField { reason, .. } => reason,
             Self::PolicyDenied { .. } => "POLICY_DENIED",
             Self::CredentialNotFound(_) => "CREDENTIAL_NOT_FOUND",
             Self::FlowUnsupported { .. } => "CREDENTIAL_FLOW_UNSUPPORTED",
+            Self::RateLimited { .. } => "RATE_LIMITED",
             Self::Overloaded => "OVERLOADED",
-            Self::Upstream { error, .. } if error.is_transient() => "UPSTREAM_UNAVAILABLE",
-            Self::Upstream { .. } => "UPSTREAM_REJECTED",
+            Self::DeadlineExceeded {
+                deadline: DeadlineSource::Caller,
+                ..
+            } => "UPSTREAM_DEADLINE_EXCEEDED",
+            Self::DeadlineExceeded { .. } => "UPSTREAM_UNAVAILABLE",
+            Self::Upstream {
+                error, deadline, ..
+            } => match error.source_error() {
+                None => "UPSTREAM_UNAVAILABLE",
+                Some(SourceError::DeadlineExceeded { .. })
+                    if *deadline == DeadlineSource::Caller =>
+                {
+                    "UPSTREAM_DEADLINE_EXCEEDED"
+                }
+                Some(
+                    SourceError::Unavailable { .. }
+                    | SourceError::Malformed { .. }
+                    | SourceError::DeadlineExceeded { .. },
+                ) => "UPSTREAM_UNAVAILABLE",
+                Some(SourceError::Rejected(_)) => "UPSTREAM_REJECTED",
+                Some(SourceError::Unsupported { .. }) => "CREDENTIAL_FLOW_UNSUPPORTED",
+                Some(SourceError::InvalidRequest { field, .. }) => field_reason(field),
+                Some(SourceError::Internal(_)) => return None,
+            },
             Self::Unimplemented(_) => "FEATURE_NOT_IMPLEMENTED",
-        }
+        })
     }
 
     fn code(&self) -> Code {
         match self {
-            Self::NoClientIdentity => Code::Unauthenticated,
+            Self::NoCertificate | Self::Unauthenticated(_) => Code::Unauthenticated,
             Self::InvalidField { .. } => Code::InvalidArgument,
             Self::PolicyDenied { .. } => Code::PermissionDenied,
             Self::CredentialNotFound(_) => Code::NotFound,
             Self::FlowUnsupported { .. } => Code::FailedPrecondition,
+            Self::RateLimited { .. } => Code::ResourceExhausted,
             Self::Overloaded => Code::Unavailable,
-            Self::Upstream { error, .. } => match error.source_error() {
-                Some(SourceError::DeadlineExceeded { .. }) => Code::DeadlineExceeded,
-                None | Some(SourceError::Unavailable { .. } | SourceError::Malformed(_)) => {
+            Self::DeadlineExceeded {
+                deadline: DeadlineSource::Caller,
+                ..
+            } => Code::DeadlineExceeded,
+            Self::DeadlineExceeded { .. } => Code::Unavailable,
+            Self::Upstream {
+                error, deadline, ..
+            } => match error.source_error() {
+                None | Some(SourceError::Unavailable { .. } | SourceError::Malformed { .. }) => {
                     Code::Unavailable
                 }
-                Some(SourceError::Unsupported(_)) => Code::FailedPrecondition,
-                Some(SourceError::Rejected { rejection, .. }) => match rejection {
-                    Rejection::InvalidGrant
-                    | Rejection::InvalidScope
-                    | Rejection::InvalidArgument => Code::InvalidArgument,
-                    Rejection::UnauthorizedClient | Rejection::PermissionDenied => {
-                        Code::PermissionDenied
-                    }
-                    Rejection::NotFound => Code::NotFound,
-                    Rejection::Unauthenticated => Code::FailedPrecondition,
+                Some(SourceError::DeadlineExceeded { .. }) => match deadline {
+                    DeadlineSource::Caller => Code::DeadlineExceeded,
+                    DeadlineSource::Broker => Code::Unavailable,
                 },
+                Some(SourceError::Rejected(rejection)) => match rejection.rejection {
+                    Rejection::InvalidArgument => Code::InvalidArgument,
+                    Rejection::PermissionDenied => Code::PermissionDenied,
+                    Rejection::NotFound => Code::NotFound,
+                    Rejection::CredentialRejected | Rejection::Other => Code::FailedPrecondition,
+                },
+                Some(SourceError::Unsupported { .. }) => Code::FailedPrecondition,
+                Some(SourceError::InvalidRequest { .. }) => Code::InvalidArgument,
+                Some(SourceError::Internal(_)) => Code::Internal,
             },
             Self::Unimplemented(_) => Code::Unimplemented,
         }
@@ -132,7 +223,12 @@ impl RpcError {
             metadata.insert(key.to_owned(), value.to_owned());
         };
         match self {
-            Self::NoClientIdentity | Self::Overloaded | Self::Unimplemented(_) => {}
+            Self::NoCertificate
+            | Self::Unauthenticated(PeerError::NoIdentity(_) | PeerError::NoLongerTrusted { .. })
+            | Self::Overloaded => {}
+            Self::Unauthenticated(PeerError::Expired { not_after }) => {
+                put("not_after", &rfc3339(*not_after));
+            }
             Self::InvalidField {
                 field, max_seconds, ..
             } => {
@@ -168,12 +264,61 @@ impl RpcError {
                 put("credential_type", kind);
                 put("flow", flow);
             }
-            Self::Upstream { error, upstream } => {
+            Self::RateLimited { limit, .. } => put("limit", limit),
+            Self::DeadlineExceeded {
+                upstream, waited, ..
+            } => {
                 put("upstream", upstream);
-                if let Some(SourceError::Rejected { rejection, .. }) = error.source_error() {
-                    put("upstream_error", rejection_name(*rejection));
+                put("upstream_status", "timeout");
+                put("timeout_ms", &waited.as_millis().to_string());
+            }
+            Self::Upstream {
+                error,
+                credential,
+                kind,
+                upstream,
+                ..
+            } => {
+                let host = error
+                    .source_error()
+                    .and_then(SourceError::upstream)
+                    .unwrap_or(upstream);
+                match error.source_error() {
+                    None => {
+                        put("upstream", host);
+                        put("upstream_status", "aborted");
+                    }
+                    Some(SourceError::Unavailable { status, .. }) => {
+                        put("upstream", host);
+                        put("upstream_status", &status.to_string());
+                    }
+                    Some(SourceError::Malformed { .. }) => {
+                        put("upstream", host);
+                        put("upstream_status", "malformed");
+                    }
+                    Some(SourceError::DeadlineExceeded { .. }) => {
+                        put("upstream", host);
+                        put("upstream_status", "timeout");
+                    }
+                    Some(SourceError::Rejected(rejection)) => {
+                        put("upstream", host);
+                        put("upstream_status", &rejection.status.to_string());
+                        put("upstream_error", &rejection.error);
+                        put("credential", credential);
+                        if let Some(field) = &rejection.field {
+                            put("field", field);
+                        }
+                    }
+                    Some(SourceError::Unsupported { flow, .. }) => {
+                        put("credential", credential);
+                        put("credential_type", kind);
+                        put("flow", flow);
+                    }
+                    Some(SourceError::InvalidRequest { field, .. }) => put("field", field),
+                    Some(SourceError::Internal(_)) => {}
                 }
             }
+            Self::Unimplemented(feature) => put("feature", feature),
         }
         metadata
     }
@@ -181,68 +326,562 @@ impl RpcError {
     fn retry_delay(&self) -> Option<Duration> {
         match self {
             Self::Overloaded => Some(OVERLOAD_RETRY_DELAY),
-            Self::Upstream { error, .. } if error.is_transient() => {
-                Some(error.retry_after().unwrap_or(UPSTREAM_RETRY_DELAY))
-            }
+            Self::RateLimited { retry_after, .. } => Some(*retry_after),
+            Self::DeadlineExceeded {
+                deadline: DeadlineSource::Broker,
+                ..
+            } => Some(UPSTREAM_RETRY_DELAY),
+            Self::Upstream { .. } if self.code() == Code::Unavailable => Some(
+                self.source_error()
+                    .and_then(SourceError::retry_after)
+                    .unwrap_or(UPSTREAM_RETRY_DELAY),
+            ),
             _ => None,
+        }
+    }
+
+    /// The request field at fault, for a `BadRequest`.
+    fn bad_field(&self) -> Option<(&str, String)> {
+        match self {
+            Self::InvalidField {
+                field, description, ..
+            } => Some((field, description.clone())),
+            _ => match self.source_error() {
+                Some(SourceError::InvalidRequest { field, message }) => {
+                    Some((field, message.clone()))
+                }
+                Some(SourceError::Rejected(rejection))
+                    if rejection.rejection == Rejection::InvalidArgument =>
+                {
+                    rejection
+                        .field
+                        .as_deref()
+                        .map(|field| (field, rejection.message.clone()))
+                }
+                _ => None,
+            },
+        }
+    }
+
+    /// The message the caller sees. An internal error's details stay in the log.
+    fn message(&self) -> String {
+        match self.source_error() {
+            Some(SourceError::Internal(_)) => {
+                "internal error: the broker could not make the request (see its log)".to_owned()
+            }
+            _ => self.to_string(),
         }
     }
 }
 
-fn rejection_name(rejection: Rejection) -> &'static str {
-    match rejection {
-        Rejection::InvalidGrant => "invalid_grant",
-        Rejection::InvalidScope => "invalid_scope",
-        Rejection::UnauthorizedClient => "unauthorized_client",
-        Rejection::Unauthenticated => "invalid_client",
-        Rejection::PermissionDenied => "permission_denied",
-        Rejection::NotFound => "not_found",
-        Rejection::InvalidArgument => "invalid_argument",
+/// The INVALID_* reason for a request field.
+fn field_reason(field: &str) -> &'static str {
+    if field.starts_with("access_boundary") {
+        "INVALID_ACCESS_BOUNDARY"
+    } else if field.starts_with("scopes") {
+        "INVALID_SCOPE"
+    } else if field == "lifetime" || field == "min_remaining_validity" {
+        "INVALID_LIFETIME"
+    } else {
+        "INVALID_FIELD"
     }
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time).to_string()
 }
 
 impl From<RpcError> for Status {
     fn from(error: RpcError) -> Self {
+        let Some(reason) = error.reason() else {
+            tracing::error!(%error, "internal error");
+            return Status::new(error.code(), error.message());
+        };
         let mut details = ErrorDetails::new();
-        details.set_error_info(error.reason(), DOMAIN, error.metadata());
-        if let RpcError::InvalidField {
-            field, description, ..
-        } = &error
-        {
-            details.add_bad_request_violation(field.clone(), description.clone());
+        details.set_error_info(reason, DOMAIN, error.metadata());
+        if let Some((field, description)) = error.bad_field() {
+            details.add_bad_request_violation(field, description);
         }
         if let Some(delay) = error.retry_delay() {
             details.set_retry_info(Some(delay));
         }
-        Status::with_error_details(error.code(), error.to_string(), details)
+        Status::with_error_details(error.code(), error.message(), details)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use broker_authz::IdentityError;
+    use broker_core::{UpstreamRejection, UpstreamStatus};
+
+    const TOKEN_HOST: &str = "oauth2.googleapis.com";
+    const STS_HOST: &str = "sts.googleapis.com";
+
+    fn upstream(error: SourceError, deadline: DeadlineSource) -> RpcError {
+        RpcError::Upstream {
+            error: CacheError::from(error),
+            credential: "prod".into(),
+            kind: "service_account",
+            upstream: TOKEN_HOST.into(),
+            deadline,
+        }
+    }
+
+    fn rejected(rejection: Rejection, status: u16, code: &str, field: Option<&str>) -> RpcError {
+        upstream(
+            SourceError::Rejected(Box::new(UpstreamRejection {
+                rejection,
+                upstream: STS_HOST.into(),
+                status,
+                error: code.into(),
+                field: field.map(str::to_owned),
+                message: format!("STS answered HTTP {status}: {code}"),
+            })),
+            DeadlineSource::Broker,
+        )
+    }
+
+    /// One row: the error, then the status code, ErrorInfo reason (`None`: no details),
+    /// metadata that must be present, whether RetryInfo and a BadRequest come with it.
+    type Row = (
+        RpcError,
+        Code,
+        Option<&'static str>,
+        Vec<(&'static str, &'static str)>,
+        bool,
+        bool,
+    );
+
+    fn rows() -> Vec<Row> {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600);
+        vec![
+            (
+                RpcError::NoCertificate,
+                Code::Unauthenticated,
+                Some("CLIENT_CERTIFICATE_REQUIRED"),
+                vec![],
+                false,
+                false,
+            ),
+            (
+                PeerError::NoIdentity(IdentityError::NoName).into(),
+                Code::Unauthenticated,
+                Some("CLIENT_CERTIFICATE_REQUIRED"),
+                vec![],
+                false,
+                false,
+            ),
+            (
+                PeerError::Expired { not_after: t }.into(),
+                Code::Unauthenticated,
+                Some("CLIENT_CERTIFICATE_EXPIRED"),
+                vec![("not_after", "2026-01-01T00:00:00Z")],
+                false,
+                false,
+            ),
+            (
+                PeerError::NoLongerTrusted {
+                    reason: "UnknownIssuer".into(),
+                }
+                .into(),
+                Code::Unauthenticated,
+                Some("CLIENT_CERTIFICATE_NOT_TRUSTED"),
+                vec![],
+                false,
+                false,
+            ),
+            (
+                RpcError::InvalidField {
+                    reason: "INVALID_SCOPE",
+                    field: "scopes[1]".into(),
+                    description: "x".into(),
+                    max_seconds: None,
+                },
+                Code::InvalidArgument,
+                Some("INVALID_SCOPE"),
+                vec![("field", "scopes[1]")],
+                false,
+                true,
+            ),
+            (
+                RpcError::InvalidField {
+                    reason: "INVALID_LIFETIME",
+                    field: "lifetime".into(),
+                    description: "x".into(),
+                    max_seconds: Some(43_200),
+                },
+                Code::InvalidArgument,
+                Some("INVALID_LIFETIME"),
+                vec![("field", "lifetime"), ("max_seconds", "43200")],
+                false,
+                true,
+            ),
+            (
+                RpcError::PolicyDenied {
+                    caller: "spiffe://x/a".into(),
+                    grant: Some("g".into()),
+                    rule: "scopes",
+                    value: Some("https://x/y".into()),
+                    message: "no".into(),
+                },
+                Code::PermissionDenied,
+                Some("POLICY_DENIED"),
+                vec![
+                    ("caller", "spiffe://x/a"),
+                    ("grant", "g"),
+                    ("rule", "scopes"),
+                    ("value", "https://x/y"),
+                ],
+                false,
+                false,
+            ),
+            (
+                RpcError::CredentialNotFound("nope".into()),
+                Code::NotFound,
+                Some("CREDENTIAL_NOT_FOUND"),
+                vec![("credential", "nope")],
+                false,
+                false,
+            ),
+            (
+                RpcError::FlowUnsupported {
+                    credential: "prod".into(),
+                    kind: "service_account",
+                    flow: "extended_lifetime",
+                    message: "x".into(),
+                },
+                Code::FailedPrecondition,
+                Some("CREDENTIAL_FLOW_UNSUPPORTED"),
+                vec![
+                    ("credential", "prod"),
+                    ("credential_type", "service_account"),
+                    ("flow", "extended_lifetime"),
+                ],
+                false,
+                false,
+            ),
+            (
+                RpcError::RateLimited {
+                    limit: "caller",
+                    retry_after: Duration::from_millis(50),
+                    message: "x".into(),
+                },
+                Code::ResourceExhausted,
+                Some("RATE_LIMITED"),
+                vec![("limit", "caller")],
+                true,
+                false,
+            ),
+            (
+                RpcError::RateLimited {
+                    limit: "caller_keys",
+                    retry_after: Duration::from_secs(60),
+                    message: "x".into(),
+                },
+                Code::ResourceExhausted,
+                Some("RATE_LIMITED"),
+                vec![("limit", "caller_keys")],
+                true,
+                false,
+            ),
+            (
+                RpcError::Overloaded,
+                Code::Unavailable,
+                Some("OVERLOADED"),
+                vec![],
+                true,
+                false,
+            ),
+            (
+                RpcError::DeadlineExceeded {
+                    deadline: DeadlineSource::Caller,
+                    upstream: TOKEN_HOST.into(),
+                    waited: Duration::from_millis(800),
+                },
+                Code::DeadlineExceeded,
+                Some("UPSTREAM_DEADLINE_EXCEEDED"),
+                vec![("upstream", TOKEN_HOST), ("timeout_ms", "800")],
+                false,
+                false,
+            ),
+            (
+                RpcError::DeadlineExceeded {
+                    deadline: DeadlineSource::Broker,
+                    upstream: TOKEN_HOST.into(),
+                    waited: Duration::from_secs(10),
+                },
+                Code::Unavailable,
+                Some("UPSTREAM_UNAVAILABLE"),
+                vec![("upstream", TOKEN_HOST), ("upstream_status", "timeout")],
+                true,
+                false,
+            ),
+            (
+                upstream(
+                    SourceError::Unavailable {
+                        upstream: STS_HOST.into(),
+                        status: UpstreamStatus::Http(503),
+                        message: "x".into(),
+                        retry_after: Some(Duration::from_secs(7)),
+                    },
+                    DeadlineSource::Caller,
+                ),
+                Code::Unavailable,
+                Some("UPSTREAM_UNAVAILABLE"),
+                vec![("upstream", STS_HOST), ("upstream_status", "503")],
+                true,
+                false,
+            ),
+            (
+                upstream(
+                    SourceError::Unavailable {
+                        upstream: TOKEN_HOST.into(),
+                        status: UpstreamStatus::Connect,
+                        message: "x".into(),
+                        retry_after: None,
+                    },
+                    DeadlineSource::Caller,
+                ),
+                Code::Unavailable,
+                Some("UPSTREAM_UNAVAILABLE"),
+                vec![("upstream_status", "connect")],
+                true,
+                false,
+            ),
+            (
+                upstream(
+                    SourceError::Malformed {
+                        upstream: TOKEN_HOST.into(),
+                        message: "x".into(),
+                    },
+                    DeadlineSource::Caller,
+                ),
+                Code::Unavailable,
+                Some("UPSTREAM_UNAVAILABLE"),
+                vec![("upstream_status", "malformed")],
+                true,
+                false,
+            ),
+            (
+                upstream(
+                    SourceError::DeadlineExceeded {
+                        upstream: TOKEN_HOST.into(),
+                        attempts: 2,
+                        last: "x".into(),
+                    },
+                    DeadlineSource::Caller,
+                ),
+                Code::DeadlineExceeded,
+                Some("UPSTREAM_DEADLINE_EXCEEDED"),
+                vec![("upstream", TOKEN_HOST)],
+                false,
+                false,
+            ),
+            (
+                upstream(
+                    SourceError::DeadlineExceeded {
+                        upstream: TOKEN_HOST.into(),
+                        attempts: 2,
+                        last: "x".into(),
+                    },
+                    DeadlineSource::Broker,
+                ),
+                Code::Unavailable,
+                Some("UPSTREAM_UNAVAILABLE"),
+                vec![("upstream_status", "timeout")],
+                true,
+                false,
+            ),
+            (
+                RpcError::Upstream {
+                    error: CacheError::Aborted,
+                    credential: "prod".into(),
+                    kind: "service_account",
+                    upstream: TOKEN_HOST.into(),
+                    deadline: DeadlineSource::Caller,
+                },
+                Code::Unavailable,
+                Some("UPSTREAM_UNAVAILABLE"),
+                vec![("upstream", TOKEN_HOST)],
+                true,
+                false,
+            ),
+            (
+                rejected(Rejection::CredentialRejected, 400, "invalid_grant", None),
+                Code::FailedPrecondition,
+                Some("UPSTREAM_REJECTED"),
+                vec![
+                    ("upstream", STS_HOST),
+                    ("upstream_status", "400"),
+                    ("upstream_error", "invalid_grant"),
+                    ("credential", "prod"),
+                ],
+                false,
+                false,
+            ),
+            (
+                rejected(
+                    Rejection::InvalidArgument,
+                    400,
+                    "invalid_grant",
+                    Some("subject"),
+                ),
+                Code::InvalidArgument,
+                Some("UPSTREAM_REJECTED"),
+                vec![("upstream_error", "invalid_grant"), ("field", "subject")],
+                false,
+                true,
+            ),
+            (
+                rejected(
+                    Rejection::InvalidArgument,
+                    400,
+                    "invalid_scope",
+                    Some("scopes"),
+                ),
+                Code::InvalidArgument,
+                Some("UPSTREAM_REJECTED"),
+                vec![("field", "scopes")],
+                false,
+                true,
+            ),
+            (
+                rejected(Rejection::PermissionDenied, 400, "access_denied", None),
+                Code::PermissionDenied,
+                Some("UPSTREAM_REJECTED"),
+                vec![("upstream_error", "access_denied")],
+                false,
+                false,
+            ),
+            (
+                rejected(
+                    Rejection::PermissionDenied,
+                    403,
+                    "IAM_PERMISSION_DENIED",
+                    None,
+                ),
+                Code::PermissionDenied,
+                Some("UPSTREAM_REJECTED"),
+                vec![
+                    ("upstream_status", "403"),
+                    ("upstream_error", "IAM_PERMISSION_DENIED"),
+                ],
+                false,
+                false,
+            ),
+            (
+                rejected(Rejection::NotFound, 404, "NOT_FOUND", None),
+                Code::NotFound,
+                Some("UPSTREAM_REJECTED"),
+                vec![("upstream_status", "404")],
+                false,
+                false,
+            ),
+            (
+                rejected(Rejection::Other, 400, "invalid_request", None),
+                Code::FailedPrecondition,
+                Some("UPSTREAM_REJECTED"),
+                vec![],
+                false,
+                false,
+            ),
+            (
+                upstream(
+                    SourceError::Unsupported {
+                        flow: "access_boundary",
+                        message: "x".into(),
+                    },
+                    DeadlineSource::Caller,
+                ),
+                Code::FailedPrecondition,
+                Some("CREDENTIAL_FLOW_UNSUPPORTED"),
+                vec![
+                    ("credential", "prod"),
+                    ("credential_type", "service_account"),
+                    ("flow", "access_boundary"),
+                ],
+                false,
+                false,
+            ),
+            (
+                upstream(
+                    SourceError::InvalidRequest {
+                        field: "access_boundary".into(),
+                        message: "x".into(),
+                    },
+                    DeadlineSource::Caller,
+                ),
+                Code::InvalidArgument,
+                Some("INVALID_ACCESS_BOUNDARY"),
+                vec![("field", "access_boundary")],
+                false,
+                true,
+            ),
+            (
+                upstream(
+                    SourceError::Internal("bad url".into()),
+                    DeadlineSource::Caller,
+                ),
+                Code::Internal,
+                None,
+                vec![],
+                false,
+                false,
+            ),
+            (
+                RpcError::Unimplemented("ExchangeToken"),
+                Code::Unimplemented,
+                Some("FEATURE_NOT_IMPLEMENTED"),
+                vec![("feature", "ExchangeToken")],
+                false,
+                false,
+            ),
+        ]
+    }
 
     #[test]
-    fn statuses_carry_reason_field_and_retry_info() {
-        let status = Status::from(RpcError::InvalidField {
-            reason: "INVALID_SCOPE",
-            field: "scopes[1]".into(),
-            description: "not a scope".into(),
-            max_seconds: None,
-        });
-        assert_eq!(status.code(), Code::InvalidArgument);
-        let details = status.get_error_details();
-        let info = details.error_info().expect("error info");
-        assert_eq!(info.reason, "INVALID_SCOPE");
-        assert_eq!(info.domain, DOMAIN);
-        assert_eq!(info.metadata["field"], "scopes[1]");
-        assert_eq!(
-            details.bad_request().expect("bad request").field_violations[0].field,
-            "scopes[1]"
-        );
+    fn every_row_of_the_error_contract() {
+        for (error, code, reason, metadata, retry, bad_request) in rows() {
+            let shown = format!("{error:?}");
+            let status = Status::from(error);
+            assert_eq!(status.code(), code, "{shown}");
+            let details = status.get_error_details();
+            let Some(reason) = reason else {
+                assert!(details.error_info().is_none(), "{shown}");
+                assert!(!status.message().contains("bad url"), "{shown}");
+                continue;
+            };
+            let info = details.error_info().expect("ErrorInfo");
+            assert_eq!(info.reason, reason, "{shown}");
+            assert_eq!(info.domain, DOMAIN);
+            for (key, value) in metadata {
+                assert_eq!(
+                    info.metadata.get(key).map(String::as_str),
+                    Some(value),
+                    "{shown}: {key}"
+                );
+            }
+            assert_eq!(details.retry_info().is_some(), retry, "{shown}");
+            assert_eq!(details.bad_request().is_some(), bad_request, "{shown}");
+        }
+    }
 
-        let status = Status::from(RpcError::Overloaded);
-        assert_eq!(status.code(), Code::Unavailable);
-        assert!(status.get_error_details().retry_info().is_some());
+    #[test]
+    fn google_retry_after_becomes_the_retry_delay() {
+        let status = Status::from(upstream(
+            SourceError::Unavailable {
+                upstream: TOKEN_HOST.into(),
+                status: UpstreamStatus::Http(429),
+                message: "x".into(),
+                retry_after: Some(Duration::from_secs(7)),
+            },
+            DeadlineSource::Caller,
+        ));
+        let delay = status
+            .get_error_details()
+            .retry_info()
+            .and_then(|r| r.retry_delay);
+        assert_eq!(delay, Some(Duration::from_secs(7)));
     }
 }

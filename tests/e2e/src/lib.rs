@@ -20,7 +20,7 @@ pub const OTHER_APP: &str = "spiffe://example.org/ns/prod/sa/worker";
 /// A SPIFFE ID allowed only read-only storage.
 pub const READER: &str = "spiffe://example.org/ns/prod/sa/reader";
 /// A SPIFFE ID no grant mentions.
-pub const STRANGER: &str = "spiffe://other.org/ns/x/sa/y";
+pub const STRANGER: &str = "spiffe://example.org/ns/other/sa/stranger";
 /// Google's cloud-platform scope.
 pub const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
 /// Read-only storage.
@@ -47,6 +47,14 @@ credential = "sa"
 default = true
 callers = [{ spiffe_id = "spiffe://example.org/ns/prod/sa/reader" }, { spiffe_prefix = "spiffe://example.org/ns/prod/readers/" }]
 scopes = ["https://www.googleapis.com/auth/devstorage.read_only"]
+"#;
+
+/// The harness CA vouches for SPIFFE IDs of `example.org` (the callers above).
+pub const DEFAULT_TRUST: &str = r#"
+[[tls.trust_bundles]]
+name = "harness"
+file = "ca.pem"
+spiffe_trust_domains = ["example.org"]
 "#;
 
 /// A unique temporary directory, removed on drop.
@@ -91,6 +99,8 @@ pub struct Options {
     pub cache: String,
     /// Extra lines of the `[server]` table.
     pub server: String,
+    /// The `[[tls.trust_bundles]]` tables (`ca.pem` is the harness CA).
+    pub trust: String,
 }
 
 impl Default for Options {
@@ -102,6 +112,7 @@ impl Default for Options {
                 .to_owned(),
             cache: String::new(),
             server: String::new(),
+            trust: DEFAULT_TRUST.to_owned(),
         }
     }
 }
@@ -165,8 +176,9 @@ rpc_timeout = "5s"
 [tls]
 cert = "server.pem"
 key = "server-key.pem"
-client_cas = ["ca.pem"]
 reload_interval = "100ms"
+
+{trust}
 
 [policy]
 file = "policy.toml"
@@ -189,6 +201,7 @@ key_file = "emulator/keys/broker.json"
 {extra}
 "#,
             server = options.server,
+            trust = options.trust,
             http = options.http,
             cache = options.cache,
             extra = options.extra_config,

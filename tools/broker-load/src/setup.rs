@@ -1,7 +1,8 @@
 //! The system under test, all on 127.0.0.1 in this process: the Google emulator, a PKI, two
 //! brokers started from configuration files (cache on, cache off), and a bare tonic health
-//! service behind a listener built exactly like the broker's (same `ServerConfig`, same
-//! acceptor, same server options), so that the only difference from the broker is the handler.
+//! service behind the broker's own listener (same TLS configuration, same
+//! `token_broker::transport`, same options), so that the only difference from the broker is the
+//! handler.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,9 +13,8 @@ use gcp_emulator::{Emulator, RunningEmulator};
 use token_broker::pki::{CertificateAuthority, LeafSpec};
 use token_broker::server::{self, RunningBroker};
 use token_broker::settings::Settings;
-use token_broker::tls::{self, TlsFiles};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use token_broker::tls;
+use token_broker::transport::{self, Serving, TransportOptions};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::Error;
@@ -34,6 +34,8 @@ credential = "sa"
 default = true
 callers = [{ spiffe_id = "spiffe://example.org/ns/load/sa/broker-load" }]
 scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+# The load generator is one caller doing tens of thousands of calls a second.
+rate_limit = { per_second = 1000000, burst = 1000000 }
 "#;
 
 /// A unique temporary directory, removed on drop.
@@ -54,48 +56,35 @@ impl Drop for TempDir {
     }
 }
 
-/// The bare tonic service: tonic-health's `Check` behind the broker's TLS acceptor.
+/// The bare tonic service: tonic-health's `Check` behind the broker's listener.
 #[derive(Debug)]
 pub(crate) struct EchoServer {
     addr: SocketAddr,
-    shutdown: oneshot::Sender<()>,
-    task: JoinHandle<()>,
+    serving: Serving,
 }
 
 impl EchoServer {
-    /// Serves tonic-health with the broker's TLS configuration and server options.
-    async fn start(files: &TlsFiles, settings: &Settings) -> Result<Self, Error> {
-        let config = tls::load_server_config(files)?;
-        // The broker's acceptor reads the configuration from a watch channel; this one never
+    /// Serves tonic-health with the broker's TLS configuration and listener options.
+    async fn start(settings: &Settings) -> Result<Self, Error> {
+        let config = tls::load(&settings.tls)?;
+        // The broker's listener reads the configuration from a watch channel; this one never
         // changes (the receiver keeps the last value after the sender is dropped).
         let (_sender, receiver) = tokio::sync::watch::channel(Arc::new(config));
         let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let addr = listener.local_addr()?;
-        let incoming = tls::incoming(listener, receiver, settings.server.handshake_timeout);
         // The "" service is registered as SERVING by the reporter.
         let (_reporter, health) = tonic_health::server::health_reporter();
-        let router = tonic::transport::Server::builder()
-            .timeout(settings.server.rpc_timeout)
-            .add_service(health);
-        let (shutdown, signal) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            let signal = async move {
-                let _ = signal.await;
-            };
-            if let Err(error) = router.serve_with_incoming_shutdown(incoming, signal).await {
-                eprintln!("broker-load: echo server failed: {error}");
-            }
-        });
-        Ok(Self {
-            addr,
-            shutdown,
-            task,
-        })
+        let serving = transport::serve(
+            listener,
+            receiver,
+            TransportOptions::from(&settings.server),
+            tonic::service::Routes::new(health),
+        );
+        Ok(Self { addr, serving })
     }
 
     async fn shutdown(self) {
-        let _ = self.shutdown.send(());
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+        self.serving.shutdown(Duration::from_secs(5)).await;
     }
 }
 
@@ -142,12 +131,7 @@ impl World {
 
         let hit_settings = settings(path, "hit", emulator.url(), true)?;
         let cold_settings = settings(path, "cold", emulator.url(), false)?;
-        let files = TlsFiles {
-            cert: hit_settings.tls.cert.clone(),
-            key: hit_settings.tls.key.clone(),
-            client_cas: hit_settings.tls.client_cas.clone(),
-        };
-        let echo = EchoServer::start(&files, &hit_settings).await?;
+        let echo = EchoServer::start(&hit_settings).await?;
         let hit = server::start(hit_settings).await?;
         let cold = server::start(cold_settings).await?;
         Ok(Self {
@@ -208,7 +192,10 @@ listen = "127.0.0.1:0"
 [tls]
 cert = "server.pem"
 key = "server-key.pem"
-client_cas = ["ca.pem"]
+
+[[tls.trust_bundles]]
+file = "ca.pem"
+spiffe_trust_domains = ["example.org"]
 
 [policy]
 file = "policy.toml"

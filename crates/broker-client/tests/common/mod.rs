@@ -300,6 +300,7 @@ impl TokenBroker for FakeBroker {
             granted_scopes: scopes,
             principal: PRINCIPAL.to_owned(),
             cache_hit: number > 1,
+            last_known_good: false,
             credential: if request.credential.is_empty() {
                 "default-credential".to_owned()
             } else {

@@ -1,13 +1,13 @@
-//! `GetAccessToken`: validate, authorize, serve from the cache (or the credential's source),
-//! respond, audit.
+//! `GetAccessToken`: validate, authorize, check the credential and the caller's limits, serve
+//! from the cache (or the credential's source), respond, audit.
 
 use std::time::{Duration, SystemTime};
 
-use broker_authz::{AccessRequest, Denial};
+use broker_authz::AccessRequest;
 use broker_core::{TokenKey, TokenRequest};
 use broker_proto::tokenbroker::v1 as pb;
 
-use super::{CallContext, Inner, validate};
+use super::{CallContext, Inner, denied, limited, validate};
 use crate::status::RpcError;
 
 /// The longest `min_remaining_validity`.
@@ -20,16 +20,6 @@ const MAX_LIFETIME: Duration = Duration::from_secs(43_200);
 /// The lifetime Google gives tokens of flows that cannot choose it.
 const FIXED_LIFETIME: Duration = Duration::from_secs(3600);
 
-pub(super) fn denied(denial: Denial) -> RpcError {
-    RpcError::PolicyDenied {
-        caller: denial.caller.clone(),
-        grant: denial.grant.clone(),
-        rule: denial.rule_name(),
-        value: denial.value().map(str::to_owned),
-        message: denial.to_string(),
-    }
-}
-
 pub(super) async fn handle(
     inner: &Inner,
     context: &CallContext,
@@ -37,14 +27,16 @@ pub(super) async fn handle(
 ) -> Result<pb::GetAccessTokenResponse, RpcError> {
     let result = serve(inner, context, request).await;
     if let Err(error) = &result {
+        let negative = matches!(&error, RpcError::Upstream { error, .. } if error.is_negative());
         tracing::info!(
             target: "audit",
-            rpc = "GetAccessToken",
+            rpc = context.rpc.name(),
             caller = %context.caller,
             outcome = "error",
-            reason = error.reason(),
+            reason = error.reason().unwrap_or("INTERNAL"),
+            negative_cache = negative,
             error = %error,
-            latency_us = context.started.elapsed().as_micros() as u64,
+            latency_us = context.latency_us(),
         );
     }
     result
@@ -58,7 +50,7 @@ async fn serve(
     // Request fields.
     let scopes = validate::scopes(&request.scopes)?;
     let credential = validate::credential(&request.credential)?;
-    let subject = validate::email("subject", &request.subject)?;
+    let subject = validate::subject("subject", &request.subject)?;
     let min_remaining = validate::duration(
         "min_remaining_validity",
         request.min_remaining_validity.as_ref(),
@@ -84,21 +76,13 @@ async fn serve(
     }
     let boundary = validate::access_boundary(request.access_boundary.as_ref())?;
 
-    // The credential: configured, and able to do what is asked.
-    if let Some(name) = &credential {
-        let configured = inner
-            .credentials
-            .get(name)
-            .ok_or_else(|| RpcError::CredentialNotFound(name.to_string()))?;
-        configured.check_flows(name, subject.is_some(), lifetime)?;
-    }
-
-    // Policy.
+    // Policy, before anything about the credential is revealed.
     let policy = inner.policy.borrow().clone();
     let decision = policy
         .authorize(
             &context.caller,
             &AccessRequest {
+                rpc: context.rpc,
                 credential: credential.as_ref(),
                 scopes: &scopes,
                 subject: subject.as_deref(),
@@ -107,21 +91,20 @@ async fn serve(
             },
         )
         .map_err(denied)?;
+
+    // The credential: configured, and able to do what is asked.
     let configured = inner
         .credentials
         .get(&decision.credential)
         .ok_or_else(|| RpcError::CredentialNotFound(decision.credential.to_string()))?;
-    if credential.is_none() {
-        // The default grant's credential: its flows were not checked above.
-        configured.check_flows(&decision.credential, subject.is_some(), lifetime)?;
-    }
+    configured.check_flows(&decision.credential, subject.is_some(), lifetime)?;
     if !configured.chooses_lifetime {
         decision
             .check_fixed_lifetime(&context.caller, FIXED_LIFETIME)
             .map_err(denied)?;
     }
 
-    // Cache, then the source.
+    // The caller's limits, then the cache (or the source).
     let token_request = TokenRequest {
         scopes,
         subject,
@@ -135,37 +118,56 @@ async fn serve(
         configured.source.principal(),
         &token_request,
     );
-    let cached = inner
-        .cache
-        .get(
-            key,
-            configured.source.clone(),
-            token_request,
-            min_remaining,
-            Some(context.deadline),
+    inner
+        .limits
+        .admit(
+            &context.caller,
+            &decision.grant,
+            decision.rate_limit,
+            decision.distinct_keys,
+            Some(&key),
+            inner.clock.now(),
         )
-        .await
-        .map_err(|error| RpcError::Upstream {
-            error,
-            upstream: configured.upstream.clone(),
-        })?;
+        .map_err(|l| limited(&context.caller, &decision.grant, l))?;
+    let subject_shown = token_request.subject.clone();
+    let cached = context
+        .bounded(&configured.upstream, async {
+            inner
+                .cache
+                .get(
+                    key,
+                    configured.source.clone(),
+                    token_request,
+                    min_remaining,
+                    Some(context.deadline),
+                )
+                .await
+                .map_err(|error| RpcError::Upstream {
+                    error,
+                    credential: decision.credential.to_string(),
+                    kind: configured.kind,
+                    upstream: configured.upstream.clone(),
+                    deadline: context.deadline_source,
+                })
+        })
+        .await?;
     let token = &cached.token;
 
     tracing::info!(
         target: "audit",
-        rpc = "GetAccessToken",
+        rpc = context.rpc.name(),
         caller = %context.caller,
         outcome = "granted",
         grant = %decision.grant,
         credential = %decision.credential,
         principal = %token.principal,
         scopes = %token.scopes,
-        subject = token_subject(&request.subject),
+        subject = subject_shown.as_deref().unwrap_or("-"),
         boundary = decision.boundary.is_some(),
-        origin = ?cached.origin,
+        origin = cached.origin.as_str(),
         token = %token.secret.fingerprint(),
-        expires_in_s = token.remaining(SystemTime::now()).as_secs(),
-        latency_us = context.started.elapsed().as_micros() as u64,
+        expires_in_s = token.remaining(inner.clock.now()).as_secs(),
+        latency_us = context.latency_us(),
     );
     Ok(pb::GetAccessTokenResponse {
         access_token: token.secret.expose().to_owned(),
@@ -175,11 +177,8 @@ async fn serve(
         principal: String::from(&*token.principal),
         cache_hit: cached.origin.is_cache_hit(),
         credential: decision.credential.as_str().to_owned(),
+        last_known_good: cached.origin == broker_cache::Origin::LastKnownGood,
     })
-}
-
-fn token_subject(subject: &str) -> &str {
-    if subject.is_empty() { "-" } else { subject }
 }
 
 /// A whole-second protobuf timestamp.

@@ -1,20 +1,30 @@
 //! The `tokenbroker.v1.TokenBroker` service: one file per RPC, shared request plumbing here.
+//!
+//! Every RPC checks, in this order, answering with the first failure (the order the proto
+//! documents): the caller's certificate (`UNAUTHENTICATED`: no identity, expired, or no longer
+//! trusted), the request's fields (`INVALID_ARGUMENT`), the policy (`PERMISSION_DENIED`); then,
+//! only for a caller the policy allows, the credential (`NOT_FOUND`, `FAILED_PRECONDITION`),
+//! the caller's limits (`RESOURCE_EXHAUSTED`), and finally the cache and Google. So a caller
+//! without a grant learns nothing about the broker's credentials. Calls are bounded by the
+//! caller's deadline or the broker's `rpc_timeout`, and end with `DEADLINE_EXCEEDED` (the
+//! caller's) or `UNAVAILABLE` with `RetryInfo` (the broker's), never `CANCELLED`.
 
 mod get_access_token;
 mod validate;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use broker_authz::{CallerIdentity, Policy};
+use broker_authz::{CallerIdentity, Denial, Policy, Rpc};
 use broker_cache::TokenCache;
-use broker_core::{CredentialName, TokenSource};
+use broker_core::{Clock, CredentialName, TokenSource};
 use broker_proto::tokenbroker::v1 as pb;
 use tokio::sync::{Semaphore, watch};
 use tonic::{Request, Response, Status};
 
-use crate::status::RpcError;
+use crate::limits::{CallerLimits, Limited};
+use crate::status::{DeadlineSource, RpcError};
 use crate::tls::ConnectionInfo;
 
 /// A configured credential: its token source and what it is.
@@ -62,6 +72,25 @@ impl Credential {
     }
 }
 
+/// What the service is made of.
+#[derive(Debug)]
+pub struct ServiceParts {
+    /// The policy, kept current by its file watcher.
+    pub policy: watch::Receiver<Arc<Policy>>,
+    /// The configured credentials.
+    pub credentials: HashMap<CredentialName, Credential>,
+    /// The token cache.
+    pub cache: TokenCache,
+    /// The per-caller limits.
+    pub limits: CallerLimits,
+    /// The clock of audit events, certificate expiry and limits.
+    pub clock: Arc<dyn Clock>,
+    /// RPCs served at once; more are refused with UNAVAILABLE (OVERLOADED).
+    pub max_concurrent_rpcs: usize,
+    /// The longest any RPC may take.
+    pub rpc_timeout: Duration,
+}
+
 /// The service implementation, shared by every connection.
 #[derive(Debug, Clone)]
 pub struct TokenBrokerService {
@@ -73,26 +102,24 @@ struct Inner {
     policy: watch::Receiver<Arc<Policy>>,
     credentials: HashMap<CredentialName, Credential>,
     cache: TokenCache,
+    limits: CallerLimits,
+    clock: Arc<dyn Clock>,
     in_flight: Semaphore,
     rpc_timeout: Duration,
 }
 
 impl TokenBrokerService {
-    /// A service over these credentials, policy and cache.
-    pub fn new(
-        policy: watch::Receiver<Arc<Policy>>,
-        credentials: HashMap<CredentialName, Credential>,
-        cache: TokenCache,
-        max_concurrent_rpcs: usize,
-        rpc_timeout: Duration,
-    ) -> Self {
+    /// A service made of `parts`.
+    pub fn new(parts: ServiceParts) -> Self {
         Self {
             inner: Arc::new(Inner {
-                policy,
-                credentials,
-                cache,
-                in_flight: Semaphore::new(max_concurrent_rpcs),
-                rpc_timeout,
+                policy: parts.policy,
+                credentials: parts.credentials,
+                cache: parts.cache,
+                limits: parts.limits,
+                clock: parts.clock,
+                in_flight: Semaphore::new(parts.max_concurrent_rpcs),
+                rpc_timeout: parts.rpc_timeout,
             }),
         }
     }
@@ -105,25 +132,64 @@ impl TokenBrokerService {
 
 /// What every RPC starts with: who is calling, and until when it may run.
 struct CallContext {
+    rpc: Rpc,
     caller: Arc<CallerIdentity>,
+    /// When the call must be answered.
     deadline: Instant,
+    /// Whose deadline that is.
+    deadline_source: DeadlineSource,
+    /// How long the call had.
+    timeout: Duration,
     started: Instant,
 }
 
 impl CallContext {
-    fn new<T>(request: &Request<T>, rpc_timeout: Duration) -> Result<Self, RpcError> {
-        let caller = request
+    fn new<T>(
+        rpc: Rpc,
+        request: &Request<T>,
+        rpc_timeout: Duration,
+        now: SystemTime,
+    ) -> Result<Self, RpcError> {
+        let info = request
             .extensions()
             .get::<ConnectionInfo>()
-            .and_then(|info| info.caller.clone())
-            .ok_or(RpcError::NoClientIdentity)?;
+            .ok_or(RpcError::NoCertificate)?;
+        let caller = info.peer.caller(now)?;
         let started = Instant::now();
-        let timeout = grpc_timeout(request).map_or(rpc_timeout, |t| t.min(rpc_timeout));
+        let (timeout, deadline_source) = match grpc_timeout(request) {
+            Some(timeout) if timeout <= rpc_timeout => (timeout, DeadlineSource::Caller),
+            _ => (rpc_timeout, DeadlineSource::Broker),
+        };
         Ok(Self {
+            rpc,
             caller,
             deadline: started + timeout,
+            deadline_source,
+            timeout,
             started,
         })
+    }
+
+    /// Runs `work` (a wait on Google, through the cache) until the call's deadline.
+    async fn bounded<T>(
+        &self,
+        upstream: &str,
+        work: impl Future<Output = Result<T, RpcError>>,
+    ) -> Result<T, RpcError> {
+        tokio::time::timeout_at(self.deadline.into(), work)
+            .await
+            .unwrap_or_else(|_| {
+                Err(RpcError::DeadlineExceeded {
+                    deadline: self.deadline_source,
+                    upstream: upstream.to_owned(),
+                    waited: self.timeout,
+                })
+            })
+    }
+
+    /// Microseconds since the call started, for audit events.
+    fn latency_us(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
 }
 
@@ -131,6 +197,9 @@ impl CallContext {
 fn grpc_timeout<T>(request: &Request<T>) -> Option<Duration> {
     let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
     let amount: u64 = digits.parse().ok()?;
     Some(match unit {
         "H" => Duration::from_secs(amount.saturating_mul(3600)),
@@ -143,19 +212,74 @@ fn grpc_timeout<T>(request: &Request<T>) -> Option<Duration> {
     })
 }
 
+/// PERMISSION_DENIED for a policy denial.
+fn denied(denial: Denial) -> RpcError {
+    RpcError::PolicyDenied {
+        caller: denial.caller.clone(),
+        grant: denial.grant.clone(),
+        rule: denial.rule_name(),
+        value: denial.value().map(str::to_owned),
+        message: denial.to_string(),
+    }
+}
+
+/// RESOURCE_EXHAUSTED for a caller over its limits.
+fn limited(caller: &CallerIdentity, grant: &str, limited: Limited) -> RpcError {
+    match limited {
+        Limited::Rate { limit, retry_after } => RpcError::RateLimited {
+            limit: "caller",
+            retry_after,
+            message: format!(
+                "caller {caller} exceeded its rate limit under grant {grant} ({limit}); retry after {} ms",
+                retry_after.as_millis()
+            ),
+        },
+        Limited::DistinctKeys {
+            max,
+            window,
+            retry_after,
+        } => RpcError::RateLimited {
+            limit: "caller_keys",
+            retry_after,
+            message: format!(
+                "caller {caller} asked for {max} different tokens (credential, scopes, subject, boundary, lifetime) under grant {grant} within {}, the most it may; reuse one of them, or retry a new one after {} s",
+                humantime::format_duration(window),
+                retry_after.as_secs()
+            ),
+        },
+    }
+}
+
+impl Inner {
+    /// Takes a slot among the RPCs in flight, or sheds the call.
+    fn admit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, RpcError> {
+        self.in_flight
+            .try_acquire()
+            .map_err(|_| RpcError::Overloaded)
+    }
+
+    /// The context of a call of `rpc`: admitted, and from a caller that may call now.
+    fn context<T>(&self, rpc: Rpc, request: &Request<T>) -> Result<CallContext, RpcError> {
+        CallContext::new(rpc, request, self.rpc_timeout, self.clock.now())
+    }
+
+    /// An RPC this release does not implement: the caller is still authenticated first.
+    fn unimplemented<T, R>(&self, rpc: Rpc, request: &Request<T>) -> Result<Response<R>, Status> {
+        self.context(rpc, request)?;
+        Err(RpcError::Unimplemented(rpc.name()).into())
+    }
+}
+
 #[tonic::async_trait]
 impl pb::token_broker_server::TokenBroker for TokenBrokerService {
     async fn get_access_token(
         &self,
         request: Request<pb::GetAccessTokenRequest>,
     ) -> Result<Response<pb::GetAccessTokenResponse>, Status> {
-        let _permit = self
-            .inner
-            .in_flight
-            .try_acquire()
-            .map_err(|_| RpcError::Overloaded)?;
-        let context = CallContext::new(&request, self.inner.rpc_timeout)?;
-        get_access_token::handle(&self.inner, &context, request.into_inner())
+        let inner = &self.inner;
+        let _permit = inner.admit()?;
+        let context = inner.context(Rpc::GetAccessToken, &request)?;
+        get_access_token::handle(inner, &context, request.into_inner())
             .await
             .map(Response::new)
             .map_err(Status::from)
@@ -163,36 +287,37 @@ impl pb::token_broker_server::TokenBroker for TokenBrokerService {
 
     async fn exchange_token(
         &self,
-        _request: Request<pb::ExchangeTokenRequest>,
+        request: Request<pb::ExchangeTokenRequest>,
     ) -> Result<Response<pb::ExchangeTokenResponse>, Status> {
-        Err(RpcError::Unimplemented("ExchangeToken").into())
+        self.inner.unimplemented(Rpc::ExchangeToken, &request)
     }
 
     async fn impersonate_service_account(
         &self,
-        _request: Request<pb::ImpersonateServiceAccountRequest>,
+        request: Request<pb::ImpersonateServiceAccountRequest>,
     ) -> Result<Response<pb::ImpersonateServiceAccountResponse>, Status> {
-        Err(RpcError::Unimplemented("ImpersonateServiceAccount").into())
+        self.inner
+            .unimplemented(Rpc::ImpersonateServiceAccount, &request)
     }
 
     async fn generate_id_token(
         &self,
-        _request: Request<pb::GenerateIdTokenRequest>,
+        request: Request<pb::GenerateIdTokenRequest>,
     ) -> Result<Response<pb::GenerateIdTokenResponse>, Status> {
-        Err(RpcError::Unimplemented("GenerateIdToken").into())
+        self.inner.unimplemented(Rpc::GenerateIdToken, &request)
     }
 
     async fn sign_jwt(
         &self,
-        _request: Request<pb::SignJwtRequest>,
+        request: Request<pb::SignJwtRequest>,
     ) -> Result<Response<pb::SignJwtResponse>, Status> {
-        Err(RpcError::Unimplemented("SignJwt").into())
+        self.inner.unimplemented(Rpc::SignJwt, &request)
     }
 
     async fn sign_blob(
         &self,
-        _request: Request<pb::SignBlobRequest>,
+        request: Request<pb::SignBlobRequest>,
     ) -> Result<Response<pb::SignBlobResponse>, Status> {
-        Err(RpcError::Unimplemented("SignBlob").into())
+        self.inner.unimplemented(Rpc::SignBlob, &request)
     }
 }

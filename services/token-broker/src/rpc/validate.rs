@@ -47,6 +47,13 @@ pub(crate) fn credential(name: &str) -> Result<Option<CredentialName>, RpcError>
         .map_err(|e| invalid("INVALID_FIELD", "credential", e.to_string()))
 }
 
+/// A Google Workspace user for domain-wide delegation: an email address, lowercased (Google
+/// treats addresses case-insensitively, and one user must make one cache key and one audit
+/// name). Empty means unset.
+pub(crate) fn subject(field: &str, value: &str) -> Result<Option<String>, RpcError> {
+    Ok(email(field, value)?.map(|address| address.to_ascii_lowercase()))
+}
+
 /// An email address field (`subject`, service accounts): empty means unset.
 pub(crate) fn email(field: &str, value: &str) -> Result<Option<String>, RpcError> {
     if value.is_empty() {
@@ -121,10 +128,14 @@ pub(crate) fn access_boundary(
             .collect(),
     };
     boundary.validate().map_err(|e| {
-        let field = format!(
-            "access_boundary.{}",
-            e.field.replacen("rules", "access_boundary_rules", 1)
-        );
+        let field = if e.field.is_empty() {
+            "access_boundary".to_owned()
+        } else {
+            format!(
+                "access_boundary.{}",
+                e.field.replacen("rules", "access_boundary_rules", 1)
+            )
+        };
         invalid("INVALID_ACCESS_BOUNDARY", field, e.reason)
     })?;
     Ok(Some(boundary))
@@ -154,6 +165,10 @@ mod tests {
     #[test]
     fn emails_credentials_and_durations() {
         assert_eq!(email("subject", "").expect("empty"), None);
+        assert_eq!(
+            subject("subject", "Alice@Example.COM").expect("valid"),
+            Some("alice@example.com".to_owned())
+        );
         assert!(
             email("subject", "alice@example.com")
                 .expect("valid")

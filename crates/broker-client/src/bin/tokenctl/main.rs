@@ -189,6 +189,7 @@ struct TokenJson<'a> {
     granted_scopes: &'a [String],
     credential: &'a str,
     cache_hit: bool,
+    last_known_good: bool,
 }
 
 fn token_json(token: &AccessToken, now: SystemTime) -> TokenJson<'_> {
@@ -201,6 +202,7 @@ fn token_json(token: &AccessToken, now: SystemTime) -> TokenJson<'_> {
         granted_scopes: &token.scopes,
         credential: &token.credential,
         cache_hit: token.cache_hit,
+        last_known_good: token.last_known_good,
     }
 }
 
@@ -570,6 +572,7 @@ mod tests {
             principal: "sa@p.iam.gserviceaccount.com".to_owned(),
             cache_hit: true,
             credential: "prod".to_owned(),
+            last_known_good: false,
         }
     }
 }

@@ -1,0 +1,318 @@
+//! The grant model: which callers a grant matches, and what it allows them.
+
+use std::fmt;
+use std::time::Duration;
+
+use broker_core::{AccessBoundary, AccessBoundaryRule, CredentialName};
+
+use super::request::{AccessRequest, Decision, DenialRule};
+use super::rpc::Rpc;
+use super::{Failure, Stage};
+use crate::identity::{CallerIdentity, CallerName, SpiffeId};
+
+/// One grant of a [`Policy`](super::Policy): a set of callers may use one credential, through
+/// some RPCs, within limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub(super) name: String,
+    pub(super) credential: CredentialName,
+    pub(super) default: bool,
+    pub(super) callers: Vec<CallerMatcher>,
+    pub(super) rpcs: Vec<Rpc>,
+    pub(super) scopes: Vec<String>,
+    pub(super) scope_prefixes: Vec<String>,
+    pub(super) subjects: Vec<String>,
+    pub(super) subject_domains: Vec<String>,
+    pub(super) max_lifetime: Option<Duration>,
+    pub(super) access_boundary: Option<AccessBoundary>,
+    pub(super) rate_limit: Option<RateLimit>,
+    pub(super) distinct_keys: Option<u32>,
+}
+
+/// A token bucket: at most `burst` requests at once, refilled at a steady rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RateLimit {
+    interval: Duration,
+    burst: u32,
+}
+
+impl RateLimit {
+    /// The lowest rate accepted: one request an hour.
+    pub const MIN_PER_SECOND: f64 = 1.0 / 3600.0;
+    /// The highest rate accepted.
+    pub const MAX_PER_SECOND: f64 = 1_000_000.0;
+
+    /// `per_second` requests a second on average, up to `burst` at once. `None` unless
+    /// `per_second` is finite and within [`Self::MIN_PER_SECOND`]..=[`Self::MAX_PER_SECOND`] and
+    /// `burst` is at least 1.
+    pub fn new(per_second: f64, burst: u32) -> Option<Self> {
+        let valid = per_second.is_finite()
+            && (Self::MIN_PER_SECOND..=Self::MAX_PER_SECOND).contains(&per_second)
+            && burst >= 1;
+        valid.then(|| Self {
+            interval: Duration::from_secs_f64(1.0 / per_second),
+            burst,
+        })
+    }
+
+    /// The time it takes to earn one request.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// The most requests allowed at once.
+    pub fn burst(&self) -> u32 {
+        self.burst
+    }
+
+    /// The average rate, requests per second.
+    pub fn per_second(&self) -> f64 {
+        1.0 / self.interval.as_secs_f64()
+    }
+}
+
+impl fmt::Display for RateLimit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} requests/s, burst {}", self.per_second(), self.burst)
+    }
+}
+
+/// One entry of a grant's `callers`: which caller identities it matches.
+///
+/// Matchers follow the identity precedence of [`CallerIdentity`]: `dns` never matches a
+/// certificate with a SPIFFE ID, and `cn` never one with a SPIFFE ID or DNS SANs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CallerMatcher {
+    /// Exactly this SPIFFE ID.
+    SpiffeId(SpiffeId),
+    /// Any SPIFFE ID that starts with this prefix, which ends with `/`.
+    SpiffePrefix(String),
+    /// Any SPIFFE ID of this trust domain.
+    TrustDomain(String),
+    /// A DNS SAN equal to this name, ignoring ASCII case (stored lowercase).
+    Dns(String),
+    /// The subject common name, exactly.
+    Cn(String),
+}
+
+impl CallerMatcher {
+    /// Whether this entry matches `caller`.
+    pub fn matches(&self, caller: &CallerIdentity) -> bool {
+        match (self, caller.name()) {
+            (Self::SpiffeId(expected), CallerName::Spiffe(id)) => id == expected,
+            (Self::SpiffePrefix(prefix), CallerName::Spiffe(id)) => {
+                id.as_str().starts_with(prefix.as_str())
+            }
+            (Self::TrustDomain(domain), CallerName::Spiffe(id)) => id.trust_domain() == domain,
+            (Self::Dns(expected), CallerName::Dns(names)) => {
+                names.iter().any(|name| name.eq_ignore_ascii_case(expected))
+            }
+            (Self::Cn(expected), CallerName::CommonName(cn)) => cn == expected,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for CallerMatcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::SpiffeId(id) => write!(f, "spiffe_id = {:?}", id.as_str()),
+            Self::SpiffePrefix(prefix) => write!(f, "spiffe_prefix = {prefix:?}"),
+            Self::TrustDomain(domain) => write!(f, "trust_domain = {domain:?}"),
+            Self::Dns(name) => write!(f, "dns = {name:?}"),
+            Self::Cn(cn) => write!(f, "cn = {cn:?}"),
+        }
+    }
+}
+
+impl Grant {
+    /// The grant's unique name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The credential it lets callers use.
+    pub fn credential(&self) -> &CredentialName {
+        &self.credential
+    }
+
+    /// Whether it is a default grant (used when a request names no credential).
+    pub fn is_default(&self) -> bool {
+        self.default
+    }
+
+    /// Its caller entries.
+    pub fn callers(&self) -> &[CallerMatcher] {
+        &self.callers
+    }
+
+    /// The RPCs it allows, sorted; `[GetAccessToken]` when the policy file lists none.
+    pub fn rpcs(&self) -> &[Rpc] {
+        &self.rpcs
+    }
+
+    /// Whether it allows `rpc`.
+    pub fn allows_rpc(&self, rpc: Rpc) -> bool {
+        self.rpcs.contains(&rpc)
+    }
+
+    /// Its own per-caller rate limit, replacing the broker's default for requests it allows.
+    pub fn rate_limit(&self) -> Option<RateLimit> {
+        self.rate_limit
+    }
+
+    /// Its own cap on the distinct cache keys one caller may create per window, replacing the
+    /// broker's default.
+    pub fn distinct_keys(&self) -> Option<u32> {
+        self.distinct_keys
+    }
+
+    /// The scopes it allows exactly, sorted.
+    pub fn scopes(&self) -> &[String] {
+        &self.scopes
+    }
+
+    /// The scope prefixes it allows.
+    pub fn scope_prefixes(&self) -> &[String] {
+        &self.scope_prefixes
+    }
+
+    /// The domain-wide delegation subjects it allows exactly, lowercase.
+    pub fn subjects(&self) -> &[String] {
+        &self.subjects
+    }
+
+    /// The domains whose users it allows as subjects, lowercase.
+    pub fn subject_domains(&self) -> &[String] {
+        &self.subject_domains
+    }
+
+    /// The cap on token lifetimes.
+    pub fn max_lifetime(&self) -> Option<Duration> {
+        self.max_lifetime
+    }
+
+    /// The access boundary imposed on every token.
+    pub fn access_boundary(&self) -> Option<&AccessBoundary> {
+        self.access_boundary.as_ref()
+    }
+
+    /// Whether any caller entry matches `caller`.
+    pub fn matches_caller(&self, caller: &CallerIdentity) -> bool {
+        self.callers.iter().any(|m| m.matches(caller))
+    }
+
+    /// Whether the grant allows `scope`.
+    pub fn allows_scope(&self, scope: &str) -> bool {
+        self.scopes
+            .binary_search_by(|s| s.as_str().cmp(scope))
+            .is_ok()
+            || self
+                .scope_prefixes
+                .iter()
+                .any(|prefix| scope.starts_with(prefix.as_str()))
+    }
+
+    /// Whether the grant allows domain-wide delegation to `subject`.
+    pub fn allows_subject(&self, subject: &str) -> bool {
+        if self
+            .subjects
+            .iter()
+            .any(|allowed| allowed.eq_ignore_ascii_case(subject))
+        {
+            return true;
+        }
+        match subject.split_once('@') {
+            Some((local, domain)) if !local.is_empty() && !domain.contains('@') => self
+                .subject_domains
+                .iter()
+                .any(|allowed| allowed.eq_ignore_ascii_case(domain)),
+            _ => false,
+        }
+    }
+
+    /// Checks a request against this grant's limits; the caller and credential have matched.
+    pub(super) fn check(&self, request: &AccessRequest<'_>) -> Result<Decision, Failure> {
+        if !self.allows_rpc(request.rpc) {
+            return Err(Failure {
+                stage: Stage::Rpc,
+                disallowed: 0,
+                rule: DenialRule::RpcNotAllowed { rpc: request.rpc },
+            });
+        }
+        let disallowed: Vec<String> = request
+            .scopes
+            .iter()
+            .filter(|scope| !self.allows_scope(scope))
+            .map(str::to_owned)
+            .collect();
+        if !disallowed.is_empty() {
+            return Err(Failure {
+                stage: Stage::Scopes,
+                disallowed: disallowed.len(),
+                rule: DenialRule::ScopeNotAllowed { scopes: disallowed },
+            });
+        }
+        if let Some(subject) = request.subject
+            && !self.allows_subject(subject)
+        {
+            return Err(Failure {
+                stage: Stage::Subject,
+                disallowed: 0,
+                rule: DenialRule::SubjectNotAllowed {
+                    subject: subject.to_owned(),
+                },
+            });
+        }
+        let boundary = match (request.boundary, &self.access_boundary) {
+            (None, imposed) => imposed.clone(),
+            (Some(requested), None) => Some(requested.clone()),
+            (Some(requested), Some(imposed)) => {
+                if let Some((index, rule)) = requested
+                    .rules
+                    .iter()
+                    .enumerate()
+                    .find(|(_, rule)| !imposed.rules.iter().any(|outer| covers(outer, rule)))
+                {
+                    return Err(Failure {
+                        stage: Stage::Boundary,
+                        disallowed: 0,
+                        rule: DenialRule::BoundaryWider {
+                            rule: index,
+                            resource: rule.available_resource.clone(),
+                        },
+                    });
+                }
+                Some(requested.clone())
+            }
+        };
+        let lifetime = request
+            .lifetime
+            .map(|wanted| self.max_lifetime.map_or(wanted, |max| wanted.min(max)));
+        Ok(Decision {
+            grant: self.name.clone(),
+            credential: self.credential.clone(),
+            lifetime,
+            max_lifetime: self.max_lifetime,
+            boundary,
+            rate_limit: self.rate_limit,
+            distinct_keys: self.distinct_keys,
+        })
+    }
+}
+
+/// Whether the grant's rule `outer` allows at least what the request's rule `inner` does: the
+/// same resource, a subset of the roles, and the same condition expression unless `outer` has
+/// none. Roles are compared as names; a narrower role with another name is not recognized.
+fn covers(outer: &AccessBoundaryRule, inner: &AccessBoundaryRule) -> bool {
+    outer.available_resource == inner.available_resource
+        && inner
+            .available_permissions
+            .iter()
+            .all(|role| outer.available_permissions.contains(role))
+        && match (&outer.availability_condition, &inner.availability_condition) {
+            (None, _) => true,
+            (Some(outer), Some(inner)) => outer.expression == inner.expression,
+            (Some(_), None) => false,
+        }
+}

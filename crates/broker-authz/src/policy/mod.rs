@@ -1,0 +1,281 @@
+//! The deny-by-default [`Policy`]: which callers may get which tokens, through which RPCs.
+//!
+//! The format, the loading rules and the authorization algorithm are documented on [`Policy`].
+//! One file per job: the grant model (`grant`), what is asked and what is answered
+//! (`request`), loading and load-time validation (`load`), and evaluation and explanation (here).
+
+mod grant;
+mod load;
+mod request;
+mod rpc;
+
+use std::time::Duration;
+
+use crate::identity::CallerIdentity;
+use load::RawPolicy;
+
+pub use grant::{CallerMatcher, Grant, RateLimit};
+pub use load::PolicyError;
+pub use request::{
+    AccessRequest, Decision, Denial, DenialRule, Explanation, GrantCheck, GrantOutcome,
+};
+pub use rpc::{Rpc, RpcParseError};
+
+/// The shortest `max_lifetime` a grant may set (the shortest lifetime a request may ask for).
+pub const MIN_MAX_LIFETIME: Duration = Duration::from_secs(60);
+/// The longest `max_lifetime` a grant may set (the longest lifetime Google issues: 12 hours).
+pub const MAX_MAX_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+
+/// The broker's authorization policy: a list of grants, and nothing is allowed that no grant
+/// allows.
+///
+/// # Format
+///
+/// A policy is a TOML document holding an array of `[[grants]]` tables. Every table rejects
+/// unknown keys, so a misspelt limit is a load error, never a limit silently ignored. A document
+/// without grants is valid and denies everything.
+///
+/// ```
+/// # use broker_authz::Policy;
+/// # let text = r#"
+/// [[grants]]
+/// ## Required. Unique; named in denials (ErrorInfo metadata `grant`) and in audit events.
+/// ## 1 to 63 lowercase letters, digits, '-', '_' and '.', starting with a letter.
+/// name = "ci-deployer"
+/// ## Required. The credential (a configured credential name) this grant lets callers use.
+/// credential = "prod-deployer"
+/// ## Optional, default false. A request that leaves `credential` empty uses the credential of
+/// ## the caller's default grant: the first grant, in file order, with `default = true` whose
+/// ## callers match the caller.
+/// default = true
+/// ## Required, at least one entry; each entry sets exactly one key. A grant applies to a caller
+/// ## that any entry matches. `dns` matches only certificates without a SPIFFE ID, and `cn`
+/// ## only certificates without a SPIFFE ID and without DNS SANs (see `CallerIdentity`).
+/// callers = [
+///   { spiffe_id = "spiffe://example.org/ci/deployer" },  # exactly this SPIFFE ID
+///   { spiffe_prefix = "spiffe://example.org/ci/" },      # IDs below this path; ends with '/'
+///   { trust_domain = "example.org" },                    # any SPIFFE ID of this trust domain
+///   { dns = "app.internal.example.org" },                # any DNS SAN, case-insensitive
+///   { cn = "legacy-batch" },                             # the subject CN, exact
+/// ]
+/// ## Optional, default ["GetAccessToken"]. The RPCs the grant allows, by proto method name:
+/// ## GetAccessToken, ExchangeToken, ImpersonateServiceAccount, GenerateIdToken, SignJwt,
+/// ## SignBlob. An RPC a grant does not list is denied (rule `rpc`).
+/// rpcs = ["GetAccessToken"]
+/// ## Optional. Every requested scope must be one of `scopes` or start with one of
+/// ## `scope_prefixes`. A prefix must be an https:// URL with a path below the host, end with
+/// ## '/' or '.', and match neither cloud-platform nor cloud-platform.read-only: a prefix is
+/// ## for a family of narrow scopes (`.../auth/cloud` would match `cloud-platform`).
+/// scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+/// scope_prefixes = ["https://www.googleapis.com/auth/devstorage."]
+/// ## Optional. Domain-wide delegation subjects allowed: an exact address (case-insensitive), or
+/// ## any address whose domain (after the last '@') equals one of `subject_domains`; subdomains
+/// ## do not count. Without both, no request with a subject is allowed.
+/// subjects = ["alice@example.com"]
+/// subject_domains = ["example.com"]
+/// ## Optional. Caps requested lifetimes (a longer request is shortened, not denied). humantime
+/// ## syntax ("90s", "15m", "1h 30m"); whole seconds from 60 s to 12 h.
+/// max_lifetime = "1h"
+/// ## Optional. This grant's own limits for each caller, replacing the broker's `[limits]`
+/// ## defaults: a token bucket (requests per second on average, up to `burst` at once), and
+/// ## the most distinct cache keys (credential, scopes, subject, boundary, lifetime) one caller
+/// ## may create per window.
+/// rate_limit = { per_second = 20, burst = 40 }
+/// distinct_keys = 32
+///
+/// ## Optional. A Credential Access Boundary applied to every token of this grant. A request
+/// ## may bring its own boundary only if it is at least as narrow (see `Policy::authorize`).
+/// [[grants.access_boundary.rules]]
+/// available_resource = "//storage.googleapis.com/projects/_/buckets/build-artifacts"
+/// available_permissions = ["inRole:roles/storage.objectViewer"]
+/// availability_condition = { expression = "resource.name.startsWith('projects/_/buckets/build-artifacts/objects/releases/')", title = "releases only" }
+///
+/// [[grants]]
+/// name = "batch-reader"
+/// credential = "analytics-reader"
+/// callers = [{ cn = "legacy-batch" }]
+/// scopes = ["https://www.googleapis.com/auth/bigquery.readonly"]
+/// # "#;
+/// let policy = Policy::from_toml_str(text)?;
+/// assert_eq!(policy.grants().len(), 2);
+/// # Ok::<(), broker_authz::PolicyError>(())
+/// ```
+///
+/// # Loading
+///
+/// [`Policy::from_toml_str`] checks everything before the policy is used, and a
+/// [`PolicyError`] names the place at fault, such as `grants[2].scopes[0]`: unknown keys,
+/// missing or mistyped values, grant names and duplicate grant names, credential names, caller
+/// entries (SPIFFE IDs and trust domains per the SPIFFE-ID specification, DNS names), RPC
+/// names, scopes (by the rules of [`ScopeSet`](broker_core::ScopeSet)), scope prefixes,
+/// subjects, `max_lifetime`, rate limits and access boundaries (by
+/// [`AccessBoundary::validate`](broker_core::AccessBoundary::validate)). Two `default = true` grants whose caller
+/// entries are the same set are an error, since the second could never be anyone's default;
+/// default grants with different caller entries may both match some caller, and then the first
+/// in file order is that caller's default.
+///
+/// # Authorization
+///
+/// See [`Policy::authorize`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    grants: Vec<Grant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    Rpc,
+    Scopes,
+    Subject,
+    Boundary,
+}
+
+#[derive(Debug)]
+struct Failure {
+    stage: Stage,
+    disallowed: usize,
+    rule: DenialRule,
+}
+
+impl Policy {
+    /// Parses and validates a policy; see the type's documentation for the format.
+    pub fn from_toml_str(text: &str) -> Result<Self, PolicyError> {
+        let document = toml::de::Deserializer::parse(text)
+            .map_err(|e| PolicyError::from_toml(text, "", &e))?;
+        let raw: RawPolicy = serde_path_to_error::deserialize(document).map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            PolicyError::from_toml(text, &path, e.inner())
+        })?;
+        raw.validate()
+    }
+
+    /// The grants, in file order.
+    pub fn grants(&self) -> &[Grant] {
+        &self.grants
+    }
+
+    /// The grant called `name`.
+    pub fn grant(&self, name: &str) -> Option<&Grant> {
+        self.grants.iter().find(|g| g.name == name)
+    }
+
+    /// The caller's default grant: the first grant with `default = true` that matches it. Its
+    /// credential is the one a request without `credential` uses (the server needs it to
+    /// check the credential's kind before the policy runs).
+    pub fn default_grant(&self, caller: &CallerIdentity) -> Option<&Grant> {
+        self.grants
+            .iter()
+            .find(|g| g.default && g.matches_caller(caller))
+    }
+
+    /// Decides whether `caller` may make `request`.
+    ///
+    /// 1. The credential is the request's, or the credential of the caller's
+    ///    [default grant](Policy::default_grant) (none: rule `default_grant`). A request
+    ///    without a credential is thus the same as one naming the default grant's credential.
+    /// 2. The candidates are the grants that match the caller (none: `no_grant`) and are for
+    ///    that credential (none: `no_grant`).
+    /// 3. The request is allowed if one candidate allows all of it, and the first such grant
+    ///    in file order makes the [`Decision`]. A candidate allows it if: it lists the RPC in
+    ///    its `rpcs` (rule `rpc`); every scope is one of its `scopes` or starts with one of its
+    ///    `scope_prefixes` (rule `scopes`); the subject,
+    ///    if any, is allowed (rule `subjects`); and the boundary is allowed (rule
+    ///    `access_boundary`). Lifetimes are never denied, only capped at `max_lifetime`.
+    /// 4. Boundaries: the grant's boundary always applies. A request's boundary replaces it if
+    ///    every rule of it is covered by a rule of the grant's boundary (same resource, a
+    ///    subset of the roles, and the same condition expression unless the grant's rule has
+    ///    no condition), which makes it at least as narrow; otherwise it is denied. Without a
+    ///    grant boundary, the request's boundary (or none) is used.
+    /// 5. Otherwise the [`Denial`] names the candidate that came closest and the rule it
+    ///    failed.
+    pub fn authorize(
+        &self,
+        caller: &CallerIdentity,
+        request: &AccessRequest<'_>,
+    ) -> Result<Decision, Denial> {
+        self.evaluate(caller, request, None)
+    }
+
+    /// Like [`Policy::authorize`], and also says how every grant fared.
+    pub fn explain(&self, caller: &CallerIdentity, request: &AccessRequest<'_>) -> Explanation {
+        let mut grants = Vec::with_capacity(self.grants.len());
+        let result = self.evaluate(caller, request, Some(&mut grants));
+        Explanation { result, grants }
+    }
+
+    fn evaluate(
+        &self,
+        caller: &CallerIdentity,
+        request: &AccessRequest<'_>,
+        mut trace: Option<&mut Vec<GrantCheck>>,
+    ) -> Result<Decision, Denial> {
+        let credential = match request.credential {
+            Some(credential) => Some(credential),
+            None => self.default_grant(caller).map(Grant::credential),
+        };
+        let mut caller_matched = false;
+        let mut candidates = false;
+        let mut allowed: Option<Decision> = None;
+        let mut closest: Option<(&Grant, Failure)> = None;
+        for grant in &self.grants {
+            let outcome = if !grant.matches_caller(caller) {
+                GrantOutcome::CallerNotMatched
+            } else if credential != Some(&grant.credential) {
+                caller_matched = true;
+                GrantOutcome::CredentialNotMatched
+            } else {
+                caller_matched = true;
+                candidates = true;
+                match grant.check(request) {
+                    Ok(decision) => {
+                        allowed.get_or_insert(decision);
+                        GrantOutcome::Allowed
+                    }
+                    Err(failure) => {
+                        let outcome = GrantOutcome::Denied(failure.rule.clone());
+                        let closer = closest.as_ref().is_none_or(|(_, best)| {
+                            failure.stage > best.stage
+                                || (failure.stage == best.stage
+                                    && failure.disallowed < best.disallowed)
+                        });
+                        if closer {
+                            closest = Some((grant, failure));
+                        }
+                        outcome
+                    }
+                }
+            };
+            match trace.as_deref_mut() {
+                Some(trace) => trace.push(GrantCheck {
+                    grant: grant.name.clone(),
+                    outcome,
+                }),
+                None if allowed.is_some() => break,
+                None => {}
+            }
+        }
+        if let Some(decision) = allowed {
+            return Ok(decision);
+        }
+        let deny = |grant: Option<&Grant>, rule| Denial {
+            caller: caller.to_string(),
+            grant: grant.map(|g| g.name.clone()),
+            rule,
+        };
+        Err(match (closest, credential) {
+            (Some((grant, failure)), _) => deny(Some(grant), failure.rule),
+            _ if !caller_matched => deny(None, DenialRule::NoGrantForCaller),
+            (None, None) => deny(None, DenialRule::NoDefaultGrant),
+            (None, Some(credential)) => {
+                debug_assert!(!candidates);
+                deny(
+                    None,
+                    DenialRule::CredentialNotGranted {
+                        credential: credential.clone(),
+                    },
+                )
+            }
+        })
+    }
+}

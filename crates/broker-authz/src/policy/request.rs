@@ -1,0 +1,290 @@
+//! What a caller asks for, and what the policy answers: a decision or a denial.
+
+use std::fmt;
+use std::time::Duration;
+
+use broker_core::{AccessBoundary, CredentialName, ScopeSet};
+
+use super::grant::RateLimit;
+use super::rpc::Rpc;
+use crate::identity::CallerIdentity;
+
+/// What a caller asks for, already validated and normalized by the server (step 4 of the request
+/// path).
+#[derive(Debug, Clone, Copy)]
+pub struct AccessRequest<'a> {
+    /// The RPC being called.
+    pub rpc: Rpc,
+    /// The credential named in the request; `None` uses the caller's default grant.
+    pub credential: Option<&'a CredentialName>,
+    /// The scopes, with the RPC's default already applied (an empty set asks for no scope).
+    pub scopes: &'a ScopeSet,
+    /// The domain-wide delegation subject.
+    pub subject: Option<&'a str>,
+    /// The requested lifetime; `None` leaves it to the flow (see [`Decision::lifetime_or`]).
+    pub lifetime: Option<Duration>,
+    /// The access boundary the request asks for.
+    pub boundary: Option<&'a AccessBoundary>,
+}
+
+impl<'a> AccessRequest<'a> {
+    /// A request through `rpc` for `scopes` with the caller's default credential and nothing
+    /// else.
+    pub fn new(rpc: Rpc, scopes: &'a ScopeSet) -> Self {
+        Self {
+            rpc,
+            credential: None,
+            scopes,
+            subject: None,
+            lifetime: None,
+            boundary: None,
+        }
+    }
+}
+
+/// What the policy allowed: the effective request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The grant that allowed it (for the audit event).
+    pub grant: String,
+    /// The credential to use: the requested one, or the default grant's.
+    pub credential: CredentialName,
+    /// The requested lifetime capped at the grant's `max_lifetime`; `None` if the request left
+    /// the lifetime to the flow.
+    pub lifetime: Option<Duration>,
+    /// The grant's `max_lifetime`.
+    pub max_lifetime: Option<Duration>,
+    /// The access boundary to apply: the request's (if it is allowed) or the grant's.
+    pub boundary: Option<AccessBoundary>,
+    /// The grant's own per-caller rate limit, if it sets one.
+    pub rate_limit: Option<RateLimit>,
+    /// The grant's own cap on distinct cache keys per caller, if it sets one.
+    pub distinct_keys: Option<u32>,
+}
+
+impl Decision {
+    /// The lifetime to mint with where the flow can choose it: the capped requested lifetime, or
+    /// `default` capped at the grant's `max_lifetime`.
+    pub fn lifetime_or(&self, default: Duration) -> Duration {
+        let lifetime = self.lifetime.unwrap_or(default);
+        self.max_lifetime.map_or(lifetime, |max| lifetime.min(max))
+    }
+
+    /// For flows where Google fixes the lifetime (`fixed`, about an hour): a denial with rule
+    /// `max_lifetime` if the grant's `max_lifetime` is shorter, since the token cannot be
+    /// shortened to it.
+    pub fn check_fixed_lifetime(
+        &self,
+        caller: &CallerIdentity,
+        fixed: Duration,
+    ) -> Result<(), Denial> {
+        match self.max_lifetime {
+            Some(max) if fixed > max => Err(Denial {
+                caller: caller.to_string(),
+                grant: Some(self.grant.clone()),
+                rule: DenialRule::LifetimeAboveMax {
+                    lifetime: fixed,
+                    max,
+                },
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The policy rule that denied a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DenialRule {
+    /// No grant's callers match the caller. Rule `no_grant`.
+    NoGrantForCaller,
+    /// The request named no credential and the caller has no default grant. Rule
+    /// `default_grant`.
+    NoDefaultGrant,
+    /// Grants match the caller, but none is for this credential. Rule `no_grant`.
+    CredentialNotGranted {
+        /// The credential asked for.
+        credential: CredentialName,
+    },
+    /// The grant does not list the RPC in its `rpcs`. Rule `rpc`.
+    RpcNotAllowed {
+        /// The RPC called.
+        rpc: Rpc,
+    },
+    /// Some requested scopes are not allowed. Rule `scopes`.
+    ScopeNotAllowed {
+        /// The scopes that are not allowed, sorted; never empty.
+        scopes: Vec<String>,
+    },
+    /// The domain-wide delegation subject is not allowed. Rule `subjects`.
+    SubjectNotAllowed {
+        /// The subject asked for.
+        subject: String,
+    },
+    /// The request's access boundary is wider than the grant's. Rule `access_boundary`.
+    BoundaryWider {
+        /// The index of the first request rule that no grant rule covers.
+        rule: usize,
+        /// That rule's resource.
+        resource: String,
+    },
+    /// The flow's fixed lifetime exceeds the grant's `max_lifetime`. Rule `max_lifetime`.
+    /// Never returned by [`Policy::authorize`](super::Policy::authorize) (which caps lifetimes); see
+    /// [`Decision::check_fixed_lifetime`].
+    LifetimeAboveMax {
+        /// The lifetime the flow gives tokens.
+        lifetime: Duration,
+        /// The grant's maximum.
+        max: Duration,
+    },
+}
+
+impl DenialRule {
+    /// The stable name of the rule, the `rule` metadata of ErrorInfo reason `POLICY_DENIED` in
+    /// `error_reason.proto`: `no_grant`, `default_grant`, `rpc`, `scopes`, `subjects`,
+    /// `access_boundary` or `max_lifetime`.
+    pub fn rule_name(&self) -> &'static str {
+        match self {
+            Self::NoGrantForCaller | Self::CredentialNotGranted { .. } => "no_grant",
+            Self::NoDefaultGrant => "default_grant",
+            Self::RpcNotAllowed { .. } => "rpc",
+            Self::ScopeNotAllowed { .. } => "scopes",
+            Self::SubjectNotAllowed { .. } => "subjects",
+            Self::BoundaryWider { .. } => "access_boundary",
+            Self::LifetimeAboveMax { .. } => "max_lifetime",
+        }
+    }
+
+    /// The denied value, the `value` metadata of ErrorInfo: the credential, the RPC, the first
+    /// denied scope, the subject, or the resource of the boundary rule. None of them is secret.
+    pub fn value(&self) -> Option<&str> {
+        match self {
+            Self::NoGrantForCaller | Self::NoDefaultGrant | Self::LifetimeAboveMax { .. } => None,
+            Self::CredentialNotGranted { credential } => Some(credential.as_str()),
+            Self::RpcNotAllowed { rpc } => Some(rpc.name()),
+            Self::ScopeNotAllowed { scopes } => scopes.first().map(String::as_str),
+            Self::SubjectNotAllowed { subject } => Some(subject),
+            Self::BoundaryWider { resource, .. } => Some(resource),
+        }
+    }
+}
+
+/// A refused request. Its `Display` is safe to return to the caller: it names the caller, the
+/// credential, the closest grant and the denied value, never a secret.
+///
+/// For ErrorInfo reason `POLICY_DENIED`: metadata `caller` is [`Denial::caller`], `grant` is
+/// [`Denial::grant`] (absent when no grant matched the caller and credential), `rule` is
+/// [`Denial::rule_name`] and `value` is [`Denial::value`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// The caller, as [`CallerIdentity`]'s `Display` names it.
+    pub caller: String,
+    /// The grant that came closest: among the grants that match the caller and the credential,
+    /// the one whose check failed latest (rpc, then scopes, then subject, then boundary), ties
+    /// going to the one with fewer disallowed scopes, then to the first in the file. `None` for
+    /// `no_grant` and `default_grant`.
+    pub grant: Option<String>,
+    /// Why.
+    pub rule: DenialRule,
+}
+
+impl Denial {
+    /// See [`DenialRule::rule_name`].
+    pub fn rule_name(&self) -> &'static str {
+        self.rule.rule_name()
+    }
+
+    /// See [`DenialRule::value`].
+    pub fn value(&self) -> Option<&str> {
+        self.rule.value()
+    }
+}
+
+impl fmt::Display for Denial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let caller = &self.caller;
+        let grant = self.grant.as_deref().unwrap_or("(none)");
+        match &self.rule {
+            DenialRule::NoGrantForCaller => {
+                write!(f, "the policy has no grant for caller {caller}")
+            }
+            DenialRule::NoDefaultGrant => write!(
+                f,
+                "caller {caller} has no default grant: name a credential in the request"
+            ),
+            DenialRule::CredentialNotGranted { credential } => write!(
+                f,
+                "no policy grant lets caller {caller} use credential {credential}"
+            ),
+            DenialRule::RpcNotAllowed { rpc } => write!(
+                f,
+                "grant {grant} (the closest for caller {caller}) does not allow {rpc}: the grant's rpcs must list it"
+            ),
+            DenialRule::ScopeNotAllowed { scopes } => {
+                const SHOWN: usize = 5;
+                let list = scopes
+                    .iter()
+                    .take(SHOWN)
+                    .map(String::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let noun = if scopes.len() == 1 { "scope" } else { "scopes" };
+                write!(
+                    f,
+                    "grant {grant} (the closest for caller {caller}) does not allow {noun} {list}"
+                )?;
+                if scopes.len() > SHOWN {
+                    write!(f, " and {} more", scopes.len() - SHOWN)?;
+                }
+                Ok(())
+            }
+            DenialRule::SubjectNotAllowed { subject } => write!(
+                f,
+                "grant {grant} (the closest for caller {caller}) does not allow domain-wide delegation to {subject}"
+            ),
+            DenialRule::BoundaryWider { rule, resource } => write!(
+                f,
+                "grant {grant} (the closest for caller {caller}) imposes an access boundary, and rule {rule} of the requested boundary (resource {resource}) is wider than it"
+            ),
+            DenialRule::LifetimeAboveMax { lifetime, max } => write!(
+                f,
+                "grant {grant} limits tokens to {} s, but this credential's tokens live {} s",
+                max.as_secs(),
+                lifetime.as_secs()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for Denial {}
+
+/// How one grant fared in [`Policy::explain`](super::Policy::explain).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantOutcome {
+    /// None of its caller entries matches the caller.
+    CallerNotMatched,
+    /// It matches the caller but is for another credential (or, with no credential in the
+    /// request, the caller has no default grant).
+    CredentialNotMatched,
+    /// It allows the request.
+    Allowed,
+    /// It matches the caller and credential, but this rule fails.
+    Denied(DenialRule),
+}
+
+/// One grant's line in an [`Explanation`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantCheck {
+    /// The grant's name.
+    pub grant: String,
+    /// How it fared.
+    pub outcome: GrantOutcome,
+}
+
+/// Why a request is allowed or denied, grant by grant: for a dry-run or "why denied" answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explanation {
+    /// What [`Policy::authorize`](super::Policy::authorize) answers.
+    pub result: Result<Decision, Denial>,
+    /// Every grant in policy order.
+    pub grants: Vec<GrantCheck>,
+}
