@@ -4,10 +4,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use broker_proto::tokenbroker::v1::token_broker_client::TokenBrokerClient;
 use gcp_emulator::{Emulator, RunningEmulator};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use token_broker::pki::{CertificateAuthority, IssuedCertificate, LeafSpec};
 use token_broker::server::{self, RunningBroker};
 use token_broker::settings::Settings;
@@ -99,8 +102,13 @@ pub struct Options {
     pub cache: String,
     /// Extra lines of the `[server]` table.
     pub server: String,
+    /// `server.rpc_timeout`.
+    pub rpc_timeout: &'static str,
     /// The `[[tls.trust_bundles]]` tables (`ca.pem` is the harness CA).
     pub trust: String,
+    /// More files to write into the harness directory before the broker starts (name,
+    /// contents), such as other CAs' bundles.
+    pub files: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -112,7 +120,9 @@ impl Default for Options {
                 .to_owned(),
             cache: String::new(),
             server: String::new(),
+            rpc_timeout: "5s",
             trust: DEFAULT_TRUST.to_owned(),
+            files: Vec::new(),
         }
     }
 }
@@ -165,12 +175,15 @@ impl Harness {
         std::fs::write(dir.path().join("server-key.pem"), server.key_pem.as_bytes())
             .expect("write");
         std::fs::write(dir.path().join("policy.toml"), &options.policy).expect("write");
+        for (name, contents) in &options.files {
+            std::fs::write(dir.path().join(name), contents).expect("write");
+        }
         let url = emulator.url();
         let config = format!(
             r#"
 [server]
 listen = "127.0.0.1:0"
-rpc_timeout = "5s"
+rpc_timeout = "{rpc_timeout}"
 {server}
 
 [tls]
@@ -186,7 +199,8 @@ reload_interval = "100ms"
 
 [google]
 token_url = "{url}/token"
-sts_url = "{url}/v1/token"
+# STS under another name of the same emulator, so that errors show which host failed.
+sts_url = "{sts}/v1/token"
 iam_credentials_url = "{url}"
 metadata_url = "{url}"
 
@@ -201,6 +215,8 @@ key_file = "emulator/keys/broker.json"
 {extra}
 "#,
             server = options.server,
+            rpc_timeout = options.rpc_timeout,
+            sts = url.replacen("127.0.0.1", "localhost", 1),
             trust = options.trust,
             http = options.http,
             cache = options.cache,
@@ -246,6 +262,48 @@ key_file = "emulator/keys/broker.json"
             ..LeafSpec::spiffe_client(spiffe_id)
         };
         ClientIdentity::from_issued(&self.ca.issue(&spec).expect("client cert"))
+    }
+
+    /// A client identity issued by the harness CA from `spec`.
+    pub fn identity_from(&self, spec: &LeafSpec) -> ClientIdentity {
+        ClientIdentity::from_issued(&self.ca.issue(spec).expect("client cert"))
+    }
+
+    /// A rustls client configuration trusting the harness CA, presenting `identity`, speaking
+    /// h2, with TLS session resumption (the default in-memory session store).
+    pub fn rustls_client(&self, identity: &ClientIdentity) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(
+                CertificateDer::from_pem_slice(self.ca.certificate_pem().as_bytes())
+                    .expect("ca pem"),
+            )
+            .expect("root");
+        let chain =
+            vec![CertificateDer::from_pem_slice(identity.cert_pem.as_bytes()).expect("cert pem")];
+        let key = PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes()).expect("key pem");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .expect("client auth");
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Arc::new(config)
+    }
+
+    /// A TLS connection to the broker with `config`, below HTTP/2: for tests of the
+    /// connection itself (resumption, age, limits).
+    pub async fn tls_connect(
+        &self,
+        config: Arc<rustls::ClientConfig>,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let tcp = tokio::net::TcpStream::connect(self.addr()).await?;
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
     }
 
     /// A client over mTLS trusting the harness CA.

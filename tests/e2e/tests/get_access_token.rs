@@ -161,19 +161,27 @@ async fn policy_denials_name_the_grant_and_the_rule() {
     assert_eq!(metadata["rule"], "no_grant");
     assert!(!metadata.contains_key("grant"));
 
+    // A credential the caller has no grant for is denied whether or not it exists: the
+    // caller learns nothing about the broker's configuration.
     let mut app = harness
         .client(Some(&harness.identity(APP)))
         .await
         .expect("connect");
-    let status = app
-        .get_access_token(pb::GetAccessTokenRequest {
-            credential: "nope".into(),
-            ..request(&[])
-        })
-        .await
-        .expect_err("unknown credential");
-    assert_eq!(status.code(), Code::NotFound);
-    assert_eq!(error_info(&status).0, "CREDENTIAL_NOT_FOUND");
+    for name in ["nope", "sa-prod"] {
+        let status = app
+            .get_access_token(pb::GetAccessTokenRequest {
+                credential: name.into(),
+                ..request(&[])
+            })
+            .await
+            .expect_err("no grant");
+        assert_eq!(status.code(), Code::PermissionDenied);
+        let (reason, metadata) = error_info(&status);
+        assert_eq!(
+            (reason.as_str(), metadata["rule"].as_str()),
+            ("POLICY_DENIED", "no_grant")
+        );
+    }
     assert_eq!(
         harness.emulator.count(Endpoint::OAuth2Token),
         1,
@@ -452,21 +460,36 @@ async fn google_failures_are_retried_then_unavailable_with_retry_info() {
         .into_inner();
     assert_eq!(cached.access_token, token.access_token);
     assert!(cached.cache_hit);
+    assert!(!cached.last_known_good);
 
-    // Even when the caller wants more validity than it has: last known good beats no token.
-    let wants_more = pb::GetAccessTokenRequest {
-        min_remaining_validity: Some(prost_types::Duration {
-            seconds: 1800,
-            nanos: 0,
-        }),
-        ..request(&[CLOUD_PLATFORM])
-    };
-    let stale = client
-        .get_access_token(wants_more)
+    // A token whose refresh keeps failing is served until it really expires, marked as the
+    // last known good token. (4-second tokens: callers need half a lifetime left, so after 2.5 s
+    // it must be refreshed, and Google fails.)
+    harness.emulator.clear_faults();
+    harness
+        .emulator
+        .set_token_lifetime(Some(Duration::from_secs(4)));
+    let full_control = "https://www.googleapis.com/auth/devstorage.full_control";
+    let short = client
+        .get_access_token(request(&[full_control]))
         .await
-        .expect("last known good")
+        .expect("a short-lived token")
         .into_inner();
-    assert_eq!(stale.access_token, token.access_token);
+    harness
+        .emulator
+        .inject_fault(fault(
+            serde_json::json!({"endpoint": "oauth2.token", "status": 503}),
+        ))
+        .expect("fault");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let stale = client
+        .get_access_token(request(&[full_control]))
+        .await
+        .expect("last known good beats no token")
+        .into_inner();
+    assert_eq!(stale.access_token, short.access_token);
+    assert!(stale.last_known_good, "marked as the last known good token");
+    assert!(!stale.cache_hit, "not reported as a cache hit");
     harness.stop().await;
 }
 
@@ -480,7 +503,8 @@ async fn google_refusals_are_permanent_and_not_retried() {
     harness
         .emulator
         .inject_fault(fault(
-            serde_json::json!({"endpoint": "oauth2.token", "status": 400, "times": 1}),
+            serde_json::json!({"endpoint": "oauth2.token", "status": 400,
+            "error": "invalid_scope", "error_description": "Invalid OAuth scope.", "times": 1}),
         ))
         .expect("fault");
     let status = client
