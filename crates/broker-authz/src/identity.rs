@@ -579,3 +579,86 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use rcgen::{CertificateParams, DnType, KeyPair, SanType, string::Ia5String};
+
+    /// A subject alternative name of any kind the extraction looks at, with hostile contents.
+    fn san() -> impl Strategy<Value = SanType> {
+        let text = "[ -~]{0,40}";
+        prop_oneof![
+            text.prop_map(|s| Ia5String::try_from(s).map(SanType::URI)),
+            "spiffe://[a-zA-Z0-9._:@%/?#-]{0,40}"
+                .prop_map(|s| Ia5String::try_from(s).map(SanType::URI)),
+            "SPIFFE://[a-z0-9./-]{0,20}".prop_map(|s| Ia5String::try_from(s).map(SanType::URI)),
+            text.prop_map(|s| Ia5String::try_from(s).map(SanType::DnsName)),
+            "[\\x00-\\x7f]{0,20}".prop_map(|s| Ia5String::try_from(s).map(SanType::DnsName)),
+            any::<[u8; 4]>().prop_map(|ip| Ok(SanType::IpAddress(std::net::IpAddr::from(ip)))),
+            text.prop_map(|s| Ia5String::try_from(s).map(SanType::Rfc822Name)),
+        ]
+        .prop_filter_map("encodable", Result::ok)
+    }
+
+    fn certificate(sans: Vec<SanType>, cn: Option<String>) -> Option<Vec<u8>> {
+        let mut params = CertificateParams::new(Vec::<String>::new()).ok()?;
+        params.subject_alt_names = sans;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        if let Some(cn) = cn {
+            params.distinguished_name.push(DnType::CommonName, cn);
+        }
+        let key = KeyPair::generate().ok()?;
+        Some(params.self_signed(&key).ok()?.der().to_vec())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Any combination of names: extraction never panics, and what it returns keeps the
+        /// documented precedence and bounds.
+        #[test]
+        fn any_names_give_an_identity_or_an_error(
+            sans in proptest::collection::vec(san(), 0..6),
+            cn in proptest::option::of("\\PC{0,30}|[\\x00-\\x1f]{1,3}"),
+        ) {
+            let Some(der) = certificate(sans, cn) else { return Ok(()) };
+            match CallerIdentity::from_certificate_der(&der) {
+                Ok(identity) => {
+                    let name = identity.to_string();
+                    prop_assert!(!name.is_empty());
+                    prop_assert!(!name.chars().any(char::is_control));
+                    if let Some(id) = &identity.spiffe_id {
+                        let reparsed = SpiffeId::parse(id.as_str());
+                        prop_assert_eq!(reparsed.as_ref(), Ok(id));
+                        prop_assert_eq!(name, id.as_str());
+                    }
+                    prop_assert!(identity.dns_names.iter().all(|d| !d.is_empty() && d.to_ascii_lowercase() == *d));
+                }
+                Err(error) => prop_assert!(error.to_string().len() < 400),
+            }
+        }
+
+        /// Corrupted certificates are refused or read, never a panic.
+        #[test]
+        fn corrupted_der_never_panics(
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+            cut in any::<prop::sample::Index>(),
+            truncate in any::<bool>(),
+        ) {
+            let Some(mut der) = certificate(
+                vec![SanType::URI(Ia5String::try_from("spiffe://example.org/a").map_err(|e| TestCaseError::fail(e.to_string()))?)],
+                Some("cn".to_owned()),
+            ) else { return Ok(()) };
+            for (index, byte) in flips {
+                let i = index.index(der.len());
+                der[i] ^= byte;
+            }
+            if truncate {
+                der.truncate(cut.index(der.len()));
+            }
+            let _ = CallerIdentity::from_certificate_der(&der);
+        }
+    }
+}

@@ -67,7 +67,10 @@ impl GoogleEndpoints {
         }
     }
 
-    /// Checks that every endpoint is an absolute `http` or `https` URL.
+    /// Checks that every endpoint is an absolute `https` URL with a host, or `http` for a
+    /// loopback host (an emulator): plain HTTP elsewhere would send signed assertions and
+    /// tokens in the clear. The metadata server, which speaks only plain HTTP on its link-local
+    /// address, may also be `http://metadata.google.internal` or a link-local IP.
     ///
     /// # Errors
     ///
@@ -88,11 +91,61 @@ impl GoogleEndpoints {
             if !matches!(parsed.scheme(), "http" | "https") {
                 return Err(invalid("the scheme must be http or https".to_owned()));
             }
-            if parsed.host_str().is_none_or(str::is_empty) {
+            let Some(host) = parsed.host_str().filter(|h| !h.is_empty()).map(Host::parse) else {
                 return Err(invalid("a host is required".to_owned()));
+            };
+            let plain_http_allowed = if field == "metadata_url" {
+                is_loopback(&host) || is_metadata_server(&host)
+            } else {
+                is_loopback(&host)
+            };
+            if parsed.scheme() == "http" && !plain_http_allowed {
+                return Err(invalid(format!(
+                    "http:// would send signed assertions and tokens in the clear; use https://, or http:// only for a loopback host (an emulator){}",
+                    if field == "metadata_url" {
+                        " or the metadata server (metadata.google.internal, 169.254.169.254)"
+                    } else {
+                        ""
+                    }
+                )));
             }
         }
         Ok(())
+    }
+}
+
+/// A URL's host: an IP address or a name.
+enum Host<'a> {
+    Ip(std::net::IpAddr),
+    Name(&'a str),
+}
+
+impl<'a> Host<'a> {
+    /// Reads the host of a parsed URL (IPv6 addresses come in brackets).
+    fn parse(host: &'a str) -> Self {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        bare.parse()
+            .map_or_else(|_| Self::Name(host.trim_end_matches('.')), Self::Ip)
+    }
+}
+
+/// `localhost` (and its subdomains), `127.0.0.0/8` or `::1`.
+fn is_loopback(host: &Host<'_>) -> bool {
+    match host {
+        Host::Name(name) => {
+            let name = name.to_ascii_lowercase();
+            name == "localhost" || name.ends_with(".localhost")
+        }
+        Host::Ip(ip) => ip.is_loopback(),
+    }
+}
+
+/// The GCE metadata server, which speaks only plain HTTP on its link-local address.
+fn is_metadata_server(host: &Host<'_>) -> bool {
+    match host {
+        Host::Name(name) => name.eq_ignore_ascii_case("metadata.google.internal"),
+        Host::Ip(std::net::IpAddr::V4(ip)) => ip.is_link_local(),
+        Host::Ip(std::net::IpAddr::V6(ip)) => ip.is_unicast_link_local(),
     }
 }
 
@@ -164,6 +217,38 @@ mod tests {
         assert!(error.contains("sts_url"), "{error}");
         e.sts_url = "not a url".into();
         assert!(e.validate().is_err());
+    }
+
+    #[test]
+    fn plain_http_only_for_loopback_and_the_metadata_server() {
+        for (field, url, ok) in [
+            ("token_url", "http://127.0.0.1:8085/token", true),
+            ("token_url", "http://127.9.9.9/token", true),
+            ("token_url", "http://localhost:8085/token", true),
+            ("token_url", "http://[::1]:8085/token", true),
+            ("token_url", "http://oauth2.googleapis.com/token", false),
+            ("token_url", "http://10.0.0.7/token", false),
+            ("token_url", "http://metadata.google.internal/token", false),
+            ("sts_url", "http://sts.example.com/v1/token", false),
+            ("iam_credentials_url", "http://169.254.169.254", false),
+            ("metadata_url", "http://metadata.google.internal", true),
+            ("metadata_url", "http://169.254.169.254", true),
+            ("metadata_url", "http://127.0.0.1:8085", true),
+            ("metadata_url", "http://metadata.example.com", false),
+        ] {
+            let mut e = GoogleEndpoints::google();
+            match field {
+                "token_url" => e.token_url = url.into(),
+                "sts_url" => e.sts_url = url.into(),
+                "iam_credentials_url" => e.iam_credentials_url = url.into(),
+                _ => e.metadata_url = url.into(),
+            }
+            let result = e.validate();
+            assert_eq!(result.is_ok(), ok, "{field} = {url}: {result:?}");
+            if let Err(error) = result {
+                assert!(error.to_string().contains("in the clear"), "{error}");
+            }
+        }
     }
 
     #[test]

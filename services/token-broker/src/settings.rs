@@ -447,6 +447,9 @@ impl Settings {
         if self.http.retry.max_attempts == 0 {
             problems.push("http.retry.max_attempts: must be at least 1".to_owned());
         }
+        if self.http.max_retry_after.is_zero() {
+            problems.push("http.max_retry_after: must be positive (it caps how long Google's Retry-After makes the broker wait)".to_owned());
+        }
         if self.cache.enabled {
             let config = self.cache.config();
             problems.extend(config.problems().into_iter().map(|p| format!("cache.{p}")));

@@ -118,9 +118,25 @@ async fn dev_mode_serves_tokens_to_the_example_workloads() {
         ..Default::default()
     };
     reader
-        .get_access_token(allowed)
+        .get_access_token(allowed.clone())
         .await
         .expect("read-only storage");
+    // The read-only workload has a small budget (20 requests a second, 40 at once), so a
+    // burst runs out of it; the app's budget is untouched.
+    let mut limited = 0;
+    for _ in 0..60 {
+        match reader.get_access_token(allowed.clone()).await {
+            Ok(_) => {}
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+                limited += 1;
+            }
+        }
+    }
+    assert!(limited > 0, "the dev reader's rate limit is visible");
+    app.get_access_token(GetAccessTokenRequest::default())
+        .await
+        .expect("the app is not limited by the reader");
     drop(running);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -168,6 +184,23 @@ async fn check_config_accepts_the_dev_configuration_and_lists_every_problem() {
         "grants[1]",
         "nowhere",
     ] {
+        assert!(stderr.contains(expected), "{expected:?} in:\n{stderr}");
+    }
+
+    // Settings that cannot keep their promises: plain HTTP to a non-loopback Google, and a
+    // background refresh that may outlast the refresh lead.
+    let config = std::fs::read_to_string(&environment.config)
+        .expect("config")
+        .replace(
+            "token_url = \"http://127.0.0.1",
+            "token_url = \"http://oauth2.example.com",
+        )
+        + "\n[cache]\nrefresh_lead = \"40s\"\nbackground_deadline = \"35s\"\n";
+    std::fs::write(&environment.config, config).expect("write");
+    let unsafe_config = check(&environment.config);
+    assert!(!unsafe_config.status.success());
+    let stderr = String::from_utf8_lossy(&unsafe_config.stderr);
+    for expected in ["token_url", "in the clear", "cache.background_deadline"] {
         assert!(stderr.contains(expected), "{expected:?} in:\n{stderr}");
     }
 

@@ -81,6 +81,57 @@ async fn no_secret_reaches_the_logs_at_any_level() {
         );
     }
 
+    // A token served as last known good while Google fails (4-second tokens must be refreshed
+    // after 2 s), a refusal remembered by the negative cache, a caller's deadline, a rate limit.
+    harness
+        .emulator
+        .set_token_lifetime(Some(std::time::Duration::from_secs(4)));
+    let read_write = "https://www.googleapis.com/auth/devstorage.read_write";
+    secrets.push(
+        client
+            .get_access_token(request(&[read_write]))
+            .await
+            .expect("token")
+            .into_inner()
+            .access_token,
+    );
+    let unavailable: Fault =
+        serde_json::from_value(serde_json::json!({"endpoint": "oauth2.token", "status": 503}))
+            .expect("fault");
+    harness.emulator.inject_fault(unavailable).expect("fault");
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let stale = client
+        .get_access_token(request(&[read_write]))
+        .await
+        .expect("last known good")
+        .into_inner();
+    assert!(stale.last_known_good);
+    harness.emulator.clear_faults();
+    harness.emulator.set_token_lifetime(None);
+    let rejected: Fault = serde_json::from_value(serde_json::json!({"endpoint": "oauth2.token",
+        "status": 400, "error": "invalid_grant", "error_description": "Invalid JWT Signature."}))
+    .expect("fault");
+    harness.emulator.inject_fault(rejected).expect("fault");
+    for _ in 0..2 {
+        assert!(
+            client
+                .get_access_token(request(&["https://www.googleapis.com/auth/devstorage.x"]))
+                .await
+                .is_err()
+        );
+    }
+    harness.emulator.clear_faults();
+    let slow: Fault = serde_json::from_value(
+        serde_json::json!({"endpoint": "oauth2.token", "delay_ms": 1500, "times": 1}),
+    )
+    .expect("fault");
+    harness.emulator.inject_fault(slow).expect("fault");
+    let mut impatient =
+        tonic::Request::new(request(&["https://www.googleapis.com/auth/devstorage.y"]));
+    impatient.set_timeout(std::time::Duration::from_millis(500));
+    assert!(client.get_access_token(impatient).await.is_err());
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+
     // Failing upstream, a denial, a connection without a certificate.
     let fault: Fault =
         serde_json::from_value(serde_json::json!({"endpoint": "oauth2.token", "status": 503}))
@@ -129,6 +180,18 @@ async fn no_secret_reaches_the_logs_at_any_level() {
         "the refused handshake is logged with its reason"
     );
     assert!(logs.contains("sha256:"), "tokens are logged by fingerprint");
+    assert!(
+        logs.contains("origin=\"last_known_good\""),
+        "the audit event marks a last known good token"
+    );
+    assert!(
+        logs.contains("negative_cache=true"),
+        "the audit event marks a refusal served from the negative cache"
+    );
+    assert!(
+        logs.contains("UPSTREAM_DEADLINE_EXCEEDED"),
+        "the deadline is audited"
+    );
     for secret in &secrets {
         assert!(
             !logs.contains(secret.as_str()),

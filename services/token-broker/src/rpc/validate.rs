@@ -225,3 +225,86 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn any_duration() -> impl Strategy<Value = Option<prost_types::Duration>> {
+        proptest::option::of(
+            (any::<i64>(), any::<i32>())
+                .prop_map(|(seconds, nanos)| prost_types::Duration { seconds, nanos }),
+        )
+    }
+
+    fn any_boundary() -> impl Strategy<Value = Option<pb::CredentialAccessBoundary>> {
+        let rule = (
+            "\\PC{0,40}",
+            proptest::collection::vec("\\PC{0,30}", 0..4),
+            proptest::option::of(("\\PC{0,60}", "\\PC{0,10}", "\\PC{0,10}")),
+        )
+            .prop_map(
+                |(resource, permissions, condition)| pb::AccessBoundaryRule {
+                    available_resource: resource,
+                    available_permissions: permissions,
+                    availability_condition: condition.map(|(expression, title, description)| {
+                        pb::AvailabilityCondition {
+                            expression,
+                            title,
+                            description,
+                        }
+                    }),
+                },
+            );
+        proptest::option::of(proptest::collection::vec(rule, 0..12).prop_map(|rules| {
+            pb::CredentialAccessBoundary {
+                access_boundary_rules: rules,
+            }
+        }))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever a client sends, validation answers with a value or an error naming a
+        /// field; it never panics.
+        #[test]
+        fn arbitrary_requests_are_validated_without_panic(
+            raw_scopes in proptest::collection::vec("\\PC{0,300}|https://www\\.googleapis\\.com/auth/[a-z._-]{0,20}", 0..60),
+            raw_credential in "\\PC{0,80}|[a-z][a-z0-9-]{0,70}",
+            raw_subject in "\\PC{0,300}|[a-zA-Z0-9._%+-]{1,20}@[a-zA-Z0-9.-]{1,20}",
+            lifetime in any_duration(),
+            min_remaining in any_duration(),
+            raw_boundary in any_boundary(),
+        ) {
+            let field_of = |error: RpcError| match error {
+                RpcError::InvalidField { field, .. } => Ok(field),
+                other => Err(TestCaseError::fail(format!("not a field error: {other}"))),
+            };
+            match scopes(&raw_scopes) {
+                Ok(set) => prop_assert!(!set.is_empty() && set.len() <= broker_core::MAX_SCOPES),
+                Err(error) => prop_assert!(field_of(error)?.starts_with("scopes")),
+            }
+            if let Err(error) = credential(&raw_credential) {
+                prop_assert_eq!(field_of(error)?, "credential");
+            }
+            match subject("subject", &raw_subject) {
+                Ok(Some(address)) => prop_assert_eq!(address.to_ascii_lowercase(), address),
+                Ok(None) => prop_assert!(raw_subject.is_empty()),
+                Err(error) => prop_assert_eq!(field_of(error)?, "subject"),
+            }
+            for (field, value) in [("lifetime", lifetime), ("min_remaining_validity", min_remaining)] {
+                let max = Duration::from_secs(43_200);
+                match duration(field, value.as_ref(), Duration::from_secs(60), max) {
+                    Ok(Some(d)) => prop_assert!(d <= max && d >= Duration::from_secs(60)),
+                    Ok(None) => prop_assert!(value.is_none()),
+                    Err(error) => prop_assert_eq!(field_of(error)?, field),
+                }
+            }
+            if let Err(error) = access_boundary(raw_boundary.as_ref()) {
+                prop_assert!(field_of(error)?.starts_with("access_boundary"));
+            }
+        }
+    }
+}
