@@ -210,6 +210,29 @@ async fn unavailable_exits_5_with_retry_after() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn retries_after_the_retry_delay_unless_told_not_to() {
+    let pki = Pki::new("cli-retry");
+    let broker = FakeBroker::new(whole_seconds_from_now(Duration::from_secs(3600)));
+    let addr = serve(&pki, broker.clone()).await;
+
+    // A short RetryInfo: retried, and the second attempt succeeds.
+    broker.fail_with([common::upstream_unavailable(Duration::from_millis(100))]);
+    let mut command = tokenctl_for(&pki, addr);
+    command.arg("print-access-token");
+    let output = run(command).await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(broker.calls(), 2);
+
+    // With --no-retry the first refusal is final.
+    broker.fail_with([common::upstream_unavailable(Duration::from_millis(100))]);
+    let mut command = tokenctl_for(&pki, addr);
+    command.args(["--no-retry", "print-access-token"]);
+    let output = run(command).await;
+    assert_eq!(output.status.code(), Some(5), "{}", text(&output.stderr));
+    assert_eq!(broker.calls(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn usage_and_tls_errors() {
     // Missing connection settings: usage error.
     let mut command = tokenctl();

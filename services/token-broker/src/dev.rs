@@ -235,6 +235,9 @@ fn print_instructions(environment: &DevEnvironment, addr: SocketAddr) {
          \n  tokenctl print-access-token --subject alice@example.com --scopes https://www.googleapis.com/auth/admin.directory.user.readonly\
          \n  # the read-only workload may only read storage; this is denied:\
          \n  TOKEN_BROKER_CERT={dir}/readonly.pem TOKEN_BROKER_KEY={dir}/readonly-key.pem tokenctl print-access-token\
+         \n  # it may also make only 20 requests a second (40 at once): a burst of 100 is cut off\
+         \n  cargo build -q -p broker-client && seq 100 | xargs -P 20 -I{{}} env TOKEN_BROKER_CERT={dir}/readonly.pem \\\
+         \n      TOKEN_BROKER_KEY={dir}/readonly-key.pem target/debug/tokenctl --no-retry print-access-token --scopes https://www.googleapis.com/auth/devstorage.read_only 2>&1 >/dev/null | grep -c RESOURCE_EXHAUSTED\
          \n  # what a token is:\
          \n  curl -s \"$GCP_EMULATOR_URL/tokeninfo?access_token=$(tokenctl print-access-token)\"\n\
          \n(tokenctl is `cargo run -q -p broker-client --bin tokenctl --`.) Ctrl-C stops everything.",

@@ -66,6 +66,11 @@ struct Cli {
     #[arg(long, global = true, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     timeout: Duration,
 
+    /// Fail at once on UNAVAILABLE or RESOURCE_EXHAUSTED instead of retrying after the
+    /// broker's RetryInfo delay (for scripts that retry themselves).
+    #[arg(long, global = true)]
+    no_retry: bool,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -130,6 +135,7 @@ struct Target {
     addr: String,
     files: TlsFiles,
     timeout: Duration,
+    retry: bool,
 }
 
 impl Cli {
@@ -160,6 +166,7 @@ impl Cli {
                     key: key.clone(),
                 },
                 timeout: self.timeout,
+                retry: !self.no_retry,
             }),
             _ => Err(format!("missing {}", missing.join(", "))),
         }
@@ -289,7 +296,11 @@ async fn print_access_token(
     connect_options.timeout = Some(target.timeout);
     let client = connect(&target.addr, &target.files, &connect_options).await?;
 
-    let mut retry = RetryPolicy::default();
+    let mut retry = if target.retry {
+        RetryPolicy::default()
+    } else {
+        RetryPolicy::never()
+    };
     retry.deadline = target.timeout;
     let mut options = ProviderOptions::default();
     options.call_timeout = Some(target.timeout);
