@@ -373,6 +373,29 @@ key_file = "emulator/keys/broker.json"
     }
 }
 
+/// A fault rule for the emulator, from its JSON form (see the emulator's README).
+pub fn fault(json: serde_json::Value) -> gcp_emulator::Fault {
+    serde_json::from_value(json).expect("fault")
+}
+
+/// Asserts that the broker refuses `identity` (or a client without a certificate) at the TLS
+/// layer: the connection, or its first call, fails.
+pub async fn assert_refused(harness: &Harness, identity: Option<&ClientIdentity>) {
+    if let Ok(mut client) = harness.client(identity).await {
+        let status = client
+            .get_access_token(request(&[]))
+            .await
+            .expect_err("must be refused");
+        assert!(
+            matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
+            ),
+            "{status:?}"
+        );
+    }
+}
+
 /// The ErrorInfo of a status: reason and metadata.
 pub fn error_info(status: &tonic::Status) -> (String, std::collections::HashMap<String, String>) {
     use tonic_types::StatusExt as _;

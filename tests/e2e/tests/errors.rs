@@ -7,13 +7,8 @@ use std::time::{Duration, Instant};
 
 use broker_proto::tokenbroker::v1 as pb;
 use e2e::*;
-use gcp_emulator::Fault;
 use tonic::Code;
 use tonic_types::StatusExt as _;
-
-fn fault(json: serde_json::Value) -> Fault {
-    serde_json::from_value(json).expect("fault")
-}
 
 /// A request for `scope` (each row uses its own, so no row sees another's cached token).
 fn scoped(scope: &str) -> pb::GetAccessTokenRequest {

@@ -5,12 +5,8 @@ use std::time::{Duration, SystemTime};
 
 use broker_proto::tokenbroker::v1 as pb;
 use e2e::*;
-use gcp_emulator::{Endpoint, Fault};
+use gcp_emulator::Endpoint;
 use tonic::Code;
-
-fn fault(json: serde_json::Value) -> Fault {
-    serde_json::from_value(json).expect("fault")
-}
 
 #[tokio::test]
 async fn a_workload_gets_a_real_token_that_google_recognises() {
@@ -54,23 +50,6 @@ async fn a_workload_gets_a_real_token_that_google_recognises() {
     assert_eq!(again.access_token, response.access_token);
     assert_eq!(harness.emulator.count(Endpoint::OAuth2Token), 1);
     harness.stop().await;
-}
-
-/// The connection or the first call fails at the TLS layer.
-async fn assert_refused(harness: &Harness, identity: Option<&ClientIdentity>) {
-    if let Ok(mut client) = harness.client(identity).await {
-        let status = client
-            .get_access_token(request(&[]))
-            .await
-            .expect_err("must fail");
-        assert!(
-            matches!(
-                status.code(),
-                Code::Unavailable | Code::Unknown | Code::Internal
-            ),
-            "{status:?}"
-        );
-    }
 }
 
 #[tokio::test]

@@ -5,12 +5,8 @@ use std::time::Duration;
 
 use broker_proto::tokenbroker::v1 as pb;
 use e2e::*;
-use gcp_emulator::{Endpoint, Fault};
+use gcp_emulator::Endpoint;
 use tonic::Code;
-
-fn fault(json: serde_json::Value) -> Fault {
-    serde_json::from_value(json).expect("fault")
-}
 
 /// The default policy, with the reader limited to 2 requests a second (burst 3) and the app
 /// to 4 distinct tokens per window.

@@ -4,13 +4,8 @@
 use std::time::Duration;
 
 use e2e::*;
-use gcp_emulator::Fault;
 use token_broker::pki::{CertificateAuthority, LeafSpec};
 use tonic::Code;
-
-fn fault(json: serde_json::Value) -> Fault {
-    serde_json::from_value(json).expect("fault")
-}
 
 #[tokio::test]
 async fn certificates_trust_bundles_and_policy_are_reloaded_while_running() {
