@@ -1,7 +1,9 @@
 //! Credential names and cache keys.
 
+use std::collections::hash_map::RandomState;
 use std::fmt;
-use std::sync::Arc;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::{ScopeSet, TokenRequest};
@@ -58,7 +60,11 @@ impl fmt::Display for CredentialName {
 /// Everything that changes the token Google mints, normalized: the cache key. It never holds
 /// the caller's identity (authorization already ran, so authorized callers share tokens) nor
 /// any secret.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+///
+/// Its contents are hashed once, when it is made, with a hasher keyed at random per process
+/// ([`TokenKey::digest`]); `Hash` feeds only that digest, so the cache and the per-caller
+/// limits that look a key up several times per request do not hash its scopes again.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenKey {
     /// The credential (backend instance).
     pub credential: CredentialName,
@@ -72,19 +78,49 @@ pub struct TokenKey {
     pub boundary: Option<[u8; 32]>,
     /// The requested lifetime, where the flow lets the caller choose it.
     pub lifetime: Option<Duration>,
+    digest: u64,
+}
+
+/// The process's key for [`TokenKey::digest`]: random, so that callers cannot aim many keys
+/// at one hash.
+fn digest_hasher() -> &'static RandomState {
+    static HASHER: OnceLock<RandomState> = OnceLock::new();
+    HASHER.get_or_init(RandomState::new)
 }
 
 impl TokenKey {
     /// The key of `request` for a credential whose tokens are for `principal`.
     pub fn new(credential: CredentialName, principal: &str, request: &TokenRequest) -> Self {
-        Self {
+        let mut key = Self {
             credential,
             principal: principal.into(),
             scopes: request.scopes.clone(),
             subject: request.subject.as_deref().map(Arc::from),
             boundary: request.boundary.as_ref().map(|b| b.digest()),
             lifetime: request.lifetime,
-        }
+            digest: 0,
+        };
+        key.digest = digest_hasher().hash_one((
+            &key.credential,
+            &key.principal,
+            &key.scopes,
+            &key.subject,
+            &key.boundary,
+            &key.lifetime,
+        ));
+        key
+    }
+
+    /// A 64-bit hash of the key's contents, keyed at random per process: equal keys have
+    /// equal digests.
+    pub fn digest(&self) -> u64 {
+        self.digest
+    }
+}
+
+impl Hash for TokenKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.digest);
     }
 }
 
@@ -112,6 +148,10 @@ mod tests {
         assert_eq!(
             TokenKey::new(name.clone(), "p", &a),
             TokenKey::new(name.clone(), "p", &b)
+        );
+        assert_eq!(
+            TokenKey::new(name.clone(), "p", &a).digest(),
+            TokenKey::new(name.clone(), "p", &b).digest()
         );
         let mut with_subject = a.clone();
         with_subject.subject = Some("alice@example.com".into());

@@ -15,7 +15,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -26,6 +26,30 @@ use broker_core::TokenKey;
 const SHARDS: usize = 16;
 /// A shard is swept of idle entries when it holds more than this.
 const SWEEP_ABOVE: usize = 4096;
+
+/// A hasher for keys that are already keyed hashes (random per process): it passes them
+/// through instead of hashing them again.
+#[derive(Debug, Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
+    }
+}
+
+/// Maps and sets keyed by keyed hashes.
+type ByDigest = BuildHasherDefault<PassThrough>;
 
 /// Why a call was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,8 +89,8 @@ struct Usage {
     /// Requests left in the bucket, at `refilled`.
     tokens: f64,
     refilled: SystemTime,
-    /// The distinct keys seen since `window_start`.
-    keys: HashSet<u64>,
+    /// The digests of the distinct keys seen since `window_start`.
+    keys: HashSet<u64, ByDigest>,
     window_start: SystemTime,
 }
 
@@ -75,7 +99,7 @@ struct Usage {
 pub struct CallerLimits {
     defaults: LimitDefaults,
     hasher: RandomState,
-    shards: Vec<Mutex<HashMap<u64, Usage>>>,
+    shards: Vec<Mutex<HashMap<u64, Usage, ByDigest>>>,
 }
 
 impl CallerLimits {
@@ -84,7 +108,9 @@ impl CallerLimits {
         Self {
             defaults,
             hasher: RandomState::new(),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
         }
     }
 
@@ -111,12 +137,12 @@ impl CallerLimits {
         let usage = usages.entry(id).or_insert_with(|| Usage {
             tokens: f64::from(rate.burst()),
             refilled: now,
-            keys: HashSet::new(),
+            keys: HashSet::default(),
             window_start: now,
         });
         take_token(usage, rate, now)?;
         if let Some(key) = key {
-            self.count_key(usage, self.hasher.hash_one(key), max_keys, now)?;
+            self.count_key(usage, key.digest(), max_keys, now)?;
         }
         Ok(())
     }
@@ -165,7 +191,7 @@ impl CallerLimits {
 
     /// Drops the entries of callers that are back where a newcomer starts: a full bucket (at
     /// the default burst or more) and a finished key window.
-    fn sweep(&self, usages: &mut HashMap<u64, Usage>, now: SystemTime) {
+    fn sweep(&self, usages: &mut HashMap<u64, Usage, ByDigest>, now: SystemTime) {
         let window = self.defaults.window;
         let full = f64::from(self.defaults.rate.burst());
         let interval = self.defaults.rate.interval().as_secs_f64();

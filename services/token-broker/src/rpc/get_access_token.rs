@@ -126,7 +126,7 @@ async fn serve(
             decision.rate_limit,
             decision.distinct_keys,
             Some(&key),
-            inner.clock.now(),
+            context.now,
         )
         .map_err(|l| limited(&context.caller, &decision.grant, l))?;
     let subject_shown = token_request.subject.clone();

@@ -14,6 +14,7 @@ mod validate;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use broker_authz::{CallerIdentity, Denial, Policy, Rpc};
@@ -146,6 +147,8 @@ struct CallContext {
     /// How long the call had.
     timeout: Duration,
     started: Instant,
+    /// The time the call started, by the service's clock.
+    now: SystemTime,
 }
 
 impl CallContext {
@@ -175,15 +178,22 @@ impl CallContext {
             deadline_source,
             timeout,
             started,
+            now,
         })
     }
 
-    /// Runs `work` (a wait on Google, through the cache) until the call's deadline.
+    /// Runs `work` (a wait on Google, through the cache) until the call's deadline. Work that
+    /// is done at once (a cache hit) needs no timer.
     async fn bounded<T>(
         &self,
         upstream: &str,
         work: impl Future<Output = Result<T, RpcError>>,
     ) -> Result<T, RpcError> {
+        let mut work = std::pin::pin!(work);
+        let ready = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await;
+        if let Poll::Ready(result) = ready {
+            return result;
+        }
         tokio::time::timeout_at(self.deadline.into(), work)
             .await
             .unwrap_or_else(|_| {

@@ -121,9 +121,11 @@ impl Peer {
                 not_after: self.valid_until,
             });
         }
-        let trust = Arc::clone(&self.trust.borrow().trust);
-        let generation = trust.generation();
+        let config = self.trust.borrow();
+        let generation = config.trust.generation();
         if self.trusted_in.load(Ordering::Acquire) != generation {
+            let trust = Arc::clone(&config.trust);
+            drop(config);
             let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some((refused_in, reason)) = refused.as_ref()
                 && *refused_in == generation
