@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Runs the google-auth conformance suite against the gcp-emulator binary.
-# The caller builds the emulator (cargo build -p gcp-emulator); this script does not.
+# Runs the conformance suite: google-auth against the gcp-emulator binary, grpcio against the
+# token-broker binary (in dev mode). The caller builds both (cargo build -p gcp-emulator
+# -p token-broker); this script does not.
 #   GCP_EMULATOR_BIN  emulator binary (default <repo>/target/debug/gcp-emulator)
+#   TOKEN_BROKER_BIN  broker binary (default <repo>/target/debug/token-broker)
 #   PYTHON            interpreter used to create the venv (default python3)
 # Extra arguments go to pytest. pytest's exit code is the script's exit code.
 set -euo pipefail
@@ -23,5 +25,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 fi
 
 export GCP_EMULATOR_BIN="${GCP_EMULATOR_BIN:-$repo/target/debug/gcp-emulator}"
+export TOKEN_BROKER_BIN="${TOKEN_BROKER_BIN:-$repo/target/debug/token-broker}"
 cd "$repo"
 exec "$venv/bin/python" -m pytest -q tests/conformance "$@"
