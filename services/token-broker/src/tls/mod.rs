@@ -84,6 +84,14 @@ pub fn load(settings: &TlsSettings) -> Result<TlsConfig, TlsError> {
         .collect::<Result<Vec<_>, _>>()?;
     let provider = crypto_provider();
     let trust = Arc::new(TrustStore::new(&bundles, &provider)?);
+    for bundle in &bundles {
+        tracing::info!(
+            bundle = %bundle.name,
+            authorities = bundle.roots.len(),
+            vouches_for = %bundle.vouches,
+            "client trust bundle loaded"
+        );
+    }
     let mut server = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_client_cert_verifier(

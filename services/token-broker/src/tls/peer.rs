@@ -105,11 +105,6 @@ impl Peer {
         self.identity.as_ref()
     }
 
-    /// When the chain stops being valid: the earliest `not_after` of its certificates.
-    pub fn valid_until(&self) -> SystemTime {
-        self.valid_until
-    }
-
     /// The caller, if it may call at `now`: its certificate names it, has not expired, and is
     /// still anchored by the current trust bundles. The chain is verified again only when the
     /// bundles changed since it was last checked, so the usual cost is one clock comparison and
