@@ -129,13 +129,11 @@ impl<'a> Host<'a> {
     }
 }
 
-/// `localhost` (and its subdomains), `127.0.0.0/8` or `::1`.
+/// `localhost`, `127.0.0.0/8` or `::1`. Not `*.localhost`: the resolver may send those
+/// anywhere.
 fn is_loopback(host: &Host<'_>) -> bool {
     match host {
-        Host::Name(name) => {
-            let name = name.to_ascii_lowercase();
-            name == "localhost" || name.ends_with(".localhost")
-        }
+        Host::Name(name) => name.eq_ignore_ascii_case("localhost"),
         Host::Ip(ip) => ip.is_loopback(),
     }
 }
@@ -226,6 +224,7 @@ mod tests {
             ("token_url", "http://127.9.9.9/token", true),
             ("token_url", "http://localhost:8085/token", true),
             ("token_url", "http://[::1]:8085/token", true),
+            ("token_url", "http://evil.localhost:8085/token", false),
             ("token_url", "http://oauth2.googleapis.com/token", false),
             ("token_url", "http://10.0.0.7/token", false),
             ("token_url", "http://metadata.google.internal/token", false),

@@ -84,6 +84,18 @@ impl Verdict {
             field: Some(field),
         }
     }
+
+    /// A refusal whose OAuth error code a flow does not know (or that has none), read by its
+    /// HTTP status: 401 is the broker's credential, 403 Google's IAM or policy, 404 a missing
+    /// target; anything else is [`Rejection::Other`].
+    pub(crate) fn by_status(status: StatusCode) -> Self {
+        Self::of(match status.as_u16() {
+            401 => Rejection::CredentialRejected,
+            403 => Rejection::PermissionDenied,
+            404 => Rejection::NotFound,
+            _ => Rejection::Other,
+        })
+    }
 }
 
 /// Whether an HTTP status is worth retrying: 5xx, 408, 429.
@@ -208,7 +220,12 @@ fn parse_success(body: &[u8], upstream: &str) -> Result<TokenResponse, &'static 
     })
 }
 
-/// A positive number of seconds: an integer, or a numeric string (Python and Go accept both).
+/// The longest `expires_in` believed: Google issues no token living longer than 12 hours, and
+/// a larger value (a broken or hostile answer) must not overflow the expiry arithmetic.
+const MAX_EXPIRES_IN: u64 = 12 * 3600;
+
+/// A positive number of seconds: an integer, or a numeric string (Python and Go accept both),
+/// capped at [`MAX_EXPIRES_IN`].
 fn seconds(value: &Value) -> Option<Duration> {
     let seconds = match value {
         Value::Number(n) => n.as_u64().or_else(|| {
@@ -219,7 +236,7 @@ fn seconds(value: &Value) -> Option<Duration> {
         Value::String(s) => s.trim().parse::<u64>().ok()?,
         _ => return None,
     };
-    (seconds > 0).then(|| Duration::from_secs(seconds))
+    (seconds > 0).then(|| Duration::from_secs(seconds.min(MAX_EXPIRES_IN)))
 }
 
 #[cfg(test)]

@@ -231,8 +231,7 @@ struct Claims<'a> {
 /// | `invalid_scope` | `InvalidArgument` | `scopes` |
 /// | `unauthorized_client` (DWD not authorized), `access_denied`, `admin_policy_enforced`, `org_internal` | `PermissionDenied` | |
 /// | `invalid_client`, `disabled_client` | `CredentialRejected` | |
-/// | `invalid_request`, `unsupported_grant_type`, any other code | `Other` | |
-/// | no OAuth error body: HTTP 401 / 403 / 404 / other 4xx | `CredentialRejected` / `PermissionDenied` / `NotFound` / `Other` | |
+/// | any other code (`invalid_request`, `unsupported_grant_type`, ...), or no OAuth error body: by HTTP status, 401 / 403 / 404 / other 4xx | `CredentialRejected` / `PermissionDenied` / `NotFound` / `Other` | |
 pub struct ServiceAccountSource {
     email: String,
     key_id: Option<String>,
@@ -387,7 +386,9 @@ impl ServiceAccountSource {
         };
         let token = Token {
             secret: response.access_token,
-            expires_at: issued_at + expires_in,
+            // expires_in is capped at 12 hours, so this cannot overflow in practice; an
+            // overflow would mean a clock at the end of time, and then the token is expired.
+            expires_at: issued_at.checked_add(expires_in).unwrap_or(issued_at),
             scopes: request.scopes.clone(),
             principal,
         };
@@ -428,13 +429,7 @@ fn classify(error: &OAuthError<'_>, with_subject: bool) -> Verdict {
         Some(
             "unauthorized_client" | "access_denied" | "admin_policy_enforced" | "org_internal",
         ) => Verdict::of(Rejection::PermissionDenied),
-        Some(_) => Verdict::of(Rejection::Other),
-        None => Verdict::of(match error.status.as_u16() {
-            401 => Rejection::CredentialRejected,
-            403 => Rejection::PermissionDenied,
-            404 => Rejection::NotFound,
-            _ => Rejection::Other,
-        }),
+        _ => Verdict::by_status(error.status),
     }
 }
 
@@ -485,8 +480,9 @@ mod tests {
             (401, "disabled_client", "", false, CredentialRejected, None),
             (400, "invalid_request", "Missing required parameter", false, Other, None),
             (400, "unsupported_grant_type", "", false, Other, None),
-            (404, "something_new", "", false, Other, None),
-            (401, "invalid_target", "", false, Other, None),
+            (404, "something_new", "", false, NotFound, None),
+            (400, "something_new", "", false, Other, None),
+            (401, "invalid_target", "", false, CredentialRejected, None),
         ];
         for (status, code, description, with_subject, rejection, field) in cases {
             let body = serde_json::json!({"error": code, "error_description": description});

@@ -41,7 +41,7 @@ const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 ///   | `invalid_grant` | `CredentialRejected` (STS refused the broker's own access token) | |
 ///   | `unauthorized_client`, `access_denied` | `PermissionDenied` | |
 ///   | `invalid_target` | `NotFound` | |
-///   | anything else, or no OAuth error body | `Other` | |
+///   | anything else, or no OAuth error body: by HTTP status, 401 / 403 / 404 / other 4xx | `CredentialRejected` / `PermissionDenied` / `NotFound` / `Other` | |
 ///
 /// - the transient errors of [`HttpClient::send_with_retry`];
 /// - [`SourceError::Malformed`] for an answer that is not an access token;
@@ -97,7 +97,9 @@ pub async fn downscope(
         });
     }
     let expires_at = match response.expires_in {
-        Some(expires_in) => (started + expires_in).min(token.expires_at),
+        Some(expires_in) => started
+            .checked_add(expires_in)
+            .map_or(token.expires_at, |at| at.min(token.expires_at)),
         None => token.expires_at,
     };
     let downscoped = Token {
@@ -123,7 +125,7 @@ fn classify(error: &OAuthError<'_>) -> Verdict {
         Some("invalid_grant") => Verdict::of(Rejection::CredentialRejected),
         Some("unauthorized_client" | "access_denied") => Verdict::of(Rejection::PermissionDenied),
         Some("invalid_target") => Verdict::of(Rejection::NotFound),
-        _ => Verdict::of(Rejection::Other),
+        _ => Verdict::by_status(error.status),
     }
 }
 
@@ -144,7 +146,9 @@ mod tests {
             (400, "invalid_target", Rejection::NotFound, None),
             (400, "unsupported_grant_type", Rejection::Other, None),
             (400, "invalid_client", Rejection::Other, None),
-            (401, "something_new", Rejection::Other, None),
+            (400, "something_new", Rejection::Other, None),
+            (403, "something_new", Rejection::PermissionDenied, None),
+            (404, "something_new", Rejection::NotFound, None),
         ];
         for (status, code, rejection, field) in cases {
             let body = format!(r#"{{"error":"{code}","error_description":"why"}}"#);
@@ -155,15 +159,16 @@ mod tests {
                 "{status} {code}"
             );
         }
-        for (status, body) in [
-            (401, ""),
-            (403, "Forbidden"),
-            (404, "<html>Not Found</html>"),
+        for (status, body, rejection) in [
+            (400, "", Rejection::Other),
+            (401, "", Rejection::CredentialRejected),
+            (403, "Forbidden", Rejection::PermissionDenied),
+            (404, "<html>Not Found</html>", Rejection::NotFound),
         ] {
             let got = rejection_with(status, body, classify);
             assert_eq!(
                 (got.rejection, got.field, got.error.as_str()),
-                (Rejection::Other, None, "unknown"),
+                (rejection, None, "unknown"),
                 "{status} {body}"
             );
         }

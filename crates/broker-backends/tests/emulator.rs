@@ -541,11 +541,12 @@ async fn another_key_is_a_rejected_credential() {
 async fn permanent_errors_map_to_rejections() {
     let emulator = emulator().await;
     let source = source(&emulator, http(), &clock());
-    // The emulator's default bodies: invalid_client for 401, invalid_request otherwise.
+    // The emulator's default bodies: invalid_client for 401, invalid_request otherwise. A code
+    // the flow has no rule for is read by its HTTP status.
     for (status, expected, code) in [
         (400, Rejection::Other, "invalid_request"),
         (401, Rejection::CredentialRejected, "invalid_client"),
-        (403, Rejection::Other, "invalid_request"),
+        (403, Rejection::PermissionDenied, "invalid_request"),
     ] {
         inject(
             &emulator,
@@ -612,7 +613,7 @@ async fn googles_oauth_errors_are_classified_per_flow() {
         ("sts.token", 400, "invalid_grant", "The subject token is invalid.", false, true, Rejection::CredentialRejected, None),
         ("sts.token", 400, "unauthorized_client", "", false, true, Rejection::PermissionDenied, None),
         ("sts.token", 400, "invalid_target", "", false, true, Rejection::NotFound, None),
-        ("sts.token", 401, "invalid_client", "", false, true, Rejection::Other, None),
+        ("sts.token", 401, "invalid_client", "", false, true, Rejection::CredentialRejected, None),
     ];
     for (endpoint, status, code, description, subject, bounded, expected, field) in cases {
         let mut rule = json!({"endpoint": endpoint, "status": status, "error": code, "times": 1});

@@ -78,9 +78,12 @@
 //! ## Mechanics
 //!
 //! Fetches run in their own Tokio task, so a caller that gives up (deadline, disconnect) does
-//! not cancel the fetch others wait on; the fetched token is cached anyway. The deadline passed
-//! to the source is that of the caller who started the fetch (or
-//! [`CacheConfig::background_deadline`] for a background refresh).
+//! not cancel the fetch others wait on; the fetched token is cached anyway. A fetch is shared,
+//! so it must not end with the deadline of the caller who happened to start it (a caller with
+//! a 1 ms deadline would otherwise fail it for every waiter, and put the key into backoff):
+//! [`TokenCache::get`] takes the fetch's deadline (the server passes its own maximum for a
+//! call), and each caller bounds its own wait. A background refresh gets
+//! [`CacheConfig::background_deadline`].
 //!
 //! The moka caches are keyed by [`TokenKey`] (never the caller, never a token); each token
 //! entry holds the `Arc<Token>` with its lifetime, lead, observed requirements and failure
@@ -291,8 +294,9 @@ impl TokenCache {
 
     /// A token for `key`, from the cache or from `source` (asked for `request`, which must be
     /// what `key` was made from), with at least `min_remaining` validity left where the source
-    /// can give it (see the crate documentation). `deadline` is passed to the source if this
-    /// call starts a fetch.
+    /// can give it (see the crate documentation). `deadline` bounds a fetch this call starts,
+    /// which other callers may join: not the caller's own deadline, but how long the broker
+    /// lets any call take. Callers bound their own wait.
     ///
     /// Must run inside a Tokio runtime to fetch in the background; without one, fetches run
     /// in the caller's future and no background refresh happens.

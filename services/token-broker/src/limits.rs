@@ -86,6 +86,8 @@ pub struct LimitDefaults {
 /// One caller's use under one grant.
 #[derive(Debug)]
 struct Usage {
+    /// The limit the bucket was last used with (the grant's own, or the default).
+    rate: RateLimit,
     /// Requests left in the bucket, at `refilled`.
     tokens: f64,
     refilled: SystemTime,
@@ -99,7 +101,14 @@ struct Usage {
 pub struct CallerLimits {
     defaults: LimitDefaults,
     hasher: RandomState,
-    shards: Vec<Mutex<HashMap<u64, Usage, ByDigest>>>,
+    shards: Vec<Mutex<Shard>>,
+}
+
+/// One shard of the state: the usages, and the size at which it is swept next.
+#[derive(Debug)]
+struct Shard {
+    usages: HashMap<u64, Usage, ByDigest>,
+    sweep_at: usize,
 }
 
 impl CallerLimits {
@@ -109,7 +118,12 @@ impl CallerLimits {
             defaults,
             hasher: RandomState::new(),
             shards: (0..SHARDS)
-                .map(|_| Mutex::new(HashMap::default()))
+                .map(|_| {
+                    Mutex::new(Shard {
+                        usages: HashMap::default(),
+                        sweep_at: SWEEP_ABOVE,
+                    })
+                })
                 .collect(),
         }
     }
@@ -130,11 +144,15 @@ impl CallerLimits {
         let max_keys = distinct_keys.unwrap_or(self.defaults.distinct_keys);
         let id = self.usage_id(caller, grant);
         let shard = &self.shards[(id as usize) & (SHARDS - 1)];
-        let mut usages = shard.lock().unwrap_or_else(PoisonError::into_inner);
-        if usages.len() > SWEEP_ABOVE {
-            self.sweep(&mut usages, now);
+        let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+        if shard.usages.len() > shard.sweep_at {
+            self.sweep(&mut shard.usages, now);
+            // Sweep again only once the shard has grown by half again: a shard full of active
+            // callers is not scanned on every request.
+            shard.sweep_at = (shard.usages.len() + shard.usages.len() / 2).max(SWEEP_ABOVE);
         }
-        let usage = usages.entry(id).or_insert_with(|| Usage {
+        let usage = shard.usages.entry(id).or_insert_with(|| Usage {
+            rate,
             tokens: f64::from(rate.burst()),
             refilled: now,
             keys: HashSet::default(),
@@ -189,23 +207,22 @@ impl CallerLimits {
         Ok(())
     }
 
-    /// Drops the entries of callers that are back where a newcomer starts: a full bucket (at
-    /// the default burst or more) and a finished key window.
+    /// Drops the entries of callers that are back where a newcomer starts: a full bucket (by
+    /// the limit each was last used with) and a finished key window.
     fn sweep(&self, usages: &mut HashMap<u64, Usage, ByDigest>, now: SystemTime) {
         let window = self.defaults.window;
-        let full = f64::from(self.defaults.rate.burst());
-        let interval = self.defaults.rate.interval().as_secs_f64();
         usages.retain(|_, usage| {
             let idle = now.duration_since(usage.refilled).unwrap_or_default();
-            let tokens = usage.tokens + idle.as_secs_f64() / interval;
+            let tokens = usage.tokens + idle.as_secs_f64() / usage.rate.interval().as_secs_f64();
             let window_over = now.duration_since(usage.window_start).unwrap_or_default() >= window;
-            !(tokens >= full && window_over)
+            !(tokens >= f64::from(usage.rate.burst()) && window_over)
         });
     }
 }
 
 /// Refills the bucket for the time since it was last refilled, then takes one request.
 fn take_token(usage: &mut Usage, rate: RateLimit, now: SystemTime) -> Result<(), Limited> {
+    usage.rate = rate;
     let burst = f64::from(rate.burst());
     let interval = rate.interval().as_secs_f64();
     let elapsed = now.duration_since(usage.refilled).unwrap_or_default();
@@ -324,6 +341,35 @@ mod tests {
     }
 
     #[test]
+    fn a_sweep_keeps_a_caller_whose_own_slow_bucket_is_not_full() {
+        let limits = CallerLimits::new(defaults());
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let hourly = RateLimit::new(1.0 / 3600.0, 1).expect("rate");
+        let slow = caller("spiffe://x/slow");
+        limits
+            .admit(&slow, "g", Some(hourly), None, None, t0)
+            .expect("first");
+        // Many other callers, an hour's window later: every shard is swept.
+        let later = t0 + Duration::from_secs(700);
+        for i in 0..(SWEEP_ABOVE * SHARDS * 2) {
+            let _ = limits.admit(
+                &caller(&format!("spiffe://x/c{i}")),
+                "g",
+                None,
+                None,
+                None,
+                later,
+            );
+        }
+        assert!(
+            limits
+                .admit(&slow, "g", Some(hourly), None, None, later)
+                .is_err(),
+            "the hourly caller's empty bucket survived the sweeps"
+        );
+    }
+
+    #[test]
     fn idle_callers_are_swept() {
         let limits = CallerLimits::new(defaults());
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
@@ -343,7 +389,7 @@ mod tests {
         let held: usize = limits
             .shards
             .iter()
-            .map(|s| s.lock().expect("lock").len())
+            .map(|s| s.lock().expect("lock").usages.len())
             .sum();
         assert!(held <= SWEEP_ABOVE * SHARDS + SHARDS, "{held}");
     }

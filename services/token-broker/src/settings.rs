@@ -10,6 +10,7 @@
 //! shutdown_grace = "15s"        # how long SIGTERM waits for in-flight calls
 //! max_connections = 10000       # open connections; more wait in the kernel's backlog
 //! max_concurrent_handshakes = 128
+//! max_handshakes_per_ip = 32    # more from one address are closed at once
 //! handshake_timeout = "10s"
 //! max_connection_age = "30m"    # then GOAWAY (jittered by ±10 %) ...
 //! max_connection_age_grace = "30s"  # ... and calls still running after this are cut
@@ -139,6 +140,8 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// TLS handshakes in progress at most.
     pub max_concurrent_handshakes: usize,
+    /// TLS handshakes in progress from one IP address at most; more are closed at once.
+    pub max_handshakes_per_ip: usize,
     /// A connection's life before it is sent GOAWAY (jittered by ±10 %).
     #[serde(with = "humantime_serde")]
     pub max_connection_age: Duration,
@@ -168,6 +171,7 @@ impl Default for ServerSettings {
             shutdown_grace: Duration::from_secs(15),
             max_connections: 10_000,
             max_concurrent_handshakes: 128,
+            max_handshakes_per_ip: 32,
             max_connection_age: Duration::from_secs(30 * 60),
             max_connection_age_grace: Duration::from_secs(30),
             max_concurrent_streams: 256,
@@ -215,6 +219,13 @@ pub struct TrustBundleSettings {
     #[serde(default)]
     pub common_names: bool,
 }
+
+/// The longest timeout, grace period or keepalive setting accepted.
+const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The longest `server.max_connection_age` accepted.
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(7 * 86_400);
+/// The longest reload interval accepted.
+const MAX_RELOAD_INTERVAL: Duration = Duration::from_secs(3600);
 
 fn default_reload_interval() -> Duration {
     Duration::from_secs(10)
@@ -447,6 +458,30 @@ impl Settings {
         if self.http.retry.max_attempts == 0 {
             problems.push("http.retry.max_attempts: must be at least 1".to_owned());
         }
+        let http = &self.http;
+        for (field, value) in [
+            ("http.connect_timeout", http.connect_timeout),
+            ("http.request_timeout", http.request_timeout),
+            ("http.max_retry_after", http.max_retry_after),
+            ("http.retry.initial_backoff", http.retry.initial_backoff),
+            ("http.retry.max_backoff", http.retry.max_backoff),
+            ("http.retry.default_budget", http.retry.default_budget),
+            ("cache.refresh_lead", self.cache.refresh_lead),
+            ("cache.safety_margin", self.cache.safety_margin),
+            ("cache.background_deadline", self.cache.background_deadline),
+            ("cache.negative_ttl", self.cache.negative_ttl),
+            (
+                "limits.distinct_keys_window",
+                self.limits.distinct_keys_window,
+            ),
+        ] {
+            if value > MAX_TIMEOUT {
+                problems.push(format!(
+                    "{field}: must be at most {}",
+                    humantime::format_duration(MAX_TIMEOUT)
+                ));
+            }
+        }
         if self.http.max_retry_after.is_zero() {
             problems.push("http.max_retry_after: must be positive (it caps how long Google's Retry-After makes the broker wait)".to_owned());
         }
@@ -509,9 +544,17 @@ impl Settings {
                 problems.push(format!("{at}: vouches for nothing; set spiffe_trust_domains, dns_names = true or common_names = true"));
             }
             for (j, domain) in bundle.spiffe_trust_domains.iter().enumerate() {
-                if let Err(e) = SpiffeId::parse(&format!("spiffe://{domain}")) {
+                let problem = match SpiffeId::parse(&format!("spiffe://{domain}")) {
+                    Err(e) => Some(e.to_string()),
+                    Ok(id) if !id.path().is_empty() => Some(
+                        "a trust domain has no path (use example.org, not example.org/ns)"
+                            .to_owned(),
+                    ),
+                    Ok(_) => None,
+                };
+                if let Some(problem) = problem {
                     problems.push(format!(
-                        "{at}.spiffe_trust_domains[{j}]: {domain:?} is not a trust domain: {e}"
+                        "{at}.spiffe_trust_domains[{j}]: {domain:?} is not a trust domain: {problem}"
                     ));
                 }
             }
@@ -524,6 +567,19 @@ impl Settings {
     }
 
     fn validate_server(&self, problems: &mut Vec<String>) {
+        // Files must be checked for changes at some interval: a removed CA or a narrowed
+        // policy has to take effect.
+        for (field, value) in [
+            ("tls.reload_interval", self.tls.reload_interval),
+            ("policy.reload_interval", self.policy.reload_interval),
+        ] {
+            if value.is_zero() || value > MAX_RELOAD_INTERVAL {
+                problems.push(format!(
+                    "{field}: must be from 1ms to {}",
+                    humantime::format_duration(MAX_RELOAD_INTERVAL)
+                ));
+            }
+        }
         let server = &self.server;
         for (field, value) in [
             ("max_concurrent_rpcs", server.max_concurrent_rpcs),
@@ -542,15 +598,28 @@ impl Settings {
                 problems.push(format!("server.{field}: must be at least 1"));
             }
         }
-        for (field, value) in [
-            ("rpc_timeout", server.rpc_timeout),
-            ("handshake_timeout", server.handshake_timeout),
-            ("max_connection_age", server.max_connection_age),
-            ("keepalive_interval", server.keepalive_interval),
-            ("keepalive_timeout", server.keepalive_timeout),
+        for (field, value, max) in [
+            ("rpc_timeout", server.rpc_timeout, MAX_TIMEOUT),
+            ("handshake_timeout", server.handshake_timeout, MAX_TIMEOUT),
+            ("shutdown_grace", server.shutdown_grace, MAX_TIMEOUT),
+            (
+                "max_connection_age",
+                server.max_connection_age,
+                MAX_CONNECTION_AGE,
+            ),
+            (
+                "max_connection_age_grace",
+                server.max_connection_age_grace,
+                MAX_TIMEOUT,
+            ),
+            ("keepalive_interval", server.keepalive_interval, MAX_TIMEOUT),
+            ("keepalive_timeout", server.keepalive_timeout, MAX_TIMEOUT),
         ] {
-            if value.is_zero() {
-                problems.push(format!("server.{field}: must be positive"));
+            if value.is_zero() || value > max {
+                problems.push(format!(
+                    "server.{field}: must be positive and at most {}",
+                    humantime::format_duration(max)
+                ));
             }
         }
         if server.max_connection_age_grace < server.rpc_timeout {
@@ -659,6 +728,26 @@ key_file = "keys/broker.json"
             "server.max_connection_age_grace: 1s is shorter than server.rpc_timeout",
             "limits.rate_limit: per_second must be",
             "cache.background_deadline",
+        ] {
+            assert!(text.contains(expected), "{expected}: {text}");
+        }
+
+        let file = write(
+            &dir,
+            &format!(
+                "{}\n[server]\nmax_connection_age = \"100years\"\n[http]\nrequest_timeout = \"2days\"\n",
+                MINIMAL
+                    .replace("[tls]\n", "[tls]\nreload_interval = \"0s\"\n")
+                    .replace("[\"example.org\"]", "[\"example.org/ns\"]")
+            ),
+        );
+        let error = Settings::load(&file, Some(config::Map::new()), &[]).expect_err("invalid");
+        let text = error.to_string();
+        for expected in [
+            "tls.reload_interval: must be from 1ms",
+            "server.max_connection_age: must be positive and at most 7days",
+            "http.request_timeout: must be at most 1h",
+            "a trust domain has no path",
         ] {
             assert!(text.contains(expected), "{expected}: {text}");
         }

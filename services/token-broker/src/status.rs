@@ -115,6 +115,8 @@ pub enum RpcError {
         upstream: String,
         /// Which deadline bounded the call.
         deadline: DeadlineSource,
+        /// How long the call had.
+        timeout: Duration,
     },
     /// The RPC or feature comes in a later release.
     #[error("{0} is not implemented by this broker release yet")]
@@ -277,7 +279,8 @@ impl RpcError {
                 credential,
                 kind,
                 upstream,
-                ..
+                deadline,
+                timeout,
             } => {
                 let host = error
                     .source_error()
@@ -299,6 +302,9 @@ impl RpcError {
                     Some(SourceError::DeadlineExceeded { .. }) => {
                         put("upstream", host);
                         put("upstream_status", "timeout");
+                        if *deadline == DeadlineSource::Caller {
+                            put("timeout_ms", &timeout.as_millis().to_string());
+                        }
                     }
                     Some(SourceError::Rejected(rejection)) => {
                         put("upstream", host);
@@ -425,6 +431,7 @@ mod tests {
             kind: "service_account",
             upstream: TOKEN_HOST.into(),
             deadline,
+            timeout: Duration::from_millis(900),
         }
     }
 
@@ -674,7 +681,11 @@ mod tests {
                 ),
                 Code::DeadlineExceeded,
                 Some("UPSTREAM_DEADLINE_EXCEEDED"),
-                vec![("upstream", TOKEN_HOST)],
+                vec![
+                    ("upstream", TOKEN_HOST),
+                    ("upstream_status", "timeout"),
+                    ("timeout_ms", "900"),
+                ],
                 false,
                 false,
             ),
@@ -700,6 +711,7 @@ mod tests {
                     kind: "service_account",
                     upstream: TOKEN_HOST.into(),
                     deadline: DeadlineSource::Caller,
+                    timeout: Duration::from_secs(1),
                 },
                 Code::Unavailable,
                 Some("UPSTREAM_UNAVAILABLE"),

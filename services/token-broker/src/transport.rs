@@ -11,13 +11,15 @@
 //!
 //! Limits against floods of slow or idle clients: at most `max_connections` connections (the
 //! acceptor stops accepting at the limit, leaving newcomers in the kernel's backlog), at most
-//! `max_concurrent_handshakes` handshakes at once, each within `handshake_timeout`, and per
-//! connection at most `max_concurrent_streams` calls and `max_header_list_size` bytes of
-//! headers. A TLS session resumed from the session cache brings back a client chain without a
+//! `max_concurrent_handshakes` handshakes at once, each within `handshake_timeout`, at most
+//! `max_handshakes_per_ip` of them from one address (more are closed at once, so one host
+//! cannot hold every handshake slot), and per connection at most `max_concurrent_streams` calls
+//! and `max_header_list_size` bytes of headers. A TLS session resumed from the session cache brings back a client chain without a
 //! new verification in rustls, so the acceptor verifies it again against the current bundles.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -46,6 +48,9 @@ pub struct TransportOptions {
     pub max_connections: usize,
     /// TLS handshakes in progress at most.
     pub max_concurrent_handshakes: usize,
+    /// TLS handshakes in progress from one IP address at most; more connections from it are
+    /// closed at once.
+    pub max_handshakes_per_ip: usize,
     /// A connection's life before it is sent `GOAWAY` (jittered by ±10 %).
     pub max_connection_age: Duration,
     /// How long calls may still run on a connection after its `GOAWAY`.
@@ -67,6 +72,7 @@ impl From<&ServerSettings> for TransportOptions {
             handshake_timeout: server.handshake_timeout,
             max_connections: server.max_connections,
             max_concurrent_handshakes: server.max_concurrent_handshakes,
+            max_handshakes_per_ip: server.max_handshakes_per_ip,
             max_connection_age: server.max_connection_age,
             max_connection_age_grace: server.max_connection_age_grace,
             max_concurrent_streams: server.max_concurrent_streams,
@@ -137,6 +143,7 @@ async fn accept(
 ) {
     let connections = Arc::new(Semaphore::new(options.max_connections));
     let handshakes = Arc::new(Semaphore::new(options.max_concurrent_handshakes));
+    let per_ip = Arc::new(HandshakesPerIp::default());
     let options = Arc::new(options);
     loop {
         let slot = tokio::select! {
@@ -155,6 +162,12 @@ async fn accept(
             },
             _ = phase.changed() => return,
         };
+        let Some(from_ip) =
+            HandshakesPerIp::enter(&per_ip, remote_addr, options.max_handshakes_per_ip)
+        else {
+            tracing::warn!(peer = %remote_addr, "too many TLS handshakes in progress from this address; closing");
+            continue;
+        };
         let handshake = tokio::select! {
             permit = Arc::clone(&handshakes).acquire_owned() => permit,
             _ = phase.changed() => return,
@@ -172,12 +185,51 @@ async fn accept(
             let _slot = slot;
             let stream = handshake_with(tcp, remote_addr, &config, options.handshake_timeout).await;
             drop(handshake);
+            drop(from_ip);
             let Some(stream) = stream else { return };
             let Some(info) = connection_info(&stream, remote_addr, &config, tls) else {
                 return;
             };
             serve_connection(stream, info, routes, &options, phase).await;
         });
+    }
+}
+
+/// The TLS handshakes in progress per remote IP address.
+#[derive(Debug, Default)]
+struct HandshakesPerIp(Mutex<HashMap<IpAddr, usize>>);
+
+/// One handshake counted for its address, until dropped.
+struct HandshakeFrom {
+    counts: Arc<HandshakesPerIp>,
+    ip: IpAddr,
+}
+
+impl HandshakesPerIp {
+    /// Counts a handshake from `addr`, unless `max` are in progress from its IP already.
+    fn enter(counts: &Arc<Self>, addr: SocketAddr, max: usize) -> Option<HandshakeFrom> {
+        let mut map = counts.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = map.entry(addr.ip()).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(HandshakeFrom {
+            counts: Arc::clone(counts),
+            ip: addr.ip(),
+        })
+    }
+}
+
+impl Drop for HandshakeFrom {
+    fn drop(&mut self) {
+        let mut map = self.counts.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = map.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.ip);
+            }
+        }
     }
 }
 

@@ -422,8 +422,11 @@ async fn a_slow_google_ends_the_call_with_deadline_exceeded_or_unavailable_never
 
     // Without one (and with one longer than the broker allows): the broker's maximum ends the
     // call, as UNAVAILABLE with RetryInfo.
-    for timeout in [None, Some(Duration::from_secs(30))] {
-        let mut request = tonic::Request::new(request(&[STORAGE_READ]));
+    for (scope, timeout) in [
+        (STORAGE_READ, None),
+        (DIRECTORY_READ, Some(Duration::from_secs(30))),
+    ] {
+        let mut request = tonic::Request::new(request(&[scope]));
         if let Some(timeout) = timeout {
             request.set_timeout(timeout);
         }
@@ -443,5 +446,42 @@ async fn a_slow_google_ends_the_call_with_deadline_exceeded_or_unavailable_never
             "{took:?}"
         );
     }
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn an_impatient_caller_does_not_fail_the_fetch_others_wait_on() {
+    let harness = Harness::start(Options::default()).await;
+    harness
+        .emulator
+        .inject_fault(fault(
+            serde_json::json!({"endpoint": "oauth2.token", "delay_ms": 600, "times": 1}),
+        ))
+        .expect("fault");
+    let mut impatient = harness
+        .client(Some(&harness.identity(APP)))
+        .await
+        .expect("connect");
+    let mut patient = harness
+        .client(Some(&harness.identity(OTHER_APP)))
+        .await
+        .expect("connect");
+    let mut hurried = tonic::Request::new(request(&[CLOUD_PLATFORM]));
+    hurried.set_timeout(Duration::from_millis(100));
+    let first = tokio::spawn(async move { impatient.get_access_token(hurried).await });
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let response = patient
+        .get_access_token(request(&[CLOUD_PLATFORM]))
+        .await
+        .expect("the shared fetch outlived the impatient caller's deadline")
+        .into_inner();
+    let status = first.await.expect("join").expect_err("too impatient");
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+    assert!(!response.cache_hit);
+    assert_eq!(
+        harness.emulator.count(gcp_emulator::Endpoint::OAuth2Token),
+        1,
+        "one fetch, shared"
+    );
     harness.stop().await;
 }

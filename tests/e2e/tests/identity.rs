@@ -395,6 +395,37 @@ async fn slow_handshakes_and_idle_connections_cannot_exhaust_the_server() {
     harness.stop().await;
 }
 
+#[tokio::test]
+async fn one_address_cannot_hold_every_handshake_slot() {
+    let harness = Harness::start(Options {
+        server: "max_handshakes_per_ip = 2\nhandshake_timeout = \"3s\"\n".into(),
+        ..Options::default()
+    })
+    .await;
+    // Two silent connections from 127.0.0.1 use its two handshake slots.
+    let _silent: Vec<tokio::net::TcpStream> =
+        futures_join(2, || tokio::net::TcpStream::connect(harness.addr())).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A third from the same address is closed at once, long before the handshake timeout.
+    let mut third = tokio::net::TcpStream::connect(harness.addr())
+        .await
+        .expect("connect");
+    let started = std::time::Instant::now();
+    let mut buffer = [0u8; 8];
+    let read = tokio::time::timeout(Duration::from_secs(2), {
+        use tokio::io::AsyncReadExt as _;
+        third.read(&mut buffer)
+    })
+    .await;
+    assert!(matches!(read, Ok(Ok(0) | Err(_))), "closed: {read:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    harness.stop().await;
+}
+
 /// `count` results of `make`, awaited in turn.
 async fn futures_join<F, Fut, T, E>(count: usize, mut make: F) -> Vec<T>
 where

@@ -139,7 +139,9 @@ async fn serve(
                     configured.source.clone(),
                     token_request,
                     min_remaining,
-                    Some(context.deadline),
+                    // The fetch is shared: it gets the broker's maximum, not this caller's
+                    // deadline (which `bounded` applies to this caller's wait).
+                    Some(context.fetch_deadline),
                 )
                 .await
                 .map_err(|error| RpcError::Upstream {
@@ -148,6 +150,7 @@ async fn serve(
                     kind: configured.kind,
                     upstream: configured.upstream.clone(),
                     deadline: context.deadline_source,
+                    timeout: context.timeout,
                 })
         })
         .await?;

@@ -21,7 +21,7 @@ use broker_authz::{CallerIdentity, Denial, Policy, Rpc};
 use broker_cache::TokenCache;
 use broker_core::{Clock, CredentialName, TokenSource};
 use broker_proto::tokenbroker::v1 as pb;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, SemaphorePermit, watch};
 use tonic::{Request, Response, Status};
 
 use crate::limits::{CallerLimits, Limited};
@@ -144,6 +144,9 @@ struct CallContext {
     deadline: Instant,
     /// Whose deadline that is.
     deadline_source: DeadlineSource,
+    /// The deadline of a fetch this call starts, which other callers may join: the broker's
+    /// maximum for a call, whatever this caller's own deadline.
+    fetch_deadline: Instant,
     /// How long the call had.
     timeout: Duration,
     started: Instant,
@@ -176,6 +179,7 @@ impl CallContext {
             caller,
             deadline: started + timeout.saturating_sub(margin),
             deadline_source,
+            fetch_deadline: started + rpc_timeout,
             timeout,
             started,
             now,
@@ -269,22 +273,48 @@ fn limited(caller: &CallerIdentity, grant: &str, limited: Limited) -> RpcError {
 }
 
 impl Inner {
-    /// Takes a slot among the RPCs in flight, or sheds the call.
-    fn admit(&self) -> Result<tokio::sync::SemaphorePermit<'_>, RpcError> {
-        self.in_flight
-            .try_acquire()
-            .map_err(|_| RpcError::Overloaded)
+    /// Starts a call of `rpc`: the caller's certificate first (expired or no longer trusted:
+    /// UNAUTHENTICATED), then a slot among the RPCs in flight (or OVERLOADED). A refusal here
+    /// is audited like any other.
+    fn begin<T>(
+        &self,
+        rpc: Rpc,
+        request: &Request<T>,
+    ) -> Result<(CallContext, SemaphorePermit<'_>), Status> {
+        let started = CallContext::new(rpc, request, self.rpc_timeout, self.clock.now()).and_then(
+            |context| {
+                let permit = self
+                    .in_flight
+                    .try_acquire()
+                    .map_err(|_| RpcError::Overloaded)?;
+                Ok((context, permit))
+            },
+        );
+        started.map_err(|error| self.refuse(rpc, request, error))
     }
 
-    /// The context of a call of `rpc`: admitted, and from a caller that may call now.
-    fn context<T>(&self, rpc: Rpc, request: &Request<T>) -> Result<CallContext, RpcError> {
-        CallContext::new(rpc, request, self.rpc_timeout, self.clock.now())
+    /// The audit event and status of a call refused before it could be served.
+    fn refuse<T>(&self, rpc: Rpc, request: &Request<T>, error: RpcError) -> Status {
+        let info = request.extensions().get::<ConnectionInfo>();
+        let caller = info
+            .and_then(|info| info.peer.identity().ok())
+            .map_or_else(|| "-".to_owned(), ToString::to_string);
+        tracing::info!(
+            target: "audit",
+            rpc = rpc.name(),
+            caller = %caller,
+            peer = %info.map_or_else(|| "-".to_owned(), |info| info.remote_addr.to_string()),
+            outcome = "error",
+            reason = error.reason().unwrap_or("INTERNAL"),
+            error = %error,
+        );
+        error.into()
     }
 
     /// An RPC this release does not implement: the caller is still authenticated first.
     fn unimplemented<T, R>(&self, rpc: Rpc, request: &Request<T>) -> Result<Response<R>, Status> {
-        self.context(rpc, request)?;
-        Err(RpcError::Unimplemented(rpc.name()).into())
+        let _started = self.begin(rpc, request)?;
+        Err(self.refuse(rpc, request, RpcError::Unimplemented(rpc.name())))
     }
 }
 
@@ -295,8 +325,7 @@ impl pb::token_broker_server::TokenBroker for TokenBrokerService {
         request: Request<pb::GetAccessTokenRequest>,
     ) -> Result<Response<pb::GetAccessTokenResponse>, Status> {
         let inner = &self.inner;
-        let _permit = inner.admit()?;
-        let context = inner.context(Rpc::GetAccessToken, &request)?;
+        let (context, _permit) = inner.begin(Rpc::GetAccessToken, &request)?;
         get_access_token::handle(inner, &context, request.into_inner())
             .await
             .map(Response::new)
