@@ -89,8 +89,13 @@ fn digest_hasher() -> &'static RandomState {
 }
 
 impl TokenKey {
-    /// The key of `request` for a credential whose tokens are for `principal`.
-    pub fn new(credential: CredentialName, principal: &str, request: &TokenRequest) -> Self {
+    /// The key of `request` for a credential whose tokens are for `principal` (pass an
+    /// `Arc<str>` kept with the credential to make keys without allocating it again).
+    pub fn new(
+        credential: CredentialName,
+        principal: impl Into<Arc<str>>,
+        request: &TokenRequest,
+    ) -> Self {
         let mut key = Self {
             credential,
             principal: principal.into(),

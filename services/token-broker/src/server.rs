@@ -139,6 +139,7 @@ pub fn load_credentials(
                         .with_clock(Arc::clone(&clock));
                     tracing::info!(credential = %name, principal = %broker_core::TokenSource::principal(&source), "credential loaded");
                     Credential {
+                        principal: broker_core::TokenSource::principal(&source).into(),
                         source: Arc::new(source),
                         kind: entry.kind(),
                         upstream: upstream_host(&endpoints.token_url),

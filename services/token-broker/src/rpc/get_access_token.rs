@@ -1,6 +1,7 @@
 //! `GetAccessToken`: validate, authorize, check the credential and the caller's limits, serve
 //! from the cache (or the credential's source), respond, audit.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use broker_authz::AccessRequest;
@@ -115,7 +116,7 @@ async fn serve(
     };
     let key = TokenKey::new(
         decision.credential.clone(),
-        configured.source.principal(),
+        Arc::clone(&configured.principal),
         &token_request,
     );
     inner

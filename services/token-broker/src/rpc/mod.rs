@@ -33,6 +33,8 @@ use crate::tls::ConnectionInfo;
 pub struct Credential {
     /// Where its tokens come from.
     pub source: Arc<dyn TokenSource>,
+    /// The source's principal, shared by every cache key of this credential.
+    pub principal: Arc<str>,
     /// Its kind, as in configuration (`service_account`, …).
     pub kind: &'static str,
     /// The Google host its tokens come from, for errors and audit.
