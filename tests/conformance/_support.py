@@ -13,6 +13,7 @@ import datetime
 import ipaddress
 import json
 import socket
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -63,6 +64,9 @@ USER_CLIENT_ID = "dev-client.apps.googleusercontent.com"
 USER_CLIENT_SECRET = "dev-secret"
 USER_REFRESH_TOKEN = "1//dev-refresh-token"
 USER_SCOPES = [CLOUD_PLATFORM, USERINFO_EMAIL, "openid"]
+
+# The Workspace directory: domain-wide delegation to anyone else is invalid_grant, as on Google.
+WORKSPACE_USERS = [DWD_USER, USER_EMAIL]
 
 AWS_ACCOUNT = "111122223333"
 AWS_AKID = "AKIAIOSFODNN7EXAMPLE"
@@ -196,6 +200,7 @@ def world_toml(workload_key: IssuerKey, workforce_key: IssuerKey) -> str:
         f"zone = {_toml_str(ZONE)}\n"
         f"instance_name = {_toml_str(INSTANCE_NAME)}\n"
         f"instance_id = {_toml_str(INSTANCE_ID)}\n\n",
+        "".join(f"[[workspace_users]]\nemail = {_toml_str(u)}\n\n" for u in WORKSPACE_USERS),
         "[[authorized_users]]\n"
         f"email = {_toml_str(USER_EMAIL)}\n"
         f"client_id = {_toml_str(USER_CLIENT_ID)}\n"
@@ -516,3 +521,170 @@ def install_network_guard() -> None:
     socket.socket.connect = connect
     socket.socket.connect_ex = connect_ex
     socket.getaddrinfo = getaddrinfo
+
+
+# --------------------------------------------------------------------------------------
+# The broker: `token-broker dev` (its own embedded emulator, default world) over grpcio
+# --------------------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[2]
+DEV_APP = "spiffe://dev.token-broker.local/workload/app"
+DEV_READER = "spiffe://dev.token-broker.local/workload/reader"
+GRPC_TIMEOUT = 10  # seconds, the deadline of every broker call of the suite
+GOOGLE_ISSUER = "https://accounts.google.com"
+
+
+def broker_stubs(out: Path):
+    """Generates the Python stubs of tokenbroker.v1 with grpc_tools (its bundled protoc)."""
+    import importlib.resources
+    import sys
+
+    from grpc_tools import protoc
+
+    out.mkdir(parents=True, exist_ok=True)
+    well_known = importlib.resources.files("grpc_tools") / "_proto"
+    protos = sorted(str(p.relative_to(REPO / "proto"))
+                    for p in (REPO / "proto/tokenbroker/v1").glob("*.proto"))
+    code = protoc.main(["protoc", f"-I{REPO / 'proto'}", f"-I{well_known}",
+                        f"--python_out={out}", f"--grpc_python_out={out}", *protos])
+    assert code == 0, f"protoc failed with {code}"
+    sys.path.insert(0, str(out))
+    from tokenbroker.v1 import token_broker_pb2, token_broker_pb2_grpc
+
+    return token_broker_pb2, token_broker_pb2_grpc
+
+
+class Broker:
+    """A running `token-broker dev`: its files, its emulator, stubs and helpers."""
+
+    def __init__(self, root: Path, env: dict[str, str], pb, pb_grpc, proc, log_path: Path):
+        self.root = root
+        self.env = env
+        self.pb = pb
+        self.pb_grpc = pb_grpc
+        self.proc = proc
+        self.log_path = log_path
+        self.port = env["TOKEN_BROKER_ADDR"].rsplit(":", 1)[1]
+        self.emulator = env["GCP_EMULATOR_URL"].rstrip("/")
+        self.function_url = env["GCP_FUNCTION_URL"]
+        # Google's OAuth2 certs (ID-token keys) as the broker's emulator publishes them.
+        self.certs_url = f"{self.emulator}/oauth2/v1/certs"
+        self._channels: dict[str, Any] = {}
+
+    def stub(self, name: str = "client"):
+        """A stub over a grpcio mTLS channel with the dev workload `name`'s certificate
+        (`client`: the app; `readonly`: the read-only workload). One channel per workload."""
+        import grpc
+
+        channel = self._channels.get(name)
+        if channel is None:
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=(self.root / "ca.pem").read_bytes(),
+                private_key=(self.root / f"{name}-key.pem").read_bytes(),
+                certificate_chain=(self.root / f"{name}.pem").read_bytes(),
+            )
+            channel = grpc.secure_channel(f"127.0.0.1:{self.port}", credentials)
+            self._channels[name] = channel
+        return self.pb_grpc.TokenBrokerStub(channel)
+
+    # ---- the broker's emulator ----
+    def fault(self, rule: dict) -> None:
+        requests.post(f"{self.emulator}/_emulator/faults", json=rule,
+                      timeout=HTTP_TIMEOUT).raise_for_status()
+
+    def clear_faults(self) -> None:
+        requests.delete(f"{self.emulator}/_emulator/faults", timeout=HTTP_TIMEOUT).raise_for_status()
+
+    def counter(self, endpoint: str) -> int:
+        r = requests.get(f"{self.emulator}/_emulator/counters", timeout=HTTP_TIMEOUT)
+        r.raise_for_status()
+        return int(r.json().get(endpoint, 0))
+
+    def tokeninfo_raw(self, token: str) -> requests.Response:
+        return requests.get(f"{self.emulator}/tokeninfo", params={"access_token": token},
+                            timeout=HTTP_TIMEOUT)
+
+    def tokeninfo(self, token: str) -> dict[str, Any]:
+        r = self.tokeninfo_raw(token)
+        assert r.status_code == 200, f"tokeninfo: {r.status_code} {r.text}"
+        return r.json()
+
+    def robot_certs(self, email: str) -> dict[str, str]:
+        """A service account's public certificates by key id (/robot/v1/metadata/x509/)."""
+        r = requests.get(f"{self.emulator}/robot/v1/metadata/x509/{email}", timeout=HTTP_TIMEOUT)
+        assert r.status_code == 200, f"x509 certs of {email}: {r.status_code} {r.text}"
+        return r.json()
+
+    def call_function(self, id_token: str) -> requests.Response:
+        return requests.get(self.function_url, headers={"Authorization": f"Bearer {id_token}"},
+                            timeout=HTTP_TIMEOUT)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def stop(self) -> None:
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+
+
+def start_broker(binary: Path, root: Path, env: dict[str, str]) -> Broker:
+    """Starts `token-broker dev --dir root --listen 127.0.0.1:0` and waits for `root/env`."""
+    log_path = root / "broker.log"
+    with open(log_path, "wb") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            [str(binary), "dev", "--dir", str(root), "--listen", "127.0.0.1:0"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**env, "NO_COLOR": "1"})
+    try:
+        env_file = root / "env"
+        deadline = time.monotonic() + 60
+        while not env_file.exists():
+            if proc.poll() is not None:
+                raise RuntimeError(f"token-broker dev exited with {proc.returncode}:\n"
+                                   + log_path.read_text(errors="replace")[-4000:])
+            if time.monotonic() > deadline:
+                raise RuntimeError("token-broker dev wrote no env file in 60 s:\n"
+                                   + log_path.read_text(errors="replace")[-4000:])
+            time.sleep(0.05)
+        values = {}
+        for line in env_file.read_text().splitlines():
+            key, _, value = line.removeprefix("export ").partition("=")
+            values[key] = value
+        for key in ("TOKEN_BROKER_ADDR", "GCP_EMULATOR_URL", "GCP_FUNCTION_URL"):
+            assert key in values, f"{env_file} lacks {key}: {values}"
+        assert values["GCP_EMULATOR_URL"].startswith("http://127.0.0.1:"), values
+        assert values["GCP_FUNCTION_URL"].startswith(values["GCP_EMULATOR_URL"]), values
+        pb, pb_grpc = broker_stubs(root / "stubs")
+        return Broker(root, values, pb, pb_grpc, proc, log_path)
+    except BaseException:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=20)
+        raise
+
+
+def rpc_details(error) -> dict:
+    """The google.rpc details of a failed call (a grpc.RpcError), by message name: ErrorInfo,
+    RetryInfo, BadRequest."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    status = rpc_status.from_call(error)
+    assert status is not None, f"no google.rpc.Status in {error!r}"
+    out = {}
+    for detail in status.details:
+        for kind in (error_details_pb2.ErrorInfo, error_details_pb2.RetryInfo,
+                     error_details_pb2.BadRequest):
+            if detail.Is(kind.DESCRIPTOR):
+                message = kind()
+                detail.Unpack(message)
+                out[kind.__name__] = message
+    return out

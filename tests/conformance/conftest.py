@@ -163,13 +163,19 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 def pytest_runtest_makereport(item, call):
-    """On failure, attach the tail of the emulator log."""
+    """On failure, attach the tail of the emulator log (and of the broker's, if it ran)."""
     if call.when == "call" and call.excinfo is not None and "emulator" in _STATE:
         try:
             tail = _STATE["emulator"].log_path.read_text(errors="replace")[-3000:]
             item.add_report_section("call", "emulator log (tail)", tail)
         except OSError:
             pass
+        if "broker" in _STATE and "broker" in getattr(item, "fixturenames", ()):
+            try:
+                item.add_report_section("call", "token-broker dev log (tail)",
+                                        _STATE["broker"].log_tail())
+            except OSError:
+                pass
 
 
 @pytest.fixture(scope="session")
@@ -219,3 +225,24 @@ def broker_creds(emulator: S.Emulator):
 
     return service_account.Credentials.from_service_account_file(
         str(emulator.key_file("broker")), scopes=[S.CLOUD_PLATFORM])
+
+
+@pytest.fixture(scope="session")
+def broker(emulator: S.Emulator) -> S.Broker:
+    """One `token-broker dev` for the whole session (its own embedded emulator, in
+    `<tmp>/broker`), shared by every test_broker_* module. Depends on `emulator` so that the
+    safe environment (GCE_METADATA_HOST, ...) is in place before it starts."""
+    repo = Path(__file__).resolve().parents[2]
+    binary = Path(os.environ.get("TOKEN_BROKER_BIN") or repo / "target/debug/token-broker")
+    if not binary.is_file() or not os.access(binary, os.X_OK):
+        pytest.fail(f"token-broker binary not found or not executable: {binary} "
+                    "(cargo build -p token-broker, or set TOKEN_BROKER_BIN)")
+    root = _STATE["root"] / "broker"
+    root.mkdir()
+    running = S.start_broker(binary, root, dict(os.environ))
+    _STATE["broker"] = running
+    try:
+        yield running
+    finally:
+        _STATE.pop("broker", None)
+        running.stop()

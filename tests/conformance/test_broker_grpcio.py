@@ -1,122 +1,32 @@
 """The broker through grpcio, Google's own gRPC library (C core): what a Python workload sees.
 
-`token-broker dev` runs in a temp dir (its own embedded emulator); stubs are generated from
-proto/ with grpc_tools; errors are read with grpcio-status as google.rpc details. This checks the
-broker's contract with a client it did not write: mutual TLS, tokens Google recognises,
-ErrorInfo/RetryInfo details, deadlines answered as DEADLINE_EXCEEDED with details before
-grpcio's own timer fires, and the dev policy's rate limit.
+`token-broker dev` runs in a temp dir with its own embedded emulator (one for the session: the
+`broker` fixture of conftest.py); stubs are generated from proto/ with grpc_tools; errors are
+read with grpcio-status as google.rpc details. This checks the broker's contract with a client
+it did not write: mutual TLS, tokens Google recognises, ErrorInfo/RetryInfo details, deadlines
+answered as DEADLINE_EXCEEDED with details before grpcio's own timer fires, and the dev
+policy's rate limit.
 """
 
 from __future__ import annotations
 
 import datetime
-import importlib.resources
-import os
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import grpc
 import pytest
 import requests
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 
-REPO = Path(__file__).resolve().parents[2]
-APP = "spiffe://dev.token-broker.local/workload/app"
-READER = "spiffe://dev.token-broker.local/workload/reader"
+import _support as S
+
+APP = S.DEV_APP
+READER = S.DEV_READER
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 STORAGE_RO = "https://www.googleapis.com/auth/devstorage.read_only"
 
-
-def _stubs(out: Path):
-    """Generates the Python stubs of tokenbroker.v1 with grpc_tools (its bundled protoc)."""
-    from grpc_tools import protoc
-
-    out.mkdir(parents=True, exist_ok=True)
-    well_known = importlib.resources.files("grpc_tools") / "_proto"
-    protos = sorted(str(p.relative_to(REPO / "proto"))
-                    for p in (REPO / "proto/tokenbroker/v1").glob("*.proto"))
-    code = protoc.main(["protoc", f"-I{REPO / 'proto'}", f"-I{well_known}",
-                        f"--python_out={out}", f"--grpc_python_out={out}", *protos])
-    assert code == 0, f"protoc failed with {code}"
-    sys.path.insert(0, str(out))
-    from tokenbroker.v1 import token_broker_pb2, token_broker_pb2_grpc
-
-    return token_broker_pb2, token_broker_pb2_grpc
-
-
-class Broker:
-    def __init__(self, root: Path, env: dict[str, str], pb, pb_grpc):
-        self.root = root
-        self.env = env
-        self.pb = pb
-        self.pb_grpc = pb_grpc
-        self.port = env["TOKEN_BROKER_ADDR"].rsplit(":", 1)[1]
-        self.emulator = env["GCP_EMULATOR_URL"]
-
-    def stub(self, name: str = "client"):
-        """A stub over a grpcio mTLS channel with the dev workload `name`'s certificate."""
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=(self.root / "ca.pem").read_bytes(),
-            private_key=(self.root / f"{name}-key.pem").read_bytes(),
-            certificate_chain=(self.root / f"{name}.pem").read_bytes(),
-        )
-        channel = grpc.secure_channel(f"127.0.0.1:{self.port}", credentials)
-        return self.pb_grpc.TokenBrokerStub(channel)
-
-    def fault(self, rule: dict) -> None:
-        requests.post(f"{self.emulator}/_emulator/faults", json=rule, timeout=5).raise_for_status()
-
-    def clear_faults(self) -> None:
-        requests.delete(f"{self.emulator}/_emulator/faults", timeout=5).raise_for_status()
-
-
-@pytest.fixture(scope="module")
-def broker():
-    binary = Path(os.environ.get("TOKEN_BROKER_BIN") or REPO / "target/debug/token-broker")
-    if not binary.is_file():
-        pytest.fail(f"token-broker binary not found: {binary} (cargo build -p token-broker)")
-    root = Path(tempfile.mkdtemp(prefix="broker-grpcio-"))
-    log = open(root / "broker.log", "wb")
-    proc = subprocess.Popen([str(binary), "dev", "--dir", str(root), "--listen", "127.0.0.1:0"],
-                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env={**os.environ, "NO_COLOR": "1"})
-    try:
-        env_file = root / "env"
-        deadline = time.monotonic() + 60
-        while not env_file.exists():
-            assert proc.poll() is None, (root / "broker.log").read_text(errors="replace")
-            assert time.monotonic() < deadline, "token-broker dev wrote no env file in 60 s"
-            time.sleep(0.05)
-        env = {}
-        for line in env_file.read_text().splitlines():
-            key, _, value = line.removeprefix("export ").partition("=")
-            env[key] = value
-        assert env["GCP_EMULATOR_URL"].startswith("http://127.0.0.1:")
-        pb, pb_grpc = _stubs(root / "stubs")
-        yield Broker(root, env, pb, pb_grpc)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
-        log.close()
-
-
-def _details(error: grpc.RpcError) -> dict:
-    """The google.rpc details of a failed call: ErrorInfo (reason, metadata) and RetryInfo."""
-    status = rpc_status.from_call(error)
-    assert status is not None, f"no google.rpc.Status in {error!r}"
-    out = {}
-    for detail in status.details:
-        for kind in (error_details_pb2.ErrorInfo, error_details_pb2.RetryInfo,
-                     error_details_pb2.BadRequest):
-            if detail.Is(kind.DESCRIPTOR):
-                message = kind()
-                detail.Unpack(message)
-                out[kind.__name__] = message
-    return out
+# `broker` (conftest.py): one `token-broker dev` for the session, shared with the other
+# test_broker_* modules.
+_details = S.rpc_details
 
 
 def test_grpcio_gets_a_token_google_recognises(broker):
@@ -125,7 +35,7 @@ def test_grpcio_gets_a_token_google_recognises(broker):
     assert response.principal == "broker@dev-project.iam.gserviceaccount.com"
     assert not response.last_known_good
     info = requests.get(f"{broker.emulator}/tokeninfo",
-                        params={"access_token": response.access_token}, timeout=5).json()
+                        params={"access_token": response.access_token}, timeout=10).json()
     assert info["scope"] == CLOUD_PLATFORM
 
 
@@ -194,10 +104,10 @@ def test_a_burst_over_the_rate_limit_is_resource_exhausted_with_retry_info(broke
 
 def test_an_rpc_of_a_later_release_names_the_feature(broker):
     with pytest.raises(grpc.RpcError) as raised:
-        broker.stub().SignBlob(broker.pb.SignBlobRequest(), timeout=10)
+        broker.stub().ExchangeToken(broker.pb.ExchangeTokenRequest(), timeout=10)
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
     info = _details(raised.value)["ErrorInfo"]
-    assert (info.reason, info.metadata["feature"]) == ("FEATURE_NOT_IMPLEMENTED", "SignBlob")
+    assert (info.reason, info.metadata["feature"]) == ("FEATURE_NOT_IMPLEMENTED", "ExchangeToken")
 
 
 def test_a_client_certificate_of_an_untrusted_ca_is_refused(broker):

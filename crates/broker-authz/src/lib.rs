@@ -17,6 +17,6 @@ pub use identity::{
 };
 pub use policy::{
     AccessRequest, CallerMatcher, Decision, Denial, DenialRule, Explanation, Grant, GrantCheck,
-    GrantOutcome, MAX_MAX_LIFETIME, MIN_MAX_LIFETIME, Policy, PolicyError, RateLimit, Rpc,
-    RpcParseError,
+    GrantOutcome, JwtClaims, MAX_DELEGATES, MAX_MAX_EXPIRY, MAX_MAX_LIFETIME, MIN_MAX_LIFETIME,
+    Policy, PolicyError, RateLimit, Rpc, RpcParseError, ServiceAccountPattern, SignJwtConstraints,
 };

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use broker_authz::{
-    AccessRequest, CallerIdentity, Decision, Denial, DenialRule, GrantOutcome, Policy, Rpc,
-    SpiffeId,
+    AccessRequest, CallerIdentity, Decision, Denial, DenialRule, GrantOutcome, JwtClaims, Policy,
+    Rpc, ServiceAccountPattern, SpiffeId,
 };
 use broker_core::{
     AccessBoundary, AccessBoundaryRule, AvailabilityCondition, CredentialName, ScopeSet,
@@ -551,6 +551,10 @@ fn every_way_to_pass_and_fail() {
             subject: case.subject,
             lifetime: None,
             boundary: case.boundary.as_ref(),
+            service_account: None,
+            delegates: &[],
+            audience: None,
+            jwt_claims: None,
         };
         let result = policy.authorize(&case.caller, &request);
         match (case.expected, result) {
@@ -940,6 +944,64 @@ fn denial_messages_name_what_failed() {
             "max_lifetime",
             "limits tokens to 900 s",
         ),
+        (
+            deny(
+                Some("g"),
+                DenialRule::ServiceAccountNotAllowed {
+                    service_account: "x@p-123456.iam.gserviceaccount.com".into(),
+                },
+            ),
+            "service_accounts",
+            "does not allow acting as service account x@p-123456.iam.gserviceaccount.com",
+        ),
+        (
+            deny(
+                Some("g"),
+                DenialRule::DelegatesNotAllowed {
+                    chain: "a@p-123456.iam.gserviceaccount.com,b@p-123456.iam.gserviceaccount.com"
+                        .into(),
+                },
+            ),
+            "delegates",
+            "delegation chain a@p-123456.iam.gserviceaccount.com,b@p-123456.iam.gserviceaccount.com",
+        ),
+        (
+            deny(
+                Some("g"),
+                DenialRule::AudienceNotAllowed {
+                    audience: "https://x.example.com".into(),
+                },
+            ),
+            "audiences",
+            "ID tokens for audience https://x.example.com",
+        ),
+        (
+            deny(Some("g"), DenialRule::JwtAudienceNotAllowed),
+            "jwt_claims",
+            "sign_jwt.required_audiences",
+        ),
+        (
+            deny(
+                Some("g"),
+                DenialRule::JwtExpiryNotAllowed {
+                    max_expiry: Duration::from_secs(900),
+                    missing: true,
+                },
+            ),
+            "jwt_claims",
+            "at most 900 s from now, and the payload has no exp",
+        ),
+        (
+            deny(
+                Some("g"),
+                DenialRule::JwtExpiryNotAllowed {
+                    max_expiry: Duration::from_secs(900),
+                    missing: false,
+                },
+            ),
+            "jwt_claims",
+            "the payload expires later",
+        ),
     ];
     for (denial, rule, text) in cases {
         assert_eq!(denial.rule_name(), rule);
@@ -1205,4 +1267,1312 @@ fn a_real_certificate_through_the_policy() {
         .authorize(&caller, &AccessRequest::new(Rpc::GetAccessToken, &gcs))
         .expect("allowed");
     assert_eq!(decision.credential.as_str(), "prod-deployer");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Service accounts, delegation chains, ID-token audiences and SignJwt claims.
+
+const READER: &str = "reader@dev-project.iam.gserviceaccount.com";
+const WRITER: &str = "writer@dev-project.iam.gserviceaccount.com";
+const HOP: &str = "hop@dev-project.iam.gserviceaccount.com";
+const SIGNER: &str = "signer@dev-project.iam.gserviceaccount.com";
+const BATCH_A: &str = "a@batch-project.iam.gserviceaccount.com";
+const BATCH_B: &str = "b@batch-project.iam.gserviceaccount.com";
+const HELLO: &str = "https://hello-abc-uc.a.run.app";
+const API: &str = "https://api.example.com";
+const OTHER_API: &str = "https://other.example.com";
+
+fn service_account_policy() -> Policy {
+    load(&format!(
+        r#"
+        [[grants]]
+        name = "impersonate"
+        credential = "broker"
+        default = true
+        callers = [{{ spiffe_id = "spiffe://example.org/app" }}]
+        rpcs = ["ImpersonateServiceAccount", "GenerateIdToken"]
+        scopes = ["{CP}"]
+        service_accounts = ["Reader@Dev-Project.iam.gserviceaccount.com", "*@batch-project.iam.gserviceaccount.com"]
+        delegates = [
+          ["{HOP}"],
+          ["{HOP}", "*@batch-project.iam.gserviceaccount.com"],
+        ]
+        audiences = ["{HELLO}"]
+        audience_prefixes = ["{API}/"]
+        max_lifetime = "30m"
+
+        [[grants]]
+        name = "signer"
+        credential = "broker"
+        callers = [{{ spiffe_id = "spiffe://example.org/app" }}]
+        rpcs = ["SignJwt"]
+        service_accounts = ["{SIGNER}"]
+        [grants.sign_jwt]
+        required_audiences = ["{API}", "{OTHER_API}"]
+        max_expiry = "15m"
+
+        [[grants]]
+        name = "blob-signer"
+        credential = "broker"
+        callers = [{{ spiffe_id = "spiffe://example.org/app" }}]
+        rpcs = ["SignBlob"]
+        service_accounts = ["{SIGNER}"]
+
+        [[grants]]
+        name = "any-https-id-token"
+        credential = "broker"
+        default = true
+        callers = [{{ spiffe_id = "spiffe://example.org/web" }}]
+        rpcs = ["GenerateIdToken"]
+        audience_prefixes = ["https://"]
+        "#
+    ))
+}
+
+#[derive(Clone)]
+struct SaCase<'a> {
+    what: &'a str,
+    caller: &'a str,
+    rpc: Rpc,
+    scopes: &'a [&'a str],
+    service_account: Option<&'a str>,
+    delegates: &'a [&'a str],
+    audience: Option<&'a str>,
+    /// `aud` values and `exp` seconds from now.
+    jwt: Option<(&'a [&'a str], Option<u64>)>,
+    expected: Result<&'a str, (&'a str, &'a str, Option<&'a str>)>,
+}
+
+fn run_sa_case(policy: &Policy, case: &SaCase<'_>) -> Result<Decision, Denial> {
+    let scopes = scopes(case.scopes);
+    let delegates: Vec<String> = case.delegates.iter().map(|d| (*d).to_owned()).collect();
+    let aud: Vec<String> = case
+        .jwt
+        .map(|(aud, _)| aud.iter().map(|a| (*a).to_owned()).collect())
+        .unwrap_or_default();
+    let request = AccessRequest {
+        service_account: case.service_account,
+        delegates: &delegates,
+        audience: case.audience,
+        jwt_claims: case.jwt.map(|(_, exp)| JwtClaims {
+            aud: &aud,
+            expires_in: exp.map(Duration::from_secs),
+        }),
+        ..AccessRequest::new(case.rpc, &scopes)
+    };
+    policy.authorize(&spiffe(case.caller), &request)
+}
+
+fn check_sa_cases(policy: &Policy, cases: &[SaCase<'_>]) {
+    for case in cases {
+        match (case.expected, run_sa_case(policy, case)) {
+            (Ok(grant), Ok(decision)) => {
+                assert_eq!(decision.grant, grant, "{}", case.what);
+                assert_eq!(decision.credential.as_str(), "broker", "{}", case.what);
+            }
+            (Err((grant, rule, value)), Err(denial)) => {
+                assert_eq!(
+                    denial.grant.as_deref(),
+                    Some(grant),
+                    "{}: {denial}",
+                    case.what
+                );
+                assert_eq!(denial.rule_name(), rule, "{}: {denial}", case.what);
+                assert_eq!(denial.value(), value, "{}: {denial}", case.what);
+                if let Some(value) = value {
+                    assert!(
+                        denial.to_string().contains(value),
+                        "{}: {denial}",
+                        case.what
+                    );
+                }
+            }
+            (expected, result) => panic!("{}: expected {expected:?}, got {result:?}", case.what),
+        }
+    }
+}
+
+#[test]
+fn service_accounts_pass_and_fail() {
+    let policy = service_account_policy();
+    let base = SaCase {
+        what: "",
+        caller: "spiffe://example.org/app",
+        rpc: Rpc::ImpersonateServiceAccount,
+        scopes: &[CP],
+        service_account: Some(READER),
+        delegates: &[],
+        audience: None,
+        jwt: None,
+        expected: Ok("impersonate"),
+    };
+    check_sa_cases(
+        &policy,
+        &[
+            SaCase {
+                what: "exact email",
+                ..base.clone()
+            },
+            SaCase {
+                what: "exact email, any case",
+                service_account: Some("READER@dev-project.IAM.gserviceaccount.com"),
+                ..base.clone()
+            },
+            SaCase {
+                what: "every account of a project",
+                service_account: Some(BATCH_A),
+                ..base.clone()
+            },
+            SaCase {
+                what: "another account of the same project as an exact entry",
+                service_account: Some(WRITER),
+                expected: Err(("impersonate", "service_accounts", Some(WRITER))),
+                ..base.clone()
+            },
+            SaCase {
+                what: "the value is the email as requested",
+                service_account: Some("Writer@dev-project.iam.gserviceaccount.com"),
+                expected: Err((
+                    "impersonate",
+                    "service_accounts",
+                    Some("Writer@dev-project.iam.gserviceaccount.com"),
+                )),
+                ..base.clone()
+            },
+            SaCase {
+                what: "a scope the grant does not allow, for an allowed account",
+                scopes: &[BQ],
+                expected: Err(("impersonate", "scopes", Some(BQ))),
+                ..base.clone()
+            },
+            SaCase {
+                what: "ID token for an allowed target",
+                rpc: Rpc::GenerateIdToken,
+                scopes: &[],
+                audience: Some(HELLO),
+                ..base.clone()
+            },
+            SaCase {
+                what: "ID token for a target not allowed",
+                rpc: Rpc::GenerateIdToken,
+                scopes: &[],
+                service_account: Some(WRITER),
+                audience: Some(HELLO),
+                expected: Err(("impersonate", "service_accounts", Some(WRITER))),
+                ..base.clone()
+            },
+            SaCase {
+                what: "ID token of the credential's own identity",
+                rpc: Rpc::GenerateIdToken,
+                scopes: &[],
+                service_account: None,
+                audience: Some(HELLO),
+                ..base.clone()
+            },
+            SaCase {
+                what: "SignBlob as the signer",
+                rpc: Rpc::SignBlob,
+                scopes: &[],
+                service_account: Some(SIGNER),
+                expected: Ok("blob-signer"),
+                ..base.clone()
+            },
+            SaCase {
+                what: "SignBlob as an account only impersonation is allowed for: the signing grant is closer",
+                rpc: Rpc::SignBlob,
+                scopes: &[],
+                service_account: Some(READER),
+                expected: Err(("blob-signer", "service_accounts", Some(READER))),
+                ..base.clone()
+            },
+            SaCase {
+                what: "impersonating the signer: the impersonation grant is closer",
+                service_account: Some(SIGNER),
+                expected: Err(("impersonate", "service_accounts", Some(SIGNER))),
+                ..base.clone()
+            },
+            SaCase {
+                what: "GetAccessToken is not among the grants' rpcs",
+                rpc: Rpc::GetAccessToken,
+                service_account: None,
+                expected: Err(("impersonate", "rpc", Some("GetAccessToken"))),
+                ..base.clone()
+            },
+            SaCase {
+                what: "a grant without service_accounts allows none",
+                caller: "spiffe://example.org/web",
+                rpc: Rpc::GenerateIdToken,
+                scopes: &[],
+                audience: Some(HELLO),
+                expected: Err(("any-https-id-token", "service_accounts", Some(READER))),
+                ..base.clone()
+            },
+        ],
+    );
+}
+
+#[test]
+fn project_wildcards_match_only_that_project() {
+    let policy = service_account_policy();
+    let caller = spiffe("spiffe://example.org/app");
+    let cp = scopes(&[CP]);
+    let ask = |email: &str| {
+        policy.authorize(
+            &caller,
+            &AccessRequest {
+                service_account: Some(email),
+                ..AccessRequest::new(Rpc::ImpersonateServiceAccount, &cp)
+            },
+        )
+    };
+    for allowed in [
+        BATCH_A,
+        BATCH_B,
+        "Deployer@Batch-Project.iam.gserviceaccount.com",
+    ] {
+        assert!(ask(allowed).is_ok(), "{allowed}");
+    }
+    for denied in [
+        "a@batch-project2.iam.gserviceaccount.com",
+        "a@xbatch-project.iam.gserviceaccount.com",
+        "a@evil.batch-project.iam.gserviceaccount.com",
+        "a@batch-project.iam.gserviceaccount.com.evil.net",
+        "a@batch-project.iam.gserviceaccount.co",
+        "batch-project@appspot.gserviceaccount.com",
+        "@batch-project.iam.gserviceaccount.com",
+        "x@y@batch-project.iam.gserviceaccount.com",
+        "a@batch-project",
+    ] {
+        let denial = ask(denied).expect_err(denied);
+        assert_eq!(denial.rule_name(), "service_accounts", "{denied}");
+        assert_eq!(denial.value(), Some(denied));
+    }
+    let grant = policy.grant("impersonate").expect("grant");
+    assert!(grant.allows_service_account(BATCH_A));
+    assert!(!grant.allows_service_account("a@batch-project-2.iam.gserviceaccount.com"));
+}
+
+#[test]
+fn delegation_chains_are_order_sensitive() {
+    let policy = service_account_policy();
+    let base = SaCase {
+        what: "",
+        caller: "spiffe://example.org/app",
+        rpc: Rpc::ImpersonateServiceAccount,
+        scopes: &[CP],
+        service_account: Some(READER),
+        delegates: &[],
+        audience: None,
+        jwt: None,
+        expected: Ok("impersonate"),
+    };
+    let reversed = format!("{BATCH_A},{HOP}");
+    let foreign = format!("{HOP},a@other-project.iam.gserviceaccount.com");
+    let longer = format!("{HOP},{BATCH_A},{BATCH_B}");
+    check_sa_cases(
+        &policy,
+        &[
+            SaCase {
+                what: "direct impersonation is always allowed",
+                ..base.clone()
+            },
+            SaCase {
+                what: "one hop",
+                delegates: &[HOP],
+                ..base.clone()
+            },
+            SaCase {
+                what: "one hop, any case",
+                delegates: &["HOP@dev-project.iam.gserviceaccount.com"],
+                ..base.clone()
+            },
+            SaCase {
+                what: "two hops, the second by project",
+                delegates: &[HOP, BATCH_A],
+                ..base.clone()
+            },
+            SaCase {
+                what: "the same two hops in the other order",
+                delegates: &[BATCH_A, HOP],
+                expected: Err(("impersonate", "delegates", Some(&reversed))),
+                ..base.clone()
+            },
+            SaCase {
+                what: "the second hop in another project",
+                delegates: &[HOP, "a@other-project.iam.gserviceaccount.com"],
+                expected: Err(("impersonate", "delegates", Some(&foreign))),
+                ..base.clone()
+            },
+            SaCase {
+                what: "a prefix of an allowed chain is not allowed",
+                delegates: &[BATCH_A],
+                expected: Err(("impersonate", "delegates", Some(BATCH_A))),
+                ..base.clone()
+            },
+            SaCase {
+                what: "an allowed chain with one more hop",
+                delegates: &[HOP, BATCH_A, BATCH_B],
+                expected: Err(("impersonate", "delegates", Some(&longer))),
+                ..base.clone()
+            },
+            SaCase {
+                what: "a chain for a target that is not allowed: the target is named",
+                service_account: Some(WRITER),
+                delegates: &[BATCH_A, HOP],
+                expected: Err(("impersonate", "service_accounts", Some(WRITER))),
+                ..base.clone()
+            },
+            SaCase {
+                what: "a chain on a grant without delegates",
+                rpc: Rpc::SignBlob,
+                scopes: &[],
+                service_account: Some(SIGNER),
+                delegates: &[HOP],
+                expected: Err(("blob-signer", "delegates", Some(HOP))),
+                ..base.clone()
+            },
+            SaCase {
+                what: "a chain for an ID token",
+                rpc: Rpc::GenerateIdToken,
+                scopes: &[],
+                delegates: &[HOP, BATCH_B],
+                audience: Some(HELLO),
+                ..base.clone()
+            },
+        ],
+    );
+    let grant = policy.grant("impersonate").expect("grant");
+    assert!(grant.allows_delegates::<&str>(&[]));
+    assert!(grant.allows_delegates(&[HOP, BATCH_B]));
+    assert!(!grant.allows_delegates(&[BATCH_B, HOP]));
+}
+
+#[test]
+fn id_token_audiences_pass_and_fail() {
+    let policy = service_account_policy();
+    let base = SaCase {
+        what: "",
+        caller: "spiffe://example.org/app",
+        rpc: Rpc::GenerateIdToken,
+        scopes: &[],
+        service_account: None,
+        delegates: &[],
+        audience: Some(HELLO),
+        jwt: None,
+        expected: Ok("impersonate"),
+    };
+    let evil = "https://api.example.com.evil.net/x";
+    check_sa_cases(
+        &policy,
+        &[
+            SaCase {
+                what: "exact audience",
+                ..base.clone()
+            },
+            SaCase {
+                what: "exact is byte for byte: a trailing slash",
+                audience: Some("https://hello-abc-uc.a.run.app/"),
+                expected: Err((
+                    "impersonate",
+                    "audiences",
+                    Some("https://hello-abc-uc.a.run.app/"),
+                )),
+                ..base.clone()
+            },
+            SaCase {
+                what: "exact is byte for byte: case",
+                audience: Some("https://Hello-abc-uc.a.run.app"),
+                expected: Err((
+                    "impersonate",
+                    "audiences",
+                    Some("https://Hello-abc-uc.a.run.app"),
+                )),
+                ..base.clone()
+            },
+            SaCase {
+                what: "exact is not a prefix",
+                audience: Some("https://hello-abc-uc.a.run.app.evil.net"),
+                expected: Err((
+                    "impersonate",
+                    "audiences",
+                    Some("https://hello-abc-uc.a.run.app.evil.net"),
+                )),
+                ..base.clone()
+            },
+            SaCase {
+                what: "under the prefix",
+                audience: Some("https://api.example.com/v1/orders"),
+                ..base.clone()
+            },
+            SaCase {
+                what: "the prefix's host without its slash",
+                audience: Some(API),
+                expected: Err(("impersonate", "audiences", Some(API))),
+                ..base.clone()
+            },
+            SaCase {
+                what: "a look-alike host",
+                audience: Some(evil),
+                expected: Err(("impersonate", "audiences", Some(evil))),
+                ..base.clone()
+            },
+            SaCase {
+                what: "userinfo trick",
+                audience: Some("https://api.example.com@evil.net/"),
+                expected: Err((
+                    "impersonate",
+                    "audiences",
+                    Some("https://api.example.com@evil.net/"),
+                )),
+                ..base.clone()
+            },
+            SaCase {
+                what: "a scheme prefix allows every audience of that scheme",
+                caller: "spiffe://example.org/web",
+                audience: Some(evil),
+                expected: Ok("any-https-id-token"),
+                ..base.clone()
+            },
+            SaCase {
+                what: "...and no other scheme",
+                caller: "spiffe://example.org/web",
+                audience: Some("http://hello.example.com"),
+                expected: Err((
+                    "any-https-id-token",
+                    "audiences",
+                    Some("http://hello.example.com"),
+                )),
+                ..base.clone()
+            },
+            SaCase {
+                what: "an OAuth client ID needs an exact entry",
+                caller: "spiffe://example.org/web",
+                audience: Some("123-abc.apps.googleusercontent.com"),
+                expected: Err((
+                    "any-https-id-token",
+                    "audiences",
+                    Some("123-abc.apps.googleusercontent.com"),
+                )),
+                ..base.clone()
+            },
+        ],
+    );
+}
+
+#[test]
+fn sign_jwt_claim_constraints() {
+    let policy = service_account_policy();
+    let base = SaCase {
+        what: "",
+        caller: "spiffe://example.org/app",
+        rpc: Rpc::SignJwt,
+        scopes: &[],
+        service_account: Some(SIGNER),
+        delegates: &[],
+        audience: None,
+        jwt: Some((&[API], Some(600))),
+        expected: Ok("signer"),
+    };
+    let aud = Err(("signer", "jwt_claims", Some("aud")));
+    let exp = Err(("signer", "jwt_claims", Some("exp")));
+    check_sa_cases(
+        &policy,
+        &[
+            SaCase {
+                what: "one allowed audience, exp within the horizon",
+                ..base.clone()
+            },
+            SaCase {
+                what: "every audience allowed, exp exactly at the horizon",
+                jwt: Some((&[OTHER_API, API], Some(900))),
+                ..base.clone()
+            },
+            SaCase {
+                what: "an allowed audience next to another",
+                jwt: Some((&[API, "https://victim.example.com"], Some(600))),
+                expected: aud,
+                ..base.clone()
+            },
+            SaCase {
+                what: "only another audience",
+                jwt: Some((&["https://victim.example.com"], Some(600))),
+                expected: aud,
+                ..base.clone()
+            },
+            SaCase {
+                what: "audiences are exact",
+                jwt: Some((&["https://api.example.com/"], Some(600))),
+                expected: aud,
+                ..base.clone()
+            },
+            SaCase {
+                what: "no aud",
+                jwt: Some((&[], Some(600))),
+                expected: aud,
+                ..base.clone()
+            },
+            SaCase {
+                what: "exp a second past the horizon",
+                jwt: Some((&[API], Some(901))),
+                expected: exp,
+                ..base.clone()
+            },
+            SaCase {
+                what: "no exp",
+                jwt: Some((&[API], None)),
+                expected: exp,
+                ..base.clone()
+            },
+            SaCase {
+                what: "both wrong: aud is checked first",
+                jwt: Some((&["https://victim.example.com"], None)),
+                expected: aud,
+                ..base.clone()
+            },
+            SaCase {
+                what: "no claims given at all",
+                jwt: None,
+                expected: aud,
+                ..base.clone()
+            },
+            SaCase {
+                what: "the claims are not looked at for SignBlob",
+                rpc: Rpc::SignBlob,
+                expected: Ok("blob-signer"),
+                jwt: None,
+                ..base.clone()
+            },
+            SaCase {
+                what: "the signer comes before the claims",
+                service_account: Some(READER),
+                jwt: None,
+                expected: Err(("signer", "service_accounts", Some(READER))),
+                ..base.clone()
+            },
+        ],
+    );
+
+    // Without a sign_jwt table, any payload the server accepted is signed; the denial messages
+    // name the claim and the limit, never the payload.
+    let open = load(&format!(
+        r#"
+        [[grants]]
+        name = "open-signer"
+        credential = "broker"
+        callers = [{{ cn = "app" }}]
+        rpcs = ["SignJwt"]
+        service_accounts = ["{SIGNER}"]
+
+        [[grants]]
+        name = "exp-only"
+        credential = "other"
+        callers = [{{ cn = "app" }}]
+        rpcs = ["SignJwt"]
+        service_accounts = ["{SIGNER}"]
+        sign_jwt = {{ max_expiry = "5m" }}
+        "#
+    ));
+    let none = ScopeSet::parse(Vec::<String>::new()).expect("empty");
+    let broker = name("broker");
+    let other = name("other");
+    let secret_aud = vec!["https://secret-audience.example.com".to_owned()];
+    let sign = |credential, expires_in| {
+        open.authorize(
+            &cn("app"),
+            &AccessRequest {
+                credential: Some(credential),
+                service_account: Some(SIGNER),
+                jwt_claims: Some(JwtClaims {
+                    aud: &secret_aud,
+                    expires_in,
+                }),
+                ..AccessRequest::new(Rpc::SignJwt, &none)
+            },
+        )
+    };
+    assert_eq!(sign(&broker, None).expect("allowed").grant, "open-signer");
+    assert_eq!(
+        sign(&broker, Some(Duration::from_secs(43200)))
+            .expect("allowed")
+            .grant,
+        "open-signer"
+    );
+    assert!(sign(&other, Some(Duration::from_secs(300))).is_ok());
+    let denial = sign(&other, Some(Duration::from_secs(301))).expect_err("too late");
+    assert_eq!(
+        denial.rule,
+        DenialRule::JwtExpiryNotAllowed {
+            max_expiry: Duration::from_secs(300),
+            missing: false
+        }
+    );
+    assert_eq!(denial.value(), Some("exp"));
+    let message = denial.to_string();
+    assert!(message.contains("at most 300 s"), "{message}");
+    assert!(!message.contains("secret-audience"), "{message}");
+    let denial = sign(&other, None).expect_err("no exp");
+    assert!(denial.to_string().contains("has no exp"), "{denial}");
+
+    let constraints = policy
+        .grant("signer")
+        .and_then(|g| g.sign_jwt())
+        .expect("constraints");
+    assert_eq!(constraints.required_audiences(), [API, OTHER_API]);
+    assert_eq!(constraints.max_expiry(), Some(Duration::from_secs(900)));
+    let constraints = open
+        .grant("exp-only")
+        .and_then(|g| g.sign_jwt())
+        .expect("constraints");
+    assert!(constraints.required_audiences().is_empty());
+}
+
+#[test]
+fn max_lifetime_caps_impersonated_tokens() {
+    let policy = service_account_policy();
+    let caller = spiffe("spiffe://example.org/app");
+    let cp = scopes(&[CP]);
+    let impersonate = |lifetime| {
+        policy
+            .authorize(
+                &caller,
+                &AccessRequest {
+                    service_account: Some(READER),
+                    lifetime,
+                    ..AccessRequest::new(Rpc::ImpersonateServiceAccount, &cp)
+                },
+            )
+            .expect("allowed")
+    };
+    let long = impersonate(Some(Duration::from_secs(12 * 3600)));
+    assert_eq!(long.lifetime, Some(Duration::from_secs(1800)));
+    assert_eq!(
+        long.lifetime_or(Duration::from_secs(3600)),
+        Duration::from_secs(1800)
+    );
+    let default = impersonate(None);
+    assert_eq!(default.lifetime, None);
+    assert_eq!(
+        default.lifetime_or(Duration::from_secs(3600)),
+        Duration::from_secs(1800)
+    );
+    let short = impersonate(Some(Duration::from_secs(600)));
+    assert_eq!(
+        short.lifetime_or(Duration::from_secs(3600)),
+        Duration::from_secs(600)
+    );
+}
+
+#[test]
+fn requests_for_no_scope_pass_every_grant() {
+    // ID tokens and signing ask for no scope: an empty set passes grants with exact scopes,
+    // with prefixes only, and with neither.
+    let policy = load(&format!(
+        r#"
+        [[grants]]
+        name = "exact"
+        credential = "a"
+        callers = [{{ cn = "app" }}]
+        scopes = ["{CP}"]
+
+        [[grants]]
+        name = "prefixes"
+        credential = "b"
+        callers = [{{ cn = "app" }}]
+        scope_prefixes = ["https://www.googleapis.com/auth/devstorage."]
+
+        [[grants]]
+        name = "none"
+        credential = "c"
+        callers = [{{ cn = "app" }}]
+        "#
+    ));
+    let none = ScopeSet::parse(Vec::<String>::new()).expect("empty");
+    for credential in ["a", "b", "c"] {
+        let credential = name(credential);
+        let decision = policy
+            .authorize(
+                &cn("app"),
+                &AccessRequest {
+                    credential: Some(&credential),
+                    ..AccessRequest::new(Rpc::GetAccessToken, &none)
+                },
+            )
+            .expect("allowed");
+        assert_eq!(decision.credential, credential);
+    }
+}
+
+#[test]
+fn the_closest_grant_is_named_across_the_new_stages() {
+    // Grants in the reverse order of how close they come, so that the stage, not the file
+    // order, decides.
+    let policy = load(&format!(
+        r#"
+        [[grants]]
+        name = "wrong-rpc"
+        credential = "c"
+        callers = [{{ cn = "app" }}]
+        scopes = ["{CP}"]
+
+        [[grants]]
+        name = "wrong-account"
+        credential = "c"
+        callers = [{{ cn = "app" }}]
+        rpcs = ["ImpersonateServiceAccount", "GenerateIdToken", "SignJwt"]
+        scopes = ["{CP}"]
+        service_accounts = ["{WRITER}"]
+        delegates = [["{HOP}"]]
+        audiences = ["{HELLO}"]
+
+        [[grants]]
+        name = "wrong-chain"
+        credential = "c"
+        callers = [{{ cn = "app" }}]
+        rpcs = ["ImpersonateServiceAccount", "GenerateIdToken", "SignJwt"]
+        scopes = ["{CP}"]
+        service_accounts = ["{READER}"]
+        audiences = ["{HELLO}"]
+
+        [[grants]]
+        name = "wrong-scope"
+        credential = "c"
+        callers = [{{ cn = "app" }}]
+        rpcs = ["ImpersonateServiceAccount"]
+        scopes = ["{BQ}"]
+        service_accounts = ["{READER}"]
+        delegates = [["{HOP}"]]
+
+        [[grants]]
+        name = "wrong-audience"
+        credential = "c"
+        callers = [{{ cn = "app" }}]
+        rpcs = ["GenerateIdToken"]
+        service_accounts = ["{READER}"]
+        delegates = [["{HOP}"]]
+        audience_prefixes = ["{API}/"]
+
+        [[grants]]
+        name = "wrong-claims"
+        credential = "c"
+        callers = [{{ cn = "app" }}]
+        rpcs = ["SignJwt"]
+        service_accounts = ["{READER}"]
+        delegates = [["{HOP}"]]
+        sign_jwt = {{ required_audiences = ["{API}"] }}
+        "#
+    ));
+    let c = name("c");
+    let hop = vec![HOP.to_owned()];
+    let cp = scopes(&[CP]);
+    let none = ScopeSet::parse(Vec::<String>::new()).expect("empty");
+    let victim = vec!["https://victim.example.com".to_owned()];
+    let ask = |request: AccessRequest<'_>| {
+        policy
+            .authorize(
+                &cn("app"),
+                &AccessRequest {
+                    credential: Some(&c),
+                    ..request
+                },
+            )
+            .expect_err("denied")
+    };
+    // The account, the chain and the scope of a grant that refuses the scope: scopes.
+    let denial = ask(AccessRequest {
+        service_account: Some(READER),
+        delegates: &hop,
+        ..AccessRequest::new(Rpc::ImpersonateServiceAccount, &cp)
+    });
+    assert_eq!(
+        (denial.grant.as_deref(), denial.rule_name()),
+        (Some("wrong-scope"), "scopes")
+    );
+    // Without the chain, wrong-chain (the account, direct impersonation, the scope) allows it.
+    assert!(
+        policy
+            .authorize(
+                &cn("app"),
+                &AccessRequest {
+                    credential: Some(&c),
+                    service_account: Some(READER),
+                    ..AccessRequest::new(Rpc::ImpersonateServiceAccount, &cp)
+                },
+            )
+            .is_ok()
+    );
+    // An unknown account: every grant that allows the RPC fails at the account; the first.
+    let denial = ask(AccessRequest {
+        service_account: Some(BATCH_A),
+        ..AccessRequest::new(Rpc::ImpersonateServiceAccount, &cp)
+    });
+    assert_eq!(
+        (denial.grant.as_deref(), denial.rule_name(), denial.value()),
+        (Some("wrong-account"), "service_accounts", Some(BATCH_A))
+    );
+    // A chain no grant allows for this account: wrong-chain and wrong-scope fail at the chain
+    // (later than wrong-account at the account); the first of them.
+    let other_chain = vec![BATCH_A.to_owned()];
+    let denial = ask(AccessRequest {
+        service_account: Some(READER),
+        delegates: &other_chain,
+        ..AccessRequest::new(Rpc::ImpersonateServiceAccount, &cp)
+    });
+    assert_eq!(
+        (denial.grant.as_deref(), denial.rule_name(), denial.value()),
+        (Some("wrong-chain"), "delegates", Some(BATCH_A))
+    );
+    // An ID token through the chain for an audience nobody allows: the audience stage.
+    let denial = ask(AccessRequest {
+        service_account: Some(READER),
+        delegates: &hop,
+        audience: Some(HELLO),
+        ..AccessRequest::new(Rpc::GenerateIdToken, &none)
+    });
+    assert_eq!(
+        (denial.grant.as_deref(), denial.rule_name(), denial.value()),
+        (Some("wrong-audience"), "audiences", Some(HELLO))
+    );
+    // Signing through the chain with a foreign aud: the claims stage, the latest.
+    let denial = ask(AccessRequest {
+        service_account: Some(READER),
+        delegates: &hop,
+        jwt_claims: Some(JwtClaims {
+            aud: &victim,
+            expires_in: Some(Duration::from_secs(60)),
+        }),
+        ..AccessRequest::new(Rpc::SignJwt, &none)
+    });
+    assert_eq!(
+        (denial.grant.as_deref(), denial.rule_name(), denial.value()),
+        (Some("wrong-claims"), "jwt_claims", Some("aud"))
+    );
+
+    // explain reports each grant's own failure.
+    let explanation = policy.explain(
+        &cn("app"),
+        &AccessRequest {
+            credential: Some(&c),
+            service_account: Some(READER),
+            delegates: &hop,
+            jwt_claims: Some(JwtClaims {
+                aud: &victim,
+                expires_in: None,
+            }),
+            ..AccessRequest::new(Rpc::SignJwt, &none)
+        },
+    );
+    let outcomes: Vec<(&str, &GrantOutcome)> = explanation
+        .grants
+        .iter()
+        .map(|check| (check.grant.as_str(), &check.outcome))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            (
+                "wrong-rpc",
+                &GrantOutcome::Denied(DenialRule::RpcNotAllowed { rpc: Rpc::SignJwt })
+            ),
+            (
+                "wrong-account",
+                &GrantOutcome::Denied(DenialRule::ServiceAccountNotAllowed {
+                    service_account: READER.to_owned()
+                })
+            ),
+            (
+                "wrong-chain",
+                &GrantOutcome::Denied(DenialRule::DelegatesNotAllowed {
+                    chain: HOP.to_owned()
+                })
+            ),
+            (
+                "wrong-scope",
+                &GrantOutcome::Denied(DenialRule::RpcNotAllowed { rpc: Rpc::SignJwt })
+            ),
+            (
+                "wrong-audience",
+                &GrantOutcome::Denied(DenialRule::RpcNotAllowed { rpc: Rpc::SignJwt })
+            ),
+            (
+                "wrong-claims",
+                &GrantOutcome::Denied(DenialRule::JwtAudienceNotAllowed)
+            ),
+        ]
+    );
+    let denial = explanation.result.expect_err("denied");
+    assert_eq!(denial.grant.as_deref(), Some("wrong-claims"));
+    assert_eq!(denial.rule, DenialRule::JwtAudienceNotAllowed);
+
+    // A grant without a sign_jwt table signs whatever the server accepted.
+    let open = load(&format!(
+        "[[grants]]\nname = \"open\"\ncredential = \"c\"\ncallers = [{{ cn = \"app\" }}]\nrpcs = [\"SignJwt\"]\nservice_accounts = [\"{READER}\"]\ndelegates = [[\"{HOP}\"]]"
+    ));
+    let explanation = open.explain(
+        &cn("app"),
+        &AccessRequest {
+            credential: Some(&c),
+            service_account: Some(READER),
+            delegates: &hop,
+            jwt_claims: Some(JwtClaims {
+                aud: &victim,
+                expires_in: None,
+            }),
+            ..AccessRequest::new(Rpc::SignJwt, &none)
+        },
+    );
+    assert_eq!(explanation.grants[0].outcome, GrantOutcome::Allowed);
+    assert_eq!(explanation.result.expect("allowed").grant, "open");
+}
+
+#[test]
+fn load_errors_name_their_place_for_the_new_keys() {
+    let grant = |extra: &str| {
+        format!(
+            "[[grants]]\nname = \"g\"\ncredential = \"c\"\ncallers = [{{ cn = \"x\" }}]\nrpcs = [\"ImpersonateServiceAccount\", \"GenerateIdToken\", \"SignJwt\"]\n{extra}\n"
+        )
+    };
+    let plain = |extra: &str| {
+        format!(
+            "[[grants]]\nname = \"p\"\ncredential = \"c\"\ncallers = [{{ cn = \"x\" }}]\n{extra}\n"
+        )
+    };
+    let sa = "a@my-project.iam.gserviceaccount.com";
+    let chain11 = (0..11)
+        .map(|i| format!("\"a{i}@my-project.iam.gserviceaccount.com\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let cases: Vec<(String, &str, &str)> = vec![
+        // service_accounts
+        (
+            grant("service_accounts = [\"deployer\"]"),
+            "grants[0].service_accounts[0]",
+            "not a service-account email",
+        ),
+        (
+            grant(&format!(
+                "service_accounts = [\"{sa}\", \"a b@my-project.iam.gserviceaccount.com\"]"
+            )),
+            "grants[0].service_accounts[1]",
+            "not a service-account email",
+        ),
+        (
+            grant("service_accounts = [\"a@\"]"),
+            "grants[0].service_accounts[0]",
+            "not a service-account email",
+        ),
+        (
+            grant("service_accounts = [\"a@localhost\"]"),
+            "grants[0].service_accounts[0]",
+            "not a service-account email",
+        ),
+        (
+            grant("service_accounts = [\"*@gmail.com\"]"),
+            "grants[0].service_accounts[0]",
+            "the only wildcard allowed is every service account of one project",
+        ),
+        (
+            grant("service_accounts = [\"a*@my-project.iam.gserviceaccount.com\"]"),
+            "grants[0].service_accounts[0]",
+            "the only wildcard allowed",
+        ),
+        (
+            grant("service_accounts = [\"*\"]"),
+            "grants[0].service_accounts[0]",
+            "the only wildcard allowed",
+        ),
+        (
+            grant("service_accounts = [\"*@*.iam.gserviceaccount.com\"]"),
+            "grants[0].service_accounts[0]",
+            "not a project id",
+        ),
+        (
+            grant("service_accounts = [\"*@proj.iam.gserviceaccount.com\"]"),
+            "grants[0].service_accounts[0]",
+            "not a project id",
+        ),
+        (
+            grant("service_accounts = [\"*@1project.iam.gserviceaccount.com\"]"),
+            "grants[0].service_accounts[0]",
+            "not a project id",
+        ),
+        (
+            grant("service_accounts = [\"*@my_project.iam.gserviceaccount.com\"]"),
+            "grants[0].service_accounts[0]",
+            "not a project id",
+        ),
+        (
+            grant(&format!(
+                "service_accounts = [\"*@a{}.iam.gserviceaccount.com\"]",
+                "b".repeat(30)
+            )),
+            "grants[0].service_accounts[0]",
+            "not a project id",
+        ),
+        (
+            grant("service_accounts = \"a@my-project.iam.gserviceaccount.com\""),
+            "grants[0].service_accounts",
+            "invalid type",
+        ),
+        (
+            format!("{}{}", plain(""), grant("service_accounts = [\"nope\"]")),
+            "grants[1].service_accounts[0]",
+            "not a service-account email",
+        ),
+        // delegates
+        (
+            grant(&format!("delegates = [[\"{sa}\"], []]")),
+            "grants[0].delegates[1]",
+            "an empty chain",
+        ),
+        (
+            grant(&format!("delegates = [[\"{sa}\", \"\"]]")),
+            "grants[0].delegates[0][1]",
+            "not a service-account email",
+        ),
+        (
+            grant(&format!(
+                "delegates = [[\"{sa}\"], [\"{sa}\", \"*@example.com\"]]"
+            )),
+            "grants[0].delegates[1][1]",
+            "the only wildcard allowed",
+        ),
+        (
+            grant("delegates = [[\"deployer\"]]"),
+            "grants[0].delegates[0][0]",
+            "not a service-account email",
+        ),
+        (
+            grant(&format!(
+                "delegates = [[\"{sa}\", \"A@My-Project.iam.gserviceaccount.com\"]]"
+            )),
+            "grants[0].delegates[0][1]",
+            "is already delegates[0][0]",
+        ),
+        (
+            grant(&format!("delegates = [[{chain11}]]")),
+            "grants[0].delegates[0]",
+            "at most 10 delegates",
+        ),
+        (
+            grant(&format!("delegates = [\"{sa}\"]")),
+            "grants[0].delegates[0]",
+            "invalid type",
+        ),
+        (
+            grant(&format!("delegates = [[\"{sa}\", 7]]")),
+            "grants[0].delegates[0][1]",
+            "invalid type",
+        ),
+        // audiences and prefixes
+        (
+            grant("audiences = [\"\"]"),
+            "grants[0].audiences[0]",
+            "not an audience",
+        ),
+        (
+            grant("audiences = [\"https://a.example.com\", \"https://b.example.com/a b\"]"),
+            "grants[0].audiences[1]",
+            "not an audience",
+        ),
+        (
+            grant(&format!("audiences = [\"https://x/{}\"]", "a".repeat(2048))),
+            "grants[0].audiences[0]",
+            "not an audience",
+        ),
+        (
+            grant("audience_prefixes = [\"https://example.com\"]"),
+            "grants[0].audience_prefixes[0]",
+            "would also match https://example.com.evil.net",
+        ),
+        (
+            grant("audience_prefixes = [\"https://example.com/api\"]"),
+            "grants[0].audience_prefixes[0]",
+            "ending with '/'",
+        ),
+        (
+            grant("audience_prefixes = [\"https://\", \"https:/\"]"),
+            "grants[0].audience_prefixes[1]",
+            "audience prefix must be",
+        ),
+        (
+            grant("audience_prefixes = [\"/\"]"),
+            "grants[0].audience_prefixes[0]",
+            "audience prefix must be",
+        ),
+        (
+            grant("audience_prefixes = [\"example.com/\"]"),
+            "grants[0].audience_prefixes[0]",
+            "audience prefix must be",
+        ),
+        (
+            grant("audience_prefixes = [\"HTTPS://\"]"),
+            "grants[0].audience_prefixes[0]",
+            "audience prefix must be",
+        ),
+        (
+            grant("audience_prefixes = [\"https:///\"]"),
+            "grants[0].audience_prefixes[0]",
+            "audience prefix must be",
+        ),
+        (
+            grant("audience_prefixes = [\"https ://x/\"]"),
+            "grants[0].audience_prefixes[0]",
+            "not an audience",
+        ),
+        // sign_jwt
+        (
+            grant("[grants.sign_jwt]"),
+            "grants[0].sign_jwt",
+            "set required_audiences, max_expiry or both",
+        ),
+        (
+            grant("[grants.sign_jwt]\nrequired_audiences = []"),
+            "grants[0].sign_jwt.required_audiences",
+            "at least one audience",
+        ),
+        (
+            grant("[grants.sign_jwt]\nrequired_audiences = [\"https://a\", \"a b\"]"),
+            "grants[0].sign_jwt.required_audiences[1]",
+            "not an audience",
+        ),
+        (
+            grant("[grants.sign_jwt]\nmax_expiry = \"a fortnight\""),
+            "grants[0].sign_jwt.max_expiry",
+            "not a duration",
+        ),
+        (
+            grant("[grants.sign_jwt]\nmax_expiry = \"13h\""),
+            "grants[0].sign_jwt.max_expiry",
+            "from 1s to 12h",
+        ),
+        (
+            grant("[grants.sign_jwt]\nmax_expiry = \"0s\""),
+            "grants[0].sign_jwt.max_expiry",
+            "from 1s to 12h",
+        ),
+        (
+            grant("[grants.sign_jwt]\nmax_expiry = \"1500ms\""),
+            "grants[0].sign_jwt.max_expiry",
+            "whole seconds",
+        ),
+        (
+            grant("[grants.sign_jwt]\nmax_expiry = 900"),
+            "grants[0].sign_jwt.max_expiry",
+            "invalid type",
+        ),
+        (
+            grant("[grants.sign_jwt]\nmax_exp = \"15m\""),
+            "grants[0].sign_jwt.max_exp",
+            "unknown field `max_exp`",
+        ),
+        // keys no allowed RPC reads
+        (
+            plain(&format!("service_accounts = [\"{sa}\"]")),
+            "grants[0].service_accounts",
+            "has no effect",
+        ),
+        (
+            plain(&format!("delegates = [[\"{sa}\"]]")),
+            "grants[0].delegates",
+            "has no effect",
+        ),
+        (
+            plain("rpcs = [\"SignJwt\"]\naudiences = [\"https://a.example.com\"]"),
+            "grants[0].audiences",
+            "GenerateIdToken",
+        ),
+        (
+            plain("rpcs = [\"SignJwt\"]\naudience_prefixes = [\"https://\"]"),
+            "grants[0].audience_prefixes",
+            "GenerateIdToken",
+        ),
+        (
+            plain("rpcs = [\"SignBlob\"]\nsign_jwt = { max_expiry = \"5m\" }"),
+            "grants[0].sign_jwt",
+            "has no effect",
+        ),
+        (
+            plain(
+                "rpcs = [\"SignJwt\", \"SignBlob\"]\nservice_accounts = [\"s@p.iam.gserviceaccount.com\"]\nsign_jwt = { max_expiry = \"5m\" }",
+            ),
+            "grants[0].sign_jwt",
+            "SignBlob",
+        ),
+        (
+            plain(
+                "rpcs = [\"GetAccessToken\", \"GenerateIdToken\"]\naudience_prefixes = [\"https://\"]\naccess_boundary = { rules = [{ available_resource = \"//storage.googleapis.com/projects/_/buckets/b\", available_permissions = [\"inRole:roles/storage.objectViewer\"] }] }",
+            ),
+            "grants[0].access_boundary",
+            "GenerateIdToken",
+        ),
+    ];
+    for (text, path, message) in cases {
+        let error = Policy::from_toml_str(&text).expect_err(&text);
+        assert_eq!(error.path(), path, "{text}\n=> {error}");
+        assert!(error.message().contains(message), "{text}\n=> {error}");
+        assert!(error.to_string().starts_with("policy: "), "{error}");
+    }
+    // The good forms load.
+    for good in [
+        "audience_prefixes = [\"https://\", \"https://api.example.com/\", \"https://api.example.com:8443/v1/\", \"grpc+tls://svc/\"]",
+        "service_accounts = [\"*@abcdef.iam.gserviceaccount.com\", \"p-123@appspot.gserviceaccount.com\", \"123-compute@developer.gserviceaccount.com\"]",
+        "delegates = [[\"*@my-project.iam.gserviceaccount.com\", \"*@my-project.iam.gserviceaccount.com\"]]",
+        "[grants.sign_jwt]\nmax_expiry = \"1s\"",
+        "[grants.sign_jwt]\nmax_expiry = \"12h\"",
+    ] {
+        if let Err(error) = Policy::from_toml_str(&grant(good)) {
+            panic!("{good}: {error}");
+        }
+    }
+}
+
+#[test]
+fn new_keys_are_normalized() {
+    let policy = load(&format!(
+        r#"
+        [[grants]]
+        name = "g"
+        credential = "c"
+        callers = [{{ cn = "a" }}]
+        rpcs = ["GenerateIdToken"]
+        service_accounts = ["Writer@Dev-Project.iam.gserviceaccount.com", "*@Batch-Project.iam.gserviceaccount.com", "{READER}", "writer@dev-project.iam.gserviceaccount.com"]
+        delegates = [["{HOP}"], ["HOP@dev-project.iam.gserviceaccount.com"], ["{HOP}", "{READER}"]]
+        audiences = ["{OTHER_API}", "{API}", "{OTHER_API}"]
+        audience_prefixes = ["https://"]
+        "#
+    ));
+    let grant = policy.grant("g").expect("grant");
+    assert_eq!(
+        grant.service_accounts(),
+        [
+            ServiceAccountPattern::Email(READER.to_owned()),
+            ServiceAccountPattern::Email(WRITER.to_owned()),
+            ServiceAccountPattern::Project("batch-project".to_owned()),
+        ]
+    );
+    assert_eq!(
+        grant.service_accounts()[2].to_string(),
+        "*@batch-project.iam.gserviceaccount.com"
+    );
+    assert_eq!(
+        grant.delegates(),
+        [
+            vec![ServiceAccountPattern::Email(HOP.to_owned())],
+            vec![
+                ServiceAccountPattern::Email(HOP.to_owned()),
+                ServiceAccountPattern::Email(READER.to_owned())
+            ],
+        ]
+    );
+    assert_eq!(grant.audiences(), [API, OTHER_API]);
+    assert_eq!(grant.audience_prefixes(), ["https://"]);
+    assert_eq!(grant.sign_jwt(), None);
+    // A grant without the new keys allows none of them.
+    let plain = load("[[grants]]\nname = \"p\"\ncredential = \"c\"\ncallers = [{ cn = \"a\" }]");
+    let plain = plain.grant("p").expect("grant");
+    assert!(plain.service_accounts().is_empty());
+    assert!(plain.delegates().is_empty());
+    assert!(plain.audiences().is_empty() && plain.audience_prefixes().is_empty());
+    assert!(!plain.allows_service_account(READER));
+    assert!(!plain.allows_audience(API));
 }

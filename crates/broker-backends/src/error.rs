@@ -4,22 +4,25 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use broker_core::SourceError;
+
 /// Why a backend could not be built from its configuration. Messages say which file and field
 /// are at fault and never contain key material.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum BackendError {
-    /// The key file could not be read.
-    #[error("cannot read key file {path}: {source}")]
+    /// The credential file could not be read.
+    #[error("cannot read credential file {path}: {source}")]
     ReadKeyFile {
         /// The file.
         path: PathBuf,
         /// The I/O error.
         source: Arc<std::io::Error>,
     },
-    /// The key file is not JSON. Only the position is reported: the text may be key material.
+    /// The credential file is not JSON. Only the position is reported: the text may be key
+    /// material.
     #[error(
-        "key file {origin} is not valid JSON ({category} error at line {line}, column {column})"
+        "credential file {origin} is not valid JSON ({category} error at line {line}, column {column})"
     )]
     KeyFileSyntax {
         /// Where the key came from (a path, or a description).
@@ -31,8 +34,8 @@ pub enum BackendError {
         /// 1-based column.
         column: usize,
     },
-    /// A field of the key file is missing or has the wrong type.
-    #[error("key file {origin}: field `{field}` {problem}")]
+    /// A field of the credential file is missing or has the wrong type.
+    #[error("credential file {origin}: field `{field}` {problem}")]
     KeyFileField {
         /// Where the key came from.
         origin: String,
@@ -41,12 +44,23 @@ pub enum BackendError {
         /// What is wrong with it.
         problem: String,
     },
-    /// The key file is another kind of credential.
-    #[error("key file {origin}: `type` is {found:?}, expected \"service_account\"")]
+    /// The credential file is another kind of credential than the one expected.
+    #[error("credential file {origin}: `type` is {found:?}, expected {expected}")]
     WrongKeyType {
-        /// Where the key came from.
+        /// Where the credential came from.
         origin: String,
         /// The `type` found (a credential type name, never key material).
+        found: String,
+        /// What was expected, such as `"service_account"`.
+        expected: &'static str,
+    },
+    /// The credential file is of a kind Google defines but the broker does not support yet
+    /// (`external_account`, ...).
+    #[error("credential file {origin}: credentials of type {found:?} are not supported yet")]
+    UnsupportedCredentialType {
+        /// Where the credential came from.
+        origin: String,
+        /// The `type` found.
         found: String,
     },
     /// `private_key` is not a usable RSA private key.
@@ -70,4 +84,47 @@ pub enum BackendError {
     /// The HTTP client could not be built (e.g. TLS initialisation failed).
     #[error("cannot build the HTTP client: {0}")]
     HttpClient(String),
+    /// A service account named in the configuration or a credential file is neither an email
+    /// nor a numeric unique id.
+    #[error("`{field}`: {value:?} is not a service-account email or unique id")]
+    InvalidServiceAccount {
+        /// The field, such as `target_service_account` or `delegates`.
+        field: &'static str,
+        /// The value (cut to 300 characters).
+        value: String,
+    },
+    /// An environment variable the backend reads has an unusable value.
+    #[error("environment variable {name} = {value:?} is invalid: {reason}")]
+    InvalidEnvironment {
+        /// The variable.
+        name: &'static str,
+        /// Its value (a host or a path, never a secret).
+        value: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Building the backend needed an answer from Google that did not come: the email of the
+    /// metadata server's account or of an authorized user. [`BackendError::is_transient`] says
+    /// whether trying again later may help.
+    #[error("cannot discover {what}: {source}")]
+    Discovery {
+        /// What was being discovered, such as `the email of the metadata server's account "default"`.
+        what: String,
+        /// Why it failed.
+        source: SourceError,
+    },
+    /// Application Default Credentials found nothing.
+    #[error("no Application Default Credentials found; tried: {tried}")]
+    NoDefaultCredentials {
+        /// What was tried, in order, and why each failed.
+        tried: String,
+    },
+}
+
+impl BackendError {
+    /// Whether building the backend again later may succeed: a discovery that failed on a
+    /// transient upstream error. Everything else is a configuration error.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Discovery { source, .. } if source.is_transient())
+    }
 }

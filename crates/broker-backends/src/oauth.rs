@@ -36,6 +36,18 @@ pub(crate) struct TokenResponse {
     pub(crate) expires_in: Option<Duration>,
     /// `issued_token_type` (STS), when present.
     pub(crate) issued_token_type: Option<String>,
+    /// `id_token` (a refresh grant that was granted `openid`), when present.
+    pub(crate) id_token: Option<Secret>,
+}
+
+/// A successful answer of the JWT-bearer grant for an ID token. `Debug` shows the token's
+/// fingerprint only.
+#[derive(Debug)]
+pub(crate) struct IdTokenResponse {
+    /// The host that answered, for errors about the answer.
+    pub(crate) upstream: String,
+    /// `id_token`: the JWT.
+    pub(crate) id_token: Secret,
 }
 
 /// A permanent failure of an OAuth endpoint, as a flow's classification sees it. The strings
@@ -105,7 +117,8 @@ pub(crate) fn is_transient_status(status: StatusCode) -> bool {
         || status == StatusCode::TOO_MANY_REQUESTS
 }
 
-/// Interprets a response of an OAuth-style endpoint (`what` names it in messages).
+/// Interprets a response of an OAuth-style endpoint (`what` names it in messages) whose
+/// success is an access token (`{"access_token", "expires_in", ...}`).
 ///
 /// - 2xx: the token response, or [`SourceError::Malformed`] in words of our own (the body
 ///   may hold a token and is never quoted).
@@ -121,6 +134,27 @@ pub(crate) fn interpret(
     what: &str,
     classify: impl Fn(&OAuthError<'_>) -> Verdict,
 ) -> Attempt<TokenResponse> {
+    interpret_with(response, what, classify, parse_success)
+}
+
+/// [`interpret`] for a grant whose success is an ID token alone (`{"id_token": ...}`: the
+/// JWT-bearer grant with `target_audience`, google-protocols.md §1.4).
+pub(crate) fn interpret_id_token(
+    response: HttpResponse,
+    what: &str,
+    classify: impl Fn(&OAuthError<'_>) -> Verdict,
+) -> Attempt<IdTokenResponse> {
+    interpret_with(response, what, classify, parse_id_token_success)
+}
+
+/// [`interpret`] with the success read by `parse`, which describes a problem in words of its
+/// own.
+fn interpret_with<T>(
+    response: HttpResponse,
+    what: &str,
+    classify: impl Fn(&OAuthError<'_>) -> Verdict,
+    parse: impl Fn(&[u8], &str) -> Result<T, &'static str>,
+) -> Attempt<T> {
     let HttpResponse {
         upstream,
         status,
@@ -128,7 +162,7 @@ pub(crate) fn interpret(
         ..
     } = response;
     if status.is_success() {
-        return match parse_success(&body, &upstream) {
+        return match parse(&body, &upstream) {
             Ok(token) => Attempt::Done(token),
             Err(problem) => Attempt::Fail(SourceError::Malformed {
                 upstream,
@@ -183,9 +217,22 @@ pub(crate) fn interpret(
     })))
 }
 
+/// Reads `{"id_token": ...}`. Problems are described in words of our own.
+fn parse_id_token_success(body: &[u8], upstream: &str) -> Result<IdTokenResponse, &'static str> {
+    let body: Value = serde_json::from_slice(body).map_err(|_| "with a body that is not JSON")?;
+    match body.get("id_token") {
+        Some(Value::String(token)) if !token.is_empty() => Ok(IdTokenResponse {
+            upstream: upstream.to_owned(),
+            id_token: Secret::new(token.as_str()),
+        }),
+        Some(_) => Err("with an id_token that is not a non-empty string"),
+        None => Err("without an id_token"),
+    }
+}
+
 /// Reads `{"access_token", "expires_in", "token_type", ...}`. Problems are described in words
 /// of our own: serde's messages may quote values, and a value here may be a token.
-fn parse_success(body: &[u8], upstream: &str) -> Result<TokenResponse, &'static str> {
+pub(crate) fn parse_success(body: &[u8], upstream: &str) -> Result<TokenResponse, &'static str> {
     let body: Value = serde_json::from_slice(body).map_err(|_| "with a body that is not JSON")?;
     let object = body
         .as_object()
@@ -212,11 +259,17 @@ fn parse_success(body: &[u8], upstream: &str) -> Result<TokenResponse, &'static 
         .get("issued_token_type")
         .and_then(Value::as_str)
         .map(str::to_owned);
+    let id_token = match object.get("id_token") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(token)) if !token.is_empty() => Some(Secret::new(token.as_str())),
+        Some(_) => return Err("with an id_token that is not a non-empty string"),
+    };
     Ok(TokenResponse {
         upstream: upstream.to_owned(),
         access_token,
         expires_in,
         issued_token_type,
+        id_token,
     })
 }
 

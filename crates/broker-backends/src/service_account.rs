@@ -1,6 +1,8 @@
 //! Service-account keys: the RFC 7523 JWT-bearer grant at Google's OAuth 2.0 token endpoint
-//! (google-protocols.md §1.2, §1.4, §1.5; key file format §2.1), with optional domain-wide
-//! delegation and optional downscoping through STS (§4.5).
+//! (google-protocols.md §1.2, §1.4, §1.5; key file format §2.1), for access tokens, with
+//! optional domain-wide delegation and optional downscoping through STS (§4.5), and for ID
+//! tokens (`target_audience`). The grant itself is shared with keyless domain-wide
+//! delegation, whose assertion IAM `signJwt` signs ([`crate::ImpersonatedSource`]).
 //!
 //! See <https://developers.google.com/identity/protocols/oauth2/service-account#httprest> and
 //! <https://www.rfc-editor.org/rfc/rfc7523>.
@@ -11,17 +13,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use broker_core::{
-    Clock, Rejection, SourceError, SourceFuture, SystemClock, Token, TokenRequest, TokenSource,
+    Capabilities, Clock, IdTokenRequest, Rejection, SourceError, SourceFuture, SystemClock, Token,
+    TokenRequest, TokenSource,
 };
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
+use crate::credential_file::{self, field_error};
 use crate::endpoints::GOOGLE_TOKEN_URL;
 use crate::http::HttpClient;
 use crate::jws::Rs256Signer;
 use crate::oauth::{self, OAuthError, Verdict};
-use crate::{BackendError, GoogleEndpoints, sts};
+use crate::{BackendError, GoogleEndpoints, checks, id_token, sts};
 
 /// The JWT-bearer grant type.
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
@@ -71,12 +75,7 @@ impl ServiceAccountKey {
     /// [`BackendError::ReadKeyFile`], or a parse error naming the file and field.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, BackendError> {
         let path = path.as_ref();
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
-            BackendError::ReadKeyFile {
-                path: path.to_path_buf(),
-                source: Arc::new(source),
-            }
-        })?);
+        let text = credential_file::read(path)?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -86,57 +85,34 @@ impl ServiceAccountKey {
     ///
     /// [`BackendError`] naming `origin` and the field at fault; never quoting the key.
     pub fn parse(json: &str, origin: &str) -> Result<Self, BackendError> {
-        let value: Value = serde_json::from_str(json).map_err(|e| BackendError::KeyFileSyntax {
-            origin: origin.to_owned(),
-            category: match e.classify() {
-                serde_json::error::Category::Io => "io",
-                serde_json::error::Category::Syntax => "syntax",
-                serde_json::error::Category::Data => "data",
-                serde_json::error::Category::Eof => "eof",
-            },
-            line: e.line(),
-            column: e.column(),
-        })?;
-        let Value::Object(mut object) = value else {
-            return Err(field_error(
-                origin,
-                "type",
-                "is missing: the file is not a JSON object",
-            ));
-        };
+        let value = credential_file::parse_json(json, origin)?;
+        Self::from_object(credential_file::into_object(value, origin)?, origin)
+    }
+
+    /// Parses a key held as a JSON object (a file, or the `source_credentials` of another).
+    pub(crate) fn from_object(
+        mut object: Map<String, Value>,
+        origin: &str,
+    ) -> Result<Self, BackendError> {
         // Moved, not copied, into zeroizing storage before anything else can fail.
         let private_key = match object.remove("private_key") {
             Some(Value::String(pem)) => Some(Zeroizing::new(pem)),
             Some(_) => return Err(field_error(origin, "private_key", "must be a string")),
             None => None,
         };
-        let mut text = |field: &'static str| match object.remove(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s)),
-            Some(_) => Err(field_error(origin, field, "must be a string")),
-        };
-        let kind = text("type")?;
+        let kind = credential_file::credential_type(&object, origin)?;
+        if kind != "service_account" {
+            return Err(credential_file::unsupported_type(
+                origin,
+                kind,
+                "\"service_account\"",
+            ));
+        }
+        let mut text = |field| credential_file::take_string(&mut object, field, origin);
         let client_email = text("client_email")?;
         let private_key_id = text("private_key_id")?.filter(|id| !id.is_empty());
         let token_uri = text("token_uri")?;
         let project_id = text("project_id")?;
-
-        match kind.as_deref() {
-            Some("service_account") => {}
-            Some(other) => {
-                return Err(BackendError::WrongKeyType {
-                    origin: origin.to_owned(),
-                    found: printable_type(other),
-                });
-            }
-            None => {
-                return Err(field_error(
-                    origin,
-                    "type",
-                    "is missing (expected \"service_account\")",
-                ));
-            }
-        }
         let client_email = client_email
             .filter(|e| !e.is_empty())
             .ok_or_else(|| field_error(origin, "client_email", "is missing or empty"))?;
@@ -174,41 +150,67 @@ impl ServiceAccountKey {
     }
 }
 
-fn field_error(origin: &str, field: &'static str, problem: &str) -> BackendError {
-    BackendError::KeyFileField {
-        origin: origin.to_owned(),
-        field,
-        problem: problem.to_owned(),
-    }
-}
-
-/// A credential type name is short and plain; anything else is not echoed.
-fn printable_type(found: &str) -> String {
-    if found.len() <= 64
-        && found
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
-        found.to_owned()
-    } else {
-        "(an unrecognised value)".to_owned()
-    }
-}
-
-/// The JWT-bearer assertion's claims.
+/// The claims of a JWT-bearer assertion (google-protocols.md §1.2), signed with a key here or
+/// by IAM `signJwt` for keyless domain-wide delegation.
 #[derive(Serialize)]
-struct Claims<'a> {
+pub(crate) struct Claims<'a> {
     iss: &'a str,
-    scope: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
     aud: &'a str,
     iat: u64,
     exp: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     sub: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target_audience: Option<&'a str>,
+}
+
+impl<'a> Claims<'a> {
+    /// The claims by which `account` asks, at `now`, for an access token for `request`'s
+    /// scopes, acting for its subject if it names one.
+    pub(crate) fn access_token(
+        account: &'a str,
+        request: &'a TokenRequest,
+        now: SystemTime,
+    ) -> Self {
+        let iat = unix_seconds(now);
+        Self {
+            iss: account,
+            scope: Some(request.scopes.joined()),
+            aud: ASSERTION_AUDIENCE,
+            iat,
+            exp: iat + ASSERTION_LIFETIME_SECS,
+            sub: request.subject.as_deref(),
+            target_audience: None,
+        }
+    }
+
+    /// The claims by which `account` asks, at `now`, for an ID token for `audience`.
+    fn id_token(account: &'a str, audience: &'a str, now: SystemTime) -> Self {
+        let iat = unix_seconds(now);
+        Self {
+            iss: account,
+            scope: None,
+            aud: ASSERTION_AUDIENCE,
+            iat,
+            exp: iat + ASSERTION_LIFETIME_SECS,
+            sub: None,
+            target_audience: Some(audience),
+        }
+    }
+}
+
+/// Seconds since the Unix epoch (0 for a clock before it).
+fn unix_seconds(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// A [`TokenSource`] holding a service-account key: it signs an RS256 JWT-bearer assertion and
-/// exchanges it at the token endpoint.
+/// exchanges it at the token endpoint. Its kind is `service_account`; it can act for Workspace
+/// users (domain-wide delegation), mint ID tokens and be downscoped, but not choose a lifetime.
 ///
 /// The token is requested from [`GoogleEndpoints::token_url`], **not** from the key file's
 /// `token_uri`: which Google (or emulator) the broker talks to is the broker's configuration,
@@ -222,13 +224,17 @@ struct Claims<'a> {
 /// errors name the STS host); a boundary that fails [`broker_core::AccessBoundary::validate`]
 /// is [`SourceError::InvalidRequest`] (field `access_boundary`) before anything is minted.
 ///
+/// [`TokenSource::fetch_id_token`] sends the same grant with a `target_audience` claim instead
+/// of `scope` (§1.2) and gets `{"id_token": ...}` back; the token always carries `email`
+/// (whatever `include_email` says) and expires at its `exp` claim.
+///
 /// The token endpoint's permanent refusals are [`SourceError::Rejected`], classified:
 ///
 /// | `error` | rejection | field |
 /// |---|---|---|
 /// | `invalid_grant`, with a subject and a description naming the "email or user id" | `InvalidArgument` | `subject` |
 /// | `invalid_grant` otherwise (bad or deleted key, disabled or unknown account, clock skew) | `CredentialRejected` | |
-/// | `invalid_scope` | `InvalidArgument` | `scopes` |
+/// | `invalid_scope` | `InvalidArgument` | `scopes` (`audience` for an ID token) |
 /// | `unauthorized_client` (DWD not authorized), `access_denied`, `admin_policy_enforced`, `org_internal` | `PermissionDenied` | |
 /// | `invalid_client`, `disabled_client` | `CredentialRejected` | |
 /// | any other code (`invalid_request`, `unsupported_grant_type`, ...), or no OAuth error body: by HTTP status, 401 / 403 / 404 / other 4xx | `CredentialRejected` / `PermissionDenied` / `NotFound` / `Other` | |
@@ -304,25 +310,9 @@ impl ServiceAccountSource {
         self.key_id.as_deref()
     }
 
-    /// Signs the assertion for `request` at `now`.
-    fn assertion(
-        &self,
-        request: &TokenRequest,
-        now: SystemTime,
-    ) -> Result<Zeroizing<String>, SourceError> {
-        let iat = now
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let claims = Claims {
-            iss: &self.email,
-            scope: request.scopes.joined(),
-            aud: ASSERTION_AUDIENCE,
-            iat,
-            exp: iat + ASSERTION_LIFETIME_SECS,
-            sub: request.subject.as_deref(),
-        };
-        self.signer.sign(&claims).map_err(|e| {
+    /// Signs an assertion.
+    fn sign(&self, claims: &Claims<'_>) -> Result<Zeroizing<String>, SourceError> {
+        self.signer.sign(claims).map_err(|e| {
             SourceError::Internal(format!("cannot sign the assertion of {}: {e}", self.email))
         })
     }
@@ -332,92 +322,135 @@ impl ServiceAccountSource {
         request: &TokenRequest,
         deadline: Option<Instant>,
     ) -> Result<Token, SourceError> {
-        if let Some(lifetime) = request.lifetime
-            && lifetime > MAX_TOKEN_LIFETIME
-        {
-            return Err(SourceError::Unsupported {
-                flow: "extended_lifetime",
-                message: format!(
-                    "a service-account key gives tokens of at most {} s; {} s were asked for",
-                    MAX_TOKEN_LIFETIME.as_secs(),
-                    lifetime.as_secs()
-                ),
-            });
-        }
-        if let Some(boundary) = &request.boundary {
-            // Checked before the token is minted, so a boundary STS would refuse costs no call.
-            boundary
-                .validate()
-                .map_err(|e| SourceError::InvalidRequest {
-                    field: "access_boundary".to_owned(),
-                    message: e.to_string(),
-                })?;
-        }
+        checks::lifetime_at_most(request, MAX_TOKEN_LIFETIME, "a service-account key")?;
+        checks::valid_boundary(request)?;
         let issued_at = self.clock.now();
-        let assertion = self.assertion(request, issued_at)?;
+        let assertion = self.sign(&Claims::access_token(&self.email, request, issued_at))?;
+        let token = exchange_assertion(
+            &self.http,
+            &self.endpoints.token_url,
+            &assertion,
+            &self.email,
+            request,
+            issued_at,
+            deadline,
+        )
+        .await?;
+        drop(assertion);
+        sts::apply_boundary(
+            &self.http,
+            &self.endpoints,
+            self.clock.as_ref(),
+            token,
+            request.boundary.as_ref(),
+            deadline,
+        )
+        .await
+    }
+
+    async fn fetch_id(
+        &self,
+        request: &IdTokenRequest,
+        deadline: Option<Instant>,
+    ) -> Result<Token, SourceError> {
+        let assertion = self.sign(&Claims::id_token(
+            &self.email,
+            &request.audience,
+            self.clock.now(),
+        ))?;
         let token_url = self.endpoints.token_url.as_str();
-        let with_subject = request.subject.is_some();
         let response = self
             .http
             .send_with_retry(
                 "oauth2.token",
                 deadline,
-                |client| {
-                    client.post(token_url).form(&[
-                        ("grant_type", JWT_BEARER),
-                        ("assertion", assertion.as_str()),
-                    ])
-                },
+                |client| jwt_bearer_form(client, token_url, &assertion),
                 |response| {
-                    oauth::interpret(response, "token endpoint", |error| {
-                        classify(error, with_subject)
+                    oauth::interpret_id_token(response, "token endpoint", |error| {
+                        classify(error, false, "audience")
                     })
                 },
             )
             .await?;
         drop(assertion);
-        let expires_in = response.expires_in.ok_or_else(|| SourceError::Malformed {
-            upstream: response.upstream.clone(),
-            message: "token endpoint answered HTTP 200 without expires_in".to_owned(),
-        })?;
-        let principal: Arc<str> = match &request.subject {
-            Some(subject) => subject.as_str().into(),
-            None => self.email.as_str().into(),
-        };
-        let token = Token {
-            secret: response.access_token,
-            // expires_in is capped at 12 hours, so this cannot overflow in practice; an
-            // overflow would mean a clock at the end of time, and then the token is expired.
-            expires_at: issued_at.checked_add(expires_in).unwrap_or(issued_at),
-            scopes: request.scopes.clone(),
-            principal,
-        };
-        tracing::debug!(
-            principal = %token.principal,
-            token = %token.secret.fingerprint(),
-            expires_in_s = expires_in.as_secs(),
-            "service-account token minted"
-        );
-        match &request.boundary {
-            Some(boundary) => {
-                sts::downscope(
-                    &self.http,
-                    &self.endpoints,
-                    self.clock.as_ref(),
-                    &token,
-                    boundary,
-                    deadline,
-                )
-                .await
-            }
-            None => Ok(token),
-        }
+        id_token::token(
+            response.id_token,
+            self.email.as_str().into(),
+            &response.upstream,
+            "token endpoint",
+        )
     }
 }
 
+/// The JWT-bearer grant's form.
+fn jwt_bearer_form(
+    client: &reqwest::Client,
+    token_url: &str,
+    assertion: &str,
+) -> reqwest::RequestBuilder {
+    client
+        .post(token_url)
+        .form(&[("grant_type", JWT_BEARER), ("assertion", assertion)])
+}
+
+/// Exchanges a signed JWT-bearer `assertion` of `account`, made at `issued_at` for `request`,
+/// at `token_url` for an access token (not downscoped yet). The token's principal is the
+/// request's subject, or `account` without one; it expires `expires_in` after `issued_at`.
+/// Refusals are classified as the table on [`ServiceAccountSource`] says. Shared by the
+/// key flow and the keyless domain-wide delegation of impersonation, whose assertion IAM
+/// `signJwt` signed.
+pub(crate) async fn exchange_assertion(
+    http: &HttpClient,
+    token_url: &str,
+    assertion: &str,
+    account: &str,
+    request: &TokenRequest,
+    issued_at: SystemTime,
+    deadline: Option<Instant>,
+) -> Result<Token, SourceError> {
+    let with_subject = request.subject.is_some();
+    let response = http
+        .send_with_retry(
+            "oauth2.token",
+            deadline,
+            |client| jwt_bearer_form(client, token_url, assertion),
+            |response| {
+                oauth::interpret(response, "token endpoint", |error| {
+                    classify(error, with_subject, "scopes")
+                })
+            },
+        )
+        .await?;
+    let expires_in = response.expires_in.ok_or_else(|| SourceError::Malformed {
+        upstream: response.upstream.clone(),
+        message: "token endpoint answered HTTP 200 without expires_in".to_owned(),
+    })?;
+    let principal: Arc<str> = match &request.subject {
+        Some(subject) => subject.as_str().into(),
+        None => account.into(),
+    };
+    let token = Token {
+        secret: response.access_token,
+        // expires_in is capped at 12 hours, so this cannot overflow in practice; an
+        // overflow would mean a clock at the end of time, and then the token is expired.
+        expires_at: issued_at.checked_add(expires_in).unwrap_or(issued_at),
+        scopes: request.scopes.clone(),
+        principal,
+    };
+    tracing::debug!(
+        principal = %token.principal,
+        token = %token.secret.fingerprint(),
+        expires_in_s = expires_in.as_secs(),
+        "JWT-bearer token minted"
+    );
+    Ok(token)
+}
+
 /// Whose fault the token endpoint's refusal of a JWT-bearer grant is (the table on
-/// [`ServiceAccountSource`]); `with_subject` says whether the assertion named a DWD subject.
-fn classify(error: &OAuthError<'_>, with_subject: bool) -> Verdict {
+/// [`ServiceAccountSource`]); `with_subject` says whether the assertion named a DWD subject,
+/// `scope_field` which request field an `invalid_scope` refuses (`scopes`, or `audience` for
+/// an ID token).
+fn classify(error: &OAuthError<'_>, with_subject: bool, scope_field: &'static str) -> Verdict {
     match error.error {
         Some("invalid_grant") if with_subject && error.description_mentions("email or user id") => {
             Verdict::invalid("subject")
@@ -425,7 +458,7 @@ fn classify(error: &OAuthError<'_>, with_subject: bool) -> Verdict {
         Some("invalid_grant" | "invalid_client" | "disabled_client") => {
             Verdict::of(Rejection::CredentialRejected)
         }
-        Some("invalid_scope") => Verdict::invalid("scopes"),
+        Some("invalid_scope") => Verdict::invalid(scope_field),
         Some(
             "unauthorized_client" | "access_denied" | "admin_policy_enforced" | "org_internal",
         ) => Verdict::of(Rejection::PermissionDenied),
@@ -438,12 +471,33 @@ impl TokenSource for ServiceAccountSource {
         &self.email
     }
 
+    fn kind(&self) -> &'static str {
+        "service_account"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            chooses_lifetime: false,
+            domain_wide_delegation: true,
+            id_tokens: true,
+            downscoping: true,
+        }
+    }
+
     fn fetch<'a>(
         &'a self,
         request: &'a TokenRequest,
         deadline: Option<Instant>,
     ) -> SourceFuture<'a> {
         Box::pin(self.fetch_token(request, deadline))
+    }
+
+    fn fetch_id_token<'a>(
+        &'a self,
+        request: &'a IdTokenRequest,
+        deadline: Option<Instant>,
+    ) -> SourceFuture<'a> {
+        Box::pin(self.fetch_id(request, deadline))
     }
 }
 
@@ -486,7 +540,9 @@ mod tests {
         ];
         for (status, code, description, with_subject, rejection, field) in cases {
             let body = serde_json::json!({"error": code, "error_description": description});
-            let got = rejection_with(status, &body.to_string(), |e| classify(e, with_subject));
+            let got = rejection_with(status, &body.to_string(), |e| {
+                classify(e, with_subject, "scopes")
+            });
             assert_eq!(
                 (
                     got.rejection,
@@ -507,7 +563,9 @@ mod tests {
             (409, Other),
         ] {
             for with_subject in [false, true] {
-                let got = rejection_with(status, "<html>no</html>", |e| classify(e, with_subject));
+                let got = rejection_with(status, "<html>no</html>", |e| {
+                    classify(e, with_subject, "scopes")
+                });
                 assert_eq!(
                     (got.rejection, got.field, got.error.as_str()),
                     (rejection, None, "unknown"),

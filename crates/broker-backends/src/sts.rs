@@ -118,6 +118,22 @@ pub async fn downscope(
     Ok(downscoped)
 }
 
+/// `token`, downscoped by `boundary` when there is one: the last step of every flow that
+/// mints access tokens.
+pub(crate) async fn apply_boundary(
+    http: &HttpClient,
+    endpoints: &GoogleEndpoints,
+    clock: &dyn Clock,
+    token: Token,
+    boundary: Option<&AccessBoundary>,
+    deadline: Option<Instant>,
+) -> Result<Token, SourceError> {
+    match boundary {
+        Some(boundary) => downscope(http, endpoints, clock, &token, boundary, deadline).await,
+        None => Ok(token),
+    }
+}
+
 /// Whose fault STS's refusal of a downscoping is (see [`downscope`]).
 fn classify(error: &OAuthError<'_>) -> Verdict {
     match error.error {

@@ -98,6 +98,7 @@
 //! Logs carry the key's credential, principal and scopes and the token's fingerprint, never the
 //! token.
 
+mod cached_source;
 mod config;
 mod entry;
 mod error;
@@ -115,12 +116,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use broker_core::{Clock, SourceError, Token, TokenKey, TokenRequest, TokenSource};
+use broker_core::{Clock, Fetch, SourceError, Token, TokenKey, TokenKind};
 use moka::Expiry;
 use moka::future::Cache;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 
+pub use cached_source::CachedSource;
 pub use config::CacheConfig;
 pub use error::CacheError;
 pub use metrics::CacheMetrics;
@@ -211,8 +213,7 @@ struct Flight {
 
 /// Everything a fetch needs.
 struct Job {
-    source: Arc<dyn TokenSource>,
-    request: TokenRequest,
+    fetch: Arc<dyn Fetch>,
     deadline: Option<Instant>,
     /// The entry the starter saw (the last known good token), if any.
     seen: Option<Arc<Entry>>,
@@ -292,8 +293,8 @@ impl TokenCache {
         }
     }
 
-    /// A token for `key`, from the cache or from `source` (asked for `request`, which must be
-    /// what `key` was made from), with at least `min_remaining` validity left where the source
+    /// A token for `key`, from the cache or from `fetch` (which must ask for what `key` was
+    /// made from), with at least `min_remaining` validity left where the source
     /// can give it (see the crate documentation). `deadline` bounds a fetch this call starts,
     /// which other callers may join: not the caller's own deadline, but how long the broker
     /// lets any call take. Callers bound their own wait.
@@ -303,14 +304,13 @@ impl TokenCache {
     pub async fn get(
         &self,
         key: TokenKey,
-        source: Arc<dyn TokenSource>,
-        request: TokenRequest,
+        fetch: Arc<dyn Fetch>,
         min_remaining: Duration,
         deadline: Option<Instant>,
     ) -> Result<CachedToken, CacheError> {
         let inner = &self.inner;
         let Some(store) = &inner.store else {
-            return inner.pass_through(&key, &*source, &request, deadline).await;
+            return inner.pass_through(&key, &*fetch, deadline).await;
         };
         let now = inner.clock.now();
         if let Some(error) = inner.remembered_failure(&key, now).await {
@@ -326,7 +326,7 @@ impl TokenCache {
             entry.observe(requirement);
             if entry.satisfies(now, requirement) {
                 if entry.is_due(now) {
-                    inner.refresh_in_background(&key, entry, &source, &request);
+                    inner.refresh_in_background(&key, entry, &fetch);
                 }
                 return Ok(inner.serve_hit(&key, entry));
             }
@@ -338,8 +338,7 @@ impl TokenCache {
 
         bump(&inner.counters.misses);
         let job = || Job {
-            source,
-            request,
+            fetch,
             deadline,
             seen: current.clone(),
             min_remaining,
@@ -418,14 +417,11 @@ impl Inner {
     async fn pass_through(
         &self,
         key: &TokenKey,
-        source: &dyn TokenSource,
-        request: &TokenRequest,
+        fetch: &dyn Fetch,
         deadline: Option<Instant>,
     ) -> Result<CachedToken, CacheError> {
         bump(&self.counters.misses);
-        let token = self
-            .fetch_upstream(key, source, request, deadline, None)
-            .await?;
+        let token = self.fetch_upstream(key, fetch, deadline, None).await?;
         Ok(CachedToken {
             token,
             origin: Origin::Fetched,
@@ -554,15 +550,13 @@ impl Inner {
         self: &Arc<Self>,
         key: &TokenKey,
         entry: &Arc<Entry>,
-        source: &Arc<dyn TokenSource>,
-        request: &TokenRequest,
+        fetch: &Arc<dyn Fetch>,
     ) {
         let Ok(runtime) = Handle::try_current() else {
             return;
         };
         let (_, job) = self.join_or_start(key, || Job {
-            source: Arc::clone(source),
-            request: request.clone(),
+            fetch: Arc::clone(fetch),
             deadline: Instant::now().checked_add(self.config.background_deadline),
             seen: Some(Arc::clone(entry)),
             min_remaining: Duration::ZERO,
@@ -596,27 +590,20 @@ impl Inner {
                 return Ok(Arc::clone(&current.token));
             }
         }
-        self.fetch_upstream(
-            key,
-            &*job.source,
-            &job.request,
-            job.deadline,
-            job.seen.as_ref(),
-        )
-        .await
+        self.fetch_upstream(key, &*job.fetch, job.deadline, job.seen.as_ref())
+            .await
     }
 
     /// One call to the source; stores the token, or records the failure.
     async fn fetch_upstream(
         &self,
         key: &TokenKey,
-        source: &dyn TokenSource,
-        request: &TokenRequest,
+        fetch: &dyn Fetch,
         deadline: Option<Instant>,
         seen: Option<&Arc<Entry>>,
     ) -> Outcome {
         bump(&self.counters.upstream_fetches);
-        let result = source.fetch(request, deadline).await;
+        let result = fetch.fetch(deadline).await;
         let now = self.clock.now();
         match result {
             Ok(token) => Ok(self.store_token(key, Arc::new(token), now).await),
@@ -689,19 +676,28 @@ impl Inner {
 
     /// After a permanent failure: drop the cached token and remember the failure.
     async fn reject(&self, key: &TokenKey, error: &Arc<SourceError>, now: SystemTime) {
-        if let Some(store) = &self.store {
-            store.invalidate(key).await;
-        }
+        let dropped = match &self.store {
+            Some(store) => store.remove(key).await.is_some(),
+            None => false,
+        };
         if let Some(negative) = &self.negative {
             negative.remember(key, Arc::clone(error), now).await;
         }
+        let audience = match &key.kind {
+            TokenKind::Access => "-",
+            TokenKind::Id { audience, .. } => audience,
+        };
         tracing::warn!(
             credential = %key.credential,
             principal = %key.principal,
+            impersonation = %key.impersonation.as_deref().map_or_else(|| "-".to_owned(), |chain| format!("[{}]", chain.join(","))),
             scopes = %key.scopes,
+            audience,
+            subject = key.subject.as_deref().unwrap_or("-"),
             %error,
+            cached_token_dropped = dropped,
             remembered = self.negative.is_some(),
-            "token fetch failed permanently; cached token dropped"
+            "token fetch failed permanently"
         );
     }
 

@@ -6,8 +6,8 @@ mod simulation;
 use std::sync::atomic::AtomicUsize;
 
 use broker_core::{
-    CredentialName, ManualClock, Rejection, ScopeSet, Secret, SourceError, SourceFuture,
-    UpstreamRejection, UpstreamStatus,
+    AccessTokenFetch, Capabilities, CredentialName, ManualClock, Rejection, ScopeSet, Secret,
+    SourceError, SourceFuture, TokenRequest, TokenSource, UpstreamRejection, UpstreamStatus,
 };
 use tokio::sync::Notify;
 
@@ -100,6 +100,14 @@ impl TokenSource for FakeSource {
         PRINCIPAL
     }
 
+    fn kind(&self) -> &'static str {
+        "service_account"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+
     fn fetch<'a>(
         &'a self,
         request: &'a TokenRequest,
@@ -176,6 +184,15 @@ async fn until(mut condition: impl FnMut() -> bool) {
     panic!("the condition never held");
 }
 
+/// The fetch of an access token for [`request`] from `source`.
+fn fetch(source: &Arc<FakeSource>) -> Arc<dyn Fetch> {
+    let source: Arc<dyn TokenSource> = source.clone();
+    Arc::new(AccessTokenFetch {
+        source,
+        request: request(),
+    })
+}
+
 fn request() -> TokenRequest {
     TokenRequest::new(
         ScopeSet::parse(["https://www.googleapis.com/auth/cloud-platform"]).expect("scope"),
@@ -245,9 +262,8 @@ async fn get_from(
     credential: &str,
     min_remaining: Duration,
 ) -> Result<CachedToken, CacheError> {
-    let source: Arc<dyn TokenSource> = source.clone();
     cache
-        .get(key(credential), source, request(), min_remaining, None)
+        .get(key(credential), fetch(source), min_remaining, None)
         .await
 }
 
@@ -582,6 +598,12 @@ async fn a_retry_after_longer_than_the_backoff_is_honoured() {
         fn principal(&self) -> &str {
             PRINCIPAL
         }
+        fn kind(&self) -> &'static str {
+            "service_account"
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities::default()
+        }
         fn fetch<'a>(&'a self, _: &'a TokenRequest, _: Option<Instant>) -> SourceFuture<'a> {
             Box::pin(async { Err(unavailable(Some(Duration::from_secs(40)))) })
         }
@@ -594,8 +616,10 @@ async fn a_retry_after_longer_than_the_backoff_is_honoured() {
     let get = || {
         h.cache.get(
             key("sa"),
-            Arc::clone(&throttled),
-            request(),
+            Arc::new(AccessTokenFetch {
+                source: Arc::clone(&throttled),
+                request: request(),
+            }),
             Duration::ZERO,
             None,
         )
@@ -1007,4 +1031,36 @@ async fn a_one_off_large_requirement_shapes_the_next_generation_then_fades() {
     assert_eq!(h.source.calls(), 4);
     assert_eq!(h.cache.metrics().background_refreshes, 3);
     assert_eq!(h.cache.metrics().misses, 1);
+}
+
+#[tokio::test]
+async fn a_cached_source_shares_its_tokens_through_the_cache() {
+    let h = Harness::default();
+    let inner: Arc<dyn TokenSource> = h.source.clone();
+    let cached = CachedSource::new(
+        h.cache.clone(),
+        CredentialName::new("base").expect("name"),
+        inner,
+    );
+    assert_eq!(cached.principal(), PRINCIPAL);
+    let first = cached.fetch(&request(), None).await.expect("token");
+    let second = cached.fetch(&request(), None).await.expect("token");
+    assert_eq!(first.secret.expose(), second.secret.expose());
+    assert_eq!(
+        h.source.calls(),
+        1,
+        "the second base token came from the cache"
+    );
+    h.source.set_mode(Mode::FailPermanently);
+    h.cache
+        .invalidate(&TokenKey::new(
+            CredentialName::new("base").expect("name"),
+            PRINCIPAL,
+            &request(),
+        ))
+        .await;
+    assert!(matches!(
+        cached.fetch(&request(), None).await,
+        Err(SourceError::Rejected(_))
+    ));
 }

@@ -1,5 +1,6 @@
-//! Rust client for the token broker: an mTLS channel to it, an auto-refreshing access-token
-//! provider, and decoding of the broker's rich errors. The `tokenctl` CLI is built on it.
+//! Rust client for the token broker: an mTLS channel to it, auto-refreshing access-token and
+//! ID-token providers, one-shot calls of every other RPC (impersonation, ID tokens, signing),
+//! and decoding of the broker's rich errors. The `tokenctl` CLI is built on it.
 //!
 //! ```no_run
 //! use broker_client::{ConnectOptions, TlsFiles, TokenProvider, TokenRequest, connect};
@@ -25,23 +26,66 @@
 //! # }
 //! ```
 //!
+//! ID tokens for a Cloud Run service, and a signature made with a service account's
+//! Google-managed key:
+//!
+//! ```no_run
+//! use broker_client::{
+//!     BlobSigningRequest, CallOptions, IdTokenProvider, IdTokenRequest, TokenBrokerClient,
+//!     Channel, sign_blob,
+//! };
+//!
+//! # async fn example(client: TokenBrokerClient<Channel>) -> Result<(), broker_client::ClientError> {
+//! let run = IdTokenProvider::new(
+//!     client.clone(),
+//!     IdTokenRequest {
+//!         audience: "https://hello-abc123-uc.a.run.app".into(),
+//!         ..IdTokenRequest::default()
+//!     },
+//! )?;
+//! let _header = run.token().await?.authorization_header(); // cached until near its `exp`
+//!
+//! let signed = sign_blob(
+//!     &client,
+//!     &BlobSigningRequest {
+//!         service_account: "signer@my-project.iam.gserviceaccount.com".into(),
+//!         payload: b"bytes to sign".to_vec(),
+//!         ..BlobSigningRequest::default()
+//!     },
+//!     &CallOptions::default(),
+//! )
+//! .await?;
+//! let (_key_id, _signature) = (signed.key_id, signed.signature);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! Errors are [`ClientError`]s; a failed RPC is [`ClientError::Status`] with the broker's
 //! `google.rpc` details (`ErrorInfo` reason and metadata, `RetryInfo`, `BadRequest`) decoded
-//! into a [`StatusError`].
+//! into a [`StatusError`]. Every call retries UNAVAILABLE and RESOURCE_EXHAUSTED per a
+//! [`RetryPolicy`], after the broker's `RetryInfo` delay.
 
+mod calls;
 mod connect;
 mod error;
 mod provider;
+mod requests;
+mod retry;
+mod tokens;
 
 pub use broker_proto::tokenbroker::v1::token_broker_client::TokenBrokerClient;
+pub use calls::{generate_id_token, get_access_token, impersonate, sign_blob, sign_jwt};
 pub use connect::{ConnectOptions, TlsFiles, connect, connect_lazy, endpoint};
 pub use error::{
     ClientError, ERROR_DOMAIN, FieldViolation, StatusError, TlsFileKind, code_name,
     whole_seconds_ceil,
 };
-pub use provider::{
-    AccessToken, Clock, ProviderOptions, RetryPolicy, Secret, SystemClock, TokenProvider,
-    TokenRequest, split_scopes,
+pub use provider::{Clock, IdTokenProvider, ProviderOptions, Secret, SystemClock, TokenProvider};
+pub use requests::{
+    BlobSigningRequest, IdTokenRequest, ImpersonationRequest, JwtSigningRequest, TokenRequest,
+    split_scopes,
 };
+pub use retry::{CallOptions, RetryPolicy};
+pub use tokens::{AccessToken, IdToken, SignedBlob, SignedJwt};
 pub use tonic::Code;
 pub use tonic::transport::Channel;

@@ -1,213 +1,24 @@
-//! An access-token provider that caches, refreshes ahead of expiry, coalesces concurrent
-//! refreshes and retries transient errors.
+//! Token providers that cache, refresh ahead of expiry, coalesce concurrent refreshes and retry
+//! transient errors: [`TokenProvider`] for access tokens, [`IdTokenProvider`] for ID tokens.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use broker_proto::tokenbroker::v1::GetAccessTokenRequest;
-use broker_proto::tokenbroker::v1::GetAccessTokenResponse;
 use broker_proto::tokenbroker::v1::token_broker_client::TokenBrokerClient;
+use broker_proto::tokenbroker::v1::{GenerateIdTokenRequest, GetAccessTokenRequest};
 use tokio::sync::OnceCell;
 use tonic::transport::Channel;
 
 pub use broker_core::{Clock, Secret, SystemClock};
 
+use crate::calls::{Rpc, attempt};
 use crate::error::ClientError;
+use crate::requests::{IdTokenRequest, TokenRequest};
+use crate::retry::{CallOptions, RetryPolicy, with_retries};
+use crate::tokens::{AccessToken, IdToken};
 
-/// An access token from the broker.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct AccessToken {
-    /// The OAuth 2.0 access token. Send it only in an `Authorization: Bearer` header to Google
-    /// APIs; never log it.
-    pub token: Secret,
-    /// The token type, `Bearer`.
-    pub token_type: String,
-    /// When the token expires.
-    pub expire_time: SystemTime,
-    /// The Google principal the token acts as (empty when the broker cannot tell).
-    pub principal: String,
-    /// The scopes the token carries.
-    pub scopes: Vec<String>,
-    /// The broker credential that minted it.
-    pub credential: String,
-    /// True if the broker served the token from its own cache (as reported when this client
-    /// fetched it).
-    pub cache_hit: bool,
-    /// True if the broker served its last known good token because refreshing it failed
-    /// (Google unavailable): valid until `expire_time`, but with less left than asked for.
-    pub last_known_good: bool,
-}
-
-impl AccessToken {
-    /// The token string. A secret.
-    pub fn secret(&self) -> &str {
-        self.token.expose()
-    }
-
-    /// How long the token is still valid at `now` (zero once it has expired).
-    pub fn expires_in(&self, now: SystemTime) -> Duration {
-        self.expire_time
-            .duration_since(now)
-            .unwrap_or(Duration::ZERO)
-    }
-
-    /// The value of an HTTP `Authorization` header carrying the token. A secret.
-    pub fn authorization_header(&self) -> Secret {
-        Secret::new(format!("Bearer {}", self.secret()))
-    }
-
-    /// Converts a `GetAccessTokenResponse`; refuses one without a token or an expiry.
-    pub fn from_response(response: GetAccessTokenResponse) -> Result<Self, ClientError> {
-        let GetAccessTokenResponse {
-            access_token,
-            token_type,
-            expire_time,
-            granted_scopes,
-            principal,
-            cache_hit,
-            credential,
-            last_known_good,
-        } = response;
-        let token = Secret::new(access_token);
-        if token.expose().is_empty() {
-            return Err(ClientError::Protocol(
-                "GetAccessTokenResponse has an empty access_token".to_owned(),
-            ));
-        }
-        let expire_time = expire_time
-            .ok_or_else(|| {
-                ClientError::Protocol("GetAccessTokenResponse has no expire_time".to_owned())
-            })
-            .and_then(|timestamp| {
-                SystemTime::try_from(timestamp).map_err(|error| {
-                    ClientError::Protocol(format!(
-                        "GetAccessTokenResponse has an invalid expire_time: {error}"
-                    ))
-                })
-            })?;
-        Ok(Self {
-            token,
-            token_type: if token_type.is_empty() {
-                "Bearer".to_owned()
-            } else {
-                token_type
-            },
-            expire_time,
-            principal,
-            scopes: granted_scopes,
-            credential,
-            cache_hit,
-            last_known_good,
-        })
-    }
-}
-
-/// What to ask the broker for: the template of every `GetAccessToken` request a
-/// [`TokenProvider`] makes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TokenRequest {
-    /// OAuth 2.0 scopes; empty means the broker's default (cloud-platform).
-    pub scopes: Vec<String>,
-    /// The broker credential to use; `None` means the caller's default grant.
-    pub credential: Option<String>,
-    /// Domain-wide delegation subject (a Workspace user's email).
-    pub subject: Option<String>,
-    /// The lifetime wanted for a newly minted token (whole seconds).
-    pub lifetime: Option<Duration>,
-    /// The least validity a returned token must have left (whole seconds); the broker's
-    /// default is 5 minutes. A [`TokenProvider`] also refreshes its own cached token once less
-    /// than this is left.
-    pub min_remaining_validity: Option<Duration>,
-}
-
-impl TokenRequest {
-    /// The protobuf request. Durations must be whole seconds.
-    pub fn to_proto(&self) -> Result<GetAccessTokenRequest, ClientError> {
-        Ok(GetAccessTokenRequest {
-            scopes: self.scopes.clone(),
-            credential: self.credential.clone().unwrap_or_default(),
-            subject: self.subject.clone().unwrap_or_default(),
-            lifetime: self
-                .lifetime
-                .map(|d| proto_duration("lifetime", d))
-                .transpose()?,
-            min_remaining_validity: self
-                .min_remaining_validity
-                .map(|d| proto_duration("min_remaining_validity", d))
-                .transpose()?,
-            access_boundary: None,
-        })
-    }
-}
-
-fn proto_duration(field: &str, duration: Duration) -> Result<prost_types::Duration, ClientError> {
-    if duration.subsec_nanos() != 0 {
-        return Err(ClientError::Config(format!(
-            "{field} must be whole seconds, got {}",
-            humantime::format_duration(duration)
-        )));
-    }
-    let seconds = i64::try_from(duration.as_secs())
-        .map_err(|_| ClientError::Config(format!("{field} is too large")))?;
-    Ok(prost_types::Duration { seconds, nanos: 0 })
-}
-
-/// How a [`TokenProvider`] retries UNAVAILABLE and RESOURCE_EXHAUSTED.
-///
-/// The wait before retry *n* (counting from 1) is a random duration between half and all of
-/// `initial_backoff * 2^(n-1)`, capped at `max_backoff`, but never less than the broker's
-/// `RetryInfo` delay. No retry starts that could not begin before `deadline` (measured from
-/// the first attempt) has passed; then the last error is returned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct RetryPolicy {
-    /// The backoff before the first retry. Default 200 ms.
-    pub initial_backoff: Duration,
-    /// The largest backoff. Default 5 s.
-    pub max_backoff: Duration,
-    /// Total time budget for one refresh, retries included. Default 30 s.
-    pub deadline: Duration,
-    /// At most this many attempts (1 = no retries). Default 8.
-    pub max_attempts: u32,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            initial_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(5),
-            deadline: Duration::from_secs(30),
-            max_attempts: 8,
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// No retries: one attempt only.
-    pub fn never() -> Self {
-        Self {
-            max_attempts: 1,
-            ..Self::default()
-        }
-    }
-
-    /// The backoff before retry number `retry` (1-based), with jitter.
-    fn backoff(&self, retry: u32) -> Duration {
-        let exponent = retry.saturating_sub(1).min(31);
-        let ceiling = self
-            .initial_backoff
-            .saturating_mul(1_u32 << exponent)
-            .min(self.max_backoff);
-        let ceiling_ms = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-        if ceiling_ms < 2 {
-            return ceiling;
-        }
-        Duration::from_millis(fastrand::u64(ceiling_ms / 2..=ceiling_ms))
-    }
-}
-
-/// Settings of a [`TokenProvider`]. Start from [`ProviderOptions::default`] and change fields.
+/// Settings of a [`TokenProvider`] or an [`IdTokenProvider`]. Start from
+/// [`ProviderOptions::default`] and change fields.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ProviderOptions {
@@ -216,8 +27,7 @@ pub struct ProviderOptions {
     /// lifetime the token had when it was fetched (so that a short-lived token is not
     /// refreshed on every call).
     pub refresh_margin: Duration,
-    /// Deadline of each `GetAccessToken` attempt (sent to the broker as `grpc-timeout`).
-    /// Default 10 s.
+    /// Deadline of each attempt (sent to the broker as `grpc-timeout`). Default 10 s.
     pub call_timeout: Option<Duration>,
     /// Retries of UNAVAILABLE and RESOURCE_EXHAUSTED.
     pub retry: RetryPolicy,
@@ -236,28 +46,198 @@ impl Default for ProviderOptions {
     }
 }
 
+/// A token a provider can cache.
+pub(crate) trait Cacheable {
+    /// When the token expires.
+    fn expire_time(&self) -> SystemTime;
+    /// The principal it acts as, for logs.
+    fn principal(&self) -> &str;
+    /// Whether the broker served it from its cache.
+    fn cache_hit(&self) -> bool;
+    /// Whether the broker served its last known good token.
+    fn last_known_good(&self) -> bool;
+}
+
+macro_rules! cacheable {
+    ($token:ty) => {
+        impl Cacheable for $token {
+            fn expire_time(&self) -> SystemTime {
+                self.expire_time
+            }
+            fn principal(&self) -> &str {
+                &self.principal
+            }
+            fn cache_hit(&self) -> bool {
+                self.cache_hit
+            }
+            fn last_known_good(&self) -> bool {
+                self.last_known_good
+            }
+        }
+    };
+}
+
+cacheable!(AccessToken);
+cacheable!(IdToken);
+
 #[derive(Debug, Clone)]
-struct Cached {
-    token: AccessToken,
+struct Cached<T> {
+    token: T,
     refresh_at: SystemTime,
 }
 
-type Refresh = Arc<OnceCell<Result<Cached, ClientError>>>;
-
-#[derive(Debug, Default)]
-struct State {
-    cached: Option<Cached>,
-    /// The refresh in progress, shared by every caller that needs it.
-    inflight: Option<Refresh>,
-}
+type Refresh<T> = Arc<OnceCell<Result<Cached<T>, ClientError>>>;
 
 #[derive(Debug)]
-struct Inner {
+struct State<T> {
+    cached: Option<Cached<T>>,
+    /// The refresh in progress, shared by every caller that needs it.
+    inflight: Option<Refresh<T>>,
+}
+
+impl<T> Default for State<T> {
+    fn default() -> Self {
+        Self {
+            cached: None,
+            inflight: None,
+        }
+    }
+}
+
+/// The cache behind both providers: one request, its latest result, and the refresh in
+/// flight.
+#[derive(Debug)]
+struct Cache<R: Rpc> {
     client: TokenBrokerClient<Channel>,
-    request: GetAccessTokenRequest,
+    request: R,
     margin: Duration,
-    options: ProviderOptions,
-    state: Mutex<State>,
+    call: CallOptions,
+    clock: Arc<dyn Clock>,
+    state: Mutex<State<R::Output>>,
+}
+
+impl<R: Rpc> Cache<R>
+where
+    R::Output: Cacheable,
+{
+    fn new(
+        client: TokenBrokerClient<Channel>,
+        request: R,
+        min_remaining_validity: Option<Duration>,
+        options: ProviderOptions,
+    ) -> Self {
+        let ProviderOptions {
+            refresh_margin,
+            call_timeout,
+            retry,
+            clock,
+        } = options;
+        Self {
+            client,
+            request,
+            margin: refresh_margin.max(min_remaining_validity.unwrap_or_default()),
+            call: CallOptions {
+                call_timeout,
+                retry,
+            },
+            clock,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State<R::Output>> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn token(&self) -> Result<R::Output, ClientError> {
+        let refresh = {
+            let mut state = self.lock();
+            if let Some(cached) = &state.cached
+                && self.clock.now() < cached.refresh_at
+            {
+                return Ok(cached.token.clone());
+            }
+            Arc::clone(state.inflight.get_or_insert_with(Refresh::default))
+        };
+
+        // One caller runs the refresh; the others wait for its result. If the running caller
+        // is cancelled, a waiting one takes over.
+        let result = refresh
+            .get_or_init(|| self.fetch_with_retries())
+            .await
+            .clone();
+
+        let mut state = self.lock();
+        if state
+            .inflight
+            .as_ref()
+            .is_some_and(|current| Arc::ptr_eq(current, &refresh))
+        {
+            state.inflight = None;
+            if let Ok(fresh) = &result {
+                state.cached = Some(fresh.clone());
+            }
+        }
+        match result {
+            Ok(fresh) => Ok(fresh.token),
+            Err(error) if error.is_retryable() => match &state.cached {
+                Some(cached) if self.clock.now() < cached.token.expire_time() => {
+                    tracing::warn!(
+                        rpc = R::NAME,
+                        error = %error,
+                        "refreshing the token failed; returning the cached token, which has not expired yet"
+                    );
+                    Ok(cached.token.clone())
+                }
+                _ => Err(error),
+            },
+            Err(error) => Err(error),
+        }
+    }
+
+    fn invalidate(&self) {
+        self.lock().cached = None;
+    }
+
+    fn cached(&self) -> Option<R::Output> {
+        self.lock()
+            .cached
+            .as_ref()
+            .map(|cached| cached.token.clone())
+    }
+
+    async fn fetch_with_retries(&self) -> Result<Cached<R::Output>, ClientError> {
+        let (token, fetched_at) = with_retries(R::NAME, &self.call, |timeout| {
+            let fetched_at = self.clock.now();
+            async move {
+                attempt(&self.client, &self.request, timeout)
+                    .await
+                    .map(|token| (token, fetched_at))
+            }
+        })
+        .await?;
+        tracing::debug!(
+            rpc = R::NAME,
+            principal = %token.principal(),
+            broker_cache_hit = token.cache_hit(),
+            last_known_good = token.last_known_good(),
+            "got a token from the broker"
+        );
+        let refresh_at = self.refresh_at(token.expire_time(), fetched_at);
+        Ok(Cached { token, refresh_at })
+    }
+
+    /// When a token fetched at `fetched_at` is due for refresh: `margin` before it expires,
+    /// but no earlier than half-way through the lifetime it had when fetched.
+    fn refresh_at(&self, expire_time: SystemTime, fetched_at: SystemTime) -> SystemTime {
+        let lifetime = expire_time
+            .duration_since(fetched_at)
+            .unwrap_or(Duration::ZERO);
+        let margin = self.margin.min(lifetime / 2);
+        expire_time.checked_sub(margin).unwrap_or(fetched_at)
+    }
 }
 
 /// Hands out access tokens for one [`TokenRequest`], calling the broker only when needed.
@@ -274,7 +254,7 @@ struct Inner {
 /// Cloning is cheap; clones share the cache.
 #[derive(Debug, Clone)]
 pub struct TokenProvider {
-    inner: Arc<Inner>,
+    inner: Arc<Cache<GetAccessTokenRequest>>,
 }
 
 impl TokenProvider {
@@ -293,259 +273,88 @@ impl TokenProvider {
         request: TokenRequest,
         options: ProviderOptions,
     ) -> Result<Self, ClientError> {
-        let margin = options
-            .refresh_margin
-            .max(request.min_remaining_validity.unwrap_or_default());
+        let proto = request.to_proto()?;
         Ok(Self {
-            inner: Arc::new(Inner {
+            inner: Arc::new(Cache::new(
                 client,
-                request: request.to_proto()?,
-                margin,
+                proto,
+                request.min_remaining_validity,
                 options,
-                state: Mutex::new(State::default()),
-            }),
+            )),
         })
     }
 
     /// A token with more than the refresh margin left: the cached one, or a new one from the
     /// broker.
     pub async fn token(&self) -> Result<AccessToken, ClientError> {
-        let refresh = {
-            let mut state = self.inner.lock();
-            if let Some(cached) = &state.cached
-                && self.inner.options.clock.now() < cached.refresh_at
-            {
-                return Ok(cached.token.clone());
-            }
-            Arc::clone(state.inflight.get_or_insert_with(Refresh::default))
-        };
-
-        // One caller runs the refresh; the others wait for its result. If the running caller
-        // is cancelled, a waiting one takes over.
-        let result = refresh
-            .get_or_init(|| self.inner.fetch_with_retries())
-            .await
-            .clone();
-
-        let mut state = self.inner.lock();
-        if state
-            .inflight
-            .as_ref()
-            .is_some_and(|current| Arc::ptr_eq(current, &refresh))
-        {
-            state.inflight = None;
-            if let Ok(fresh) = &result {
-                state.cached = Some(fresh.clone());
-            }
-        }
-        match result {
-            Ok(fresh) => Ok(fresh.token),
-            Err(error) if error.is_retryable() => match &state.cached {
-                Some(cached) if self.inner.options.clock.now() < cached.token.expire_time => {
-                    tracing::warn!(
-                        error = %error,
-                        "refreshing the access token failed; returning the cached token, which has not expired yet"
-                    );
-                    Ok(cached.token.clone())
-                }
-                _ => Err(error),
-            },
-            Err(error) => Err(error),
-        }
+        self.inner.token().await
     }
 
     /// Forgets the cached token, so that the next [`token`](Self::token) asks the broker (for
     /// example after Google refused the token).
     pub fn invalidate(&self) {
-        self.inner.lock().cached = None;
+        self.inner.invalidate();
     }
 
     /// The cached token, if any, whatever its remaining lifetime. Never calls the broker.
     pub fn cached(&self) -> Option<AccessToken> {
-        self.inner
-            .lock()
-            .cached
-            .as_ref()
-            .map(|cached| cached.token.clone())
+        self.inner.cached()
     }
 }
 
-impl Inner {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    async fn fetch_with_retries(&self) -> Result<Cached, ClientError> {
-        let policy = &self.options.retry;
-        let started = tokio::time::Instant::now();
-        let deadline = started + policy.deadline;
-        let mut attempt: u32 = 0;
-        loop {
-            attempt += 1;
-            let mut request = tonic::Request::new(self.request.clone());
-            if let Some(timeout) = self.options.call_timeout {
-                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                request.set_timeout(timeout.min(left.max(Duration::from_millis(1))));
-            }
-            let fetched_at = self.options.clock.now();
-            let error = match self.client.clone().get_access_token(request).await {
-                Ok(response) => {
-                    let token = AccessToken::from_response(response.into_inner())?;
-                    let refresh_at = self.refresh_at(&token, fetched_at);
-                    tracing::debug!(
-                        attempt,
-                        principal = %token.principal,
-                        broker_cache_hit = token.cache_hit,
-                        last_known_good = token.last_known_good,
-                        "got an access token from the broker"
-                    );
-                    return Ok(Cached { token, refresh_at });
-                }
-                Err(status) => ClientError::from(status),
-            };
-            if !error.is_retryable() || attempt >= policy.max_attempts {
-                return Err(error);
-            }
-            let retry_after = error.status().and_then(|status| status.retry_after);
-            let delay = policy.backoff(attempt).max(retry_after.unwrap_or_default());
-            if tokio::time::Instant::now() + delay >= deadline {
-                tracing::debug!(attempt, %error, "giving up: the retry deadline would pass");
-                return Err(error);
-            }
-            tracing::debug!(attempt, ?delay, %error, "retrying GetAccessToken");
-            tokio::time::sleep(delay).await;
-        }
-    }
-
-    /// When a token fetched at `fetched_at` is due for refresh: `margin` before it expires,
-    /// but no earlier than half-way through the lifetime it had when fetched.
-    fn refresh_at(&self, token: &AccessToken, fetched_at: SystemTime) -> SystemTime {
-        let lifetime = token
-            .expire_time
-            .duration_since(fetched_at)
-            .unwrap_or(Duration::ZERO);
-        let margin = self.margin.min(lifetime / 2);
-        token.expire_time.checked_sub(margin).unwrap_or(fetched_at)
-    }
+/// Hands out ID tokens for one [`IdTokenRequest`] (one audience), calling the broker only when
+/// needed: the same caching, refresh, coalescing and retries as [`TokenProvider`], with
+/// `GenerateIdToken`.
+///
+/// For a service that calls a Cloud Run service or a Cloud Function on every request: keep one
+/// provider per audience and send [`IdToken::authorization_header`].
+///
+/// Cloning is cheap; clones share the cache.
+#[derive(Debug, Clone)]
+pub struct IdTokenProvider {
+    inner: Arc<Cache<GenerateIdTokenRequest>>,
 }
 
-/// Splits scope arguments that may each hold several scopes separated by commas or whitespace,
-/// dropping empty entries and duplicates (keeping the first occurrence's position).
-pub fn split_scopes<I, S>(values: I) -> Vec<String>
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<str>,
-{
-    let mut scopes: Vec<String> = Vec::new();
-    for value in values {
-        for scope in value
-            .as_ref()
-            .split(|c: char| c == ',' || c.is_whitespace())
-            .filter(|scope| !scope.is_empty())
-        {
-            if !scopes.iter().any(|seen| seen == scope) {
-                scopes.push(scope.to_owned());
-            }
-        }
-    }
-    scopes
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn secrets_are_redacted_in_debug() {
-        let token = AccessToken {
-            token: Secret::new("ya29.very-secret"),
-            token_type: "Bearer".to_owned(),
-            expire_time: SystemTime::UNIX_EPOCH,
-            principal: "sa@p.iam.gserviceaccount.com".to_owned(),
-            scopes: vec![],
-            credential: "prod".to_owned(),
-            cache_hit: false,
-            last_known_good: false,
-        };
-        let debug = format!("{token:?}");
-        assert!(!debug.contains("very-secret"), "{debug}");
-        assert!(debug.contains("sha256:"), "only a fingerprint: {debug}");
-        assert_eq!(
-            token.authorization_header().expose(),
-            "Bearer ya29.very-secret"
-        );
+impl IdTokenProvider {
+    /// A provider with default [`ProviderOptions`].
+    pub fn new(
+        client: TokenBrokerClient<Channel>,
+        request: IdTokenRequest,
+    ) -> Result<Self, ClientError> {
+        Self::with_options(client, request, ProviderOptions::default())
     }
 
-    #[test]
-    fn scopes_split_on_commas_and_whitespace_without_duplicates() {
-        assert_eq!(
-            split_scopes([
-                "https://a,https://b",
-                " https://c  https://a ",
-                "",
-                ",,https://d,"
-            ]),
-            vec!["https://a", "https://b", "https://c", "https://d"]
-        );
-        assert!(split_scopes(Vec::<String>::new()).is_empty());
+    /// A provider with the given options. Fails if the request's duration is not whole seconds
+    /// or it names delegates without a target service account.
+    pub fn with_options(
+        client: TokenBrokerClient<Channel>,
+        request: IdTokenRequest,
+        options: ProviderOptions,
+    ) -> Result<Self, ClientError> {
+        let proto = request.to_proto()?;
+        Ok(Self {
+            inner: Arc::new(Cache::new(
+                client,
+                proto,
+                request.min_remaining_validity,
+                options,
+            )),
+        })
     }
 
-    #[test]
-    fn requests_need_whole_seconds() {
-        let request = TokenRequest {
-            scopes: vec!["s".to_owned()],
-            credential: Some("prod".to_owned()),
-            lifetime: Some(Duration::from_secs(1800)),
-            min_remaining_validity: Some(Duration::from_millis(1500)),
-            ..TokenRequest::default()
-        };
-        assert!(matches!(request.to_proto(), Err(ClientError::Config(_))));
-        let request = TokenRequest {
-            min_remaining_validity: Some(Duration::from_secs(60)),
-            ..request
-        };
-        let proto = request.to_proto().ok();
-        assert_eq!(proto.as_ref().map(|p| p.credential.as_str()), Some("prod"));
-        assert_eq!(
-            proto.and_then(|p| p.lifetime).map(|d| d.seconds),
-            Some(1800)
-        );
+    /// An ID token with more than the refresh margin left: the cached one, or a new one from
+    /// the broker.
+    pub async fn token(&self) -> Result<IdToken, ClientError> {
+        self.inner.token().await
     }
 
-    #[test]
-    fn backoff_grows_is_jittered_and_capped() {
-        let policy = RetryPolicy::default();
-        for _ in 0..100 {
-            let first = policy.backoff(1);
-            assert!(first >= Duration::from_millis(100) && first <= Duration::from_millis(200));
-            let tenth = policy.backoff(10);
-            assert!(tenth >= Duration::from_millis(2500) && tenth <= Duration::from_secs(5));
-        }
-        assert!(policy.backoff(u32::MAX) <= Duration::from_secs(5));
+    /// Forgets the cached token, so that the next [`token`](Self::token) asks the broker.
+    pub fn invalidate(&self) {
+        self.inner.invalidate();
     }
 
-    #[test]
-    fn responses_without_expiry_or_token_are_refused() {
-        let response = GetAccessTokenResponse {
-            access_token: "t".to_owned(),
-            ..GetAccessTokenResponse::default()
-        };
-        assert!(matches!(
-            AccessToken::from_response(response),
-            Err(ClientError::Protocol(_))
-        ));
-        let response = GetAccessTokenResponse {
-            expire_time: Some(prost_types::Timestamp {
-                seconds: 1,
-                nanos: 0,
-            }),
-            ..GetAccessTokenResponse::default()
-        };
-        assert!(matches!(
-            AccessToken::from_response(response),
-            Err(ClientError::Protocol(_))
-        ));
+    /// The cached token, if any, whatever its remaining lifetime. Never calls the broker.
+    pub fn cached(&self) -> Option<IdToken> {
+        self.inner.cached()
     }
 }

@@ -5,13 +5,16 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use broker_client::Channel;
 use broker_client::{
-    ClientError, Code, ConnectOptions, ProviderOptions, RetryPolicy, TokenProvider, TokenRequest,
-    connect,
+    BlobSigningRequest, CallOptions, ClientError, Code, ConnectOptions, IdTokenProvider,
+    IdTokenRequest, ImpersonationRequest, JwtSigningRequest, ProviderOptions, RetryPolicy,
+    TokenBrokerClient, TokenProvider, TokenRequest, connect, generate_id_token, get_access_token,
+    impersonate, sign_blob, sign_jwt,
 };
 use broker_core::ManualClock;
 use broker_proto::tokenbroker::v1::GetAccessTokenRequest;
-use common::{FakeBroker, PRINCIPAL, Pki, base_time, serve};
+use common::{FakeBroker, KEY_ID, PRINCIPAL, Pki, base_time, serve};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -64,9 +67,9 @@ async fn get_access_token_round_trip_over_mtls() {
     .expect("connect");
     let status = other
         .clone()
-        .sign_blob(broker_proto::tokenbroker::v1::SignBlobRequest::default())
+        .exchange_token(broker_proto::tokenbroker::v1::ExchangeTokenRequest::default())
         .await
-        .expect_err("SignBlob is not implemented by the fake");
+        .expect_err("ExchangeToken is not implemented by the fake");
     assert_eq!(status.code(), Code::Unimplemented);
 }
 
@@ -340,4 +343,384 @@ async fn permission_denied_is_decoded_and_not_retried() {
     let request = broker.requests().pop().expect("a request");
     assert_eq!(request.min_remaining_validity.map(|d| d.seconds), Some(600));
     assert_eq!(request.lifetime.map(|d| d.seconds), Some(1800));
+}
+
+const TARGET: &str = "reader@my-project.iam.gserviceaccount.com";
+const DELEGATE: &str = "writer@my-project.iam.gserviceaccount.com";
+
+async fn client_for(pki: &Pki, broker: &std::sync::Arc<FakeBroker>) -> TokenBrokerClient<Channel> {
+    let addr = serve(pki, broker.clone()).await;
+    connect(
+        &format!("localhost:{}", addr.port()),
+        &pki.client,
+        &ConnectOptions::default(),
+    )
+    .await
+    .expect("connect")
+}
+
+fn fast_retries() -> CallOptions {
+    let mut options = CallOptions::default();
+    options.retry.initial_backoff = Duration::from_millis(10);
+    options.retry.max_backoff = Duration::from_millis(50);
+    options.retry.deadline = Duration::from_secs(5);
+    options
+}
+
+#[tokio::test]
+async fn one_shot_calls_send_every_field_and_check_the_answers() {
+    let pki = Pki::new("one-shot");
+    let broker = FakeBroker::new(base_time() + HOUR);
+    let client = client_for(&pki, &broker).await;
+    let options = CallOptions::default();
+
+    let token = impersonate(
+        &client,
+        &ImpersonationRequest {
+            target_service_account: TARGET.to_owned(),
+            delegates: vec![DELEGATE.to_owned()],
+            scopes: vec!["https://www.googleapis.com/auth/devstorage.read_only".to_owned()],
+            lifetime: Some(Duration::from_secs(7200)),
+            min_remaining_validity: Some(Duration::from_secs(600)),
+            credential: Some("dev".to_owned()),
+        },
+        &options,
+    )
+    .await
+    .expect("ImpersonateServiceAccount");
+    assert_eq!(token.secret(), FakeBroker::impersonated_token(1));
+    assert_eq!(token.principal, TARGET);
+    assert_eq!(token.credential, "dev");
+    assert_eq!(token.expire_time, base_time() + HOUR);
+    assert_eq!(token.token_type, "Bearer");
+    assert!(token.scopes.is_empty(), "the response does not list them");
+    assert!(!token.cache_hit);
+    let sent = broker.impersonate_requests().pop().expect("a request");
+    assert_eq!(sent.target_service_account, TARGET);
+    assert_eq!(sent.delegates, vec![DELEGATE]);
+    assert_eq!(
+        sent.scopes,
+        vec!["https://www.googleapis.com/auth/devstorage.read_only"]
+    );
+    assert_eq!(sent.lifetime.map(|d| d.seconds), Some(7200));
+    assert_eq!(sent.min_remaining_validity.map(|d| d.seconds), Some(600));
+    assert_eq!(sent.credential, "dev");
+
+    let id_token = generate_id_token(
+        &client,
+        &IdTokenRequest {
+            audience: "https://hello-abc123-uc.a.run.app".to_owned(),
+            include_email: true,
+            target_service_account: Some(TARGET.to_owned()),
+            delegates: vec![DELEGATE.to_owned()],
+            credential: None,
+            min_remaining_validity: Some(Duration::from_secs(120)),
+        },
+        &options,
+    )
+    .await
+    .expect("GenerateIdToken");
+    assert_eq!(id_token.secret(), FakeBroker::id_token(2));
+    assert_eq!(id_token.principal, TARGET);
+    assert_eq!(id_token.credential, "default-credential");
+    assert_eq!(id_token.expire_time, base_time() + HOUR);
+    assert!(id_token.cache_hit);
+    assert!(!format!("{id_token:?}").contains("fake-id-token"));
+    let sent = broker.id_token_requests().pop().expect("a request");
+    assert_eq!(sent.audience, "https://hello-abc123-uc.a.run.app");
+    assert!(sent.include_email);
+    assert_eq!(sent.target_service_account, TARGET);
+    assert_eq!(sent.delegates, vec![DELEGATE]);
+    assert_eq!(sent.credential, "");
+    assert_eq!(sent.min_remaining_validity.map(|d| d.seconds), Some(120));
+
+    let claims =
+        r#"{"iss":"reader@my-project.iam.gserviceaccount.com","aud":"https://x","exp":1800000600}"#;
+    let jwt = sign_jwt(
+        &client,
+        &JwtSigningRequest {
+            service_account: TARGET.to_owned(),
+            payload: claims.to_owned(),
+            delegates: vec![DELEGATE.to_owned()],
+            credential: Some("dev".to_owned()),
+        },
+        &options,
+    )
+    .await
+    .expect("SignJwt");
+    assert_eq!(jwt.secret(), FakeBroker::signed_jwt(3));
+    assert_eq!(jwt.key_id, KEY_ID);
+    assert_eq!(jwt.credential, "dev");
+    let sent = broker.sign_jwt_requests().pop().expect("a request");
+    assert_eq!(
+        (sent.service_account.as_str(), sent.payload.as_str()),
+        (TARGET, claims)
+    );
+    assert_eq!(
+        (sent.delegates, sent.credential.as_str()),
+        (vec![DELEGATE.to_owned()], "dev")
+    );
+
+    let payload = b"\x00\x01binary\xff payload".to_vec();
+    let blob = sign_blob(
+        &client,
+        &BlobSigningRequest {
+            service_account: TARGET.to_owned(),
+            payload: payload.clone(),
+            ..BlobSigningRequest::default()
+        },
+        &options,
+    )
+    .await
+    .expect("SignBlob");
+    assert_eq!(blob.signature, FakeBroker::signature(&payload));
+    assert_eq!(blob.signature_base64(), "AP9zaWc6AAFiaW5hcnn/IHBheWxvYWQ=");
+    assert_eq!(blob.key_id, KEY_ID);
+    assert_eq!(blob.credential, "default-credential");
+    let sent = broker.sign_blob_requests().pop().expect("a request");
+    assert_eq!(sent.payload, payload);
+    assert!(sent.delegates.is_empty());
+
+    let token = get_access_token(&client, &TokenRequest::default(), &options)
+        .await
+        .expect("GetAccessToken");
+    assert_eq!(token.secret(), "ya29.fake-5");
+    assert_eq!(broker.calls(), 1);
+
+    // Refused before anything is sent.
+    let error = generate_id_token(
+        &client,
+        &IdTokenRequest {
+            audience: "a".to_owned(),
+            delegates: vec![DELEGATE.to_owned()],
+            ..IdTokenRequest::default()
+        },
+        &options,
+    )
+    .await
+    .expect_err("delegates without a target");
+    assert!(matches!(error, ClientError::Config(_)), "{error:?}");
+    assert_eq!(broker.id_token_requests().len(), 1);
+}
+
+#[tokio::test]
+async fn one_shot_calls_share_the_retry_policy() {
+    let pki = Pki::new("one-shot-retry");
+    let broker = FakeBroker::new(base_time() + HOUR);
+    let client = client_for(&pki, &broker).await;
+
+    broker.fail_with([
+        common::upstream_unavailable(Duration::from_millis(150)),
+        tonic::Status::resource_exhausted("slow down"),
+    ]);
+    let started = std::time::Instant::now();
+    let blob = sign_blob(
+        &client,
+        &BlobSigningRequest {
+            service_account: TARGET.to_owned(),
+            payload: b"hello blob".to_vec(),
+            ..BlobSigningRequest::default()
+        },
+        &fast_retries(),
+    )
+    .await
+    .expect("signed after two retries");
+    assert_eq!(blob.signature_base64(), "AP9zaWc6aGVsbG8gYmxvYg==");
+    assert_eq!(broker.sign_blob_requests().len(), 3);
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "RetryInfo honoured: {:?}",
+        started.elapsed()
+    );
+
+    // Not retried: PERMISSION_DENIED, INVALID_ARGUMENT, and a RetryInfo beyond the deadline.
+    broker.fail_with([common::policy_denied(
+        "service_accounts",
+        "app",
+        "admin@my-project.iam.gserviceaccount.com",
+    )]);
+    let request = ImpersonationRequest {
+        target_service_account: "admin@my-project.iam.gserviceaccount.com".to_owned(),
+        ..ImpersonationRequest::default()
+    };
+    let error = impersonate(&client, &request, &fast_retries())
+        .await
+        .expect_err("denied");
+    let status = error.status().expect("a status");
+    assert_eq!(status.code, Code::PermissionDenied);
+    assert_eq!(status.get("rule"), Some("service_accounts"));
+    assert_eq!(broker.impersonate_requests().len(), 1);
+
+    let error = sign_jwt(
+        &client,
+        &JwtSigningRequest {
+            service_account: TARGET.to_owned(),
+            payload: "[1]".to_owned(),
+            ..JwtSigningRequest::default()
+        },
+        &fast_retries(),
+    )
+    .await
+    .expect_err("not a JSON object");
+    assert_eq!(error.code(), Some(Code::InvalidArgument));
+    let status = error.status().expect("a status");
+    assert_eq!(status.field_violations[0].field, "payload");
+    assert_eq!(broker.sign_jwt_requests().len(), 1);
+
+    broker.fail_with([common::upstream_unavailable(Duration::from_secs(30))]);
+    let error = generate_id_token(
+        &client,
+        &IdTokenRequest {
+            audience: "https://a".to_owned(),
+            ..IdTokenRequest::default()
+        },
+        &fast_retries(),
+    )
+    .await
+    .expect_err("a 30 s RetryInfo does not fit in the 5 s deadline");
+    assert_eq!(error.code(), Some(Code::Unavailable));
+    assert_eq!(broker.id_token_requests().len(), 1);
+
+    let mut never = fast_retries();
+    never.retry = RetryPolicy::never();
+    broker.fail_with([common::upstream_unavailable(Duration::from_millis(1))]);
+    let error = impersonate(&client, &request, &never)
+        .await
+        .expect_err("no retries");
+    assert!(error.is_retryable());
+    assert_eq!(broker.impersonate_requests().len(), 2);
+}
+
+#[tokio::test]
+async fn malformed_answers_are_protocol_errors() {
+    let pki = Pki::new("malformed");
+    let broker = FakeBroker::new(base_time() + HOUR);
+    let client = client_for(&pki, &broker).await;
+    broker.set_malformed(true);
+    let options = fast_retries();
+
+    let errors = [
+        impersonate(
+            &client,
+            &ImpersonationRequest {
+                target_service_account: TARGET.to_owned(),
+                ..ImpersonationRequest::default()
+            },
+            &options,
+        )
+        .await
+        .map(drop),
+        generate_id_token(
+            &client,
+            &IdTokenRequest {
+                audience: "https://a".to_owned(),
+                ..IdTokenRequest::default()
+            },
+            &options,
+        )
+        .await
+        .map(drop),
+        sign_jwt(
+            &client,
+            &JwtSigningRequest {
+                service_account: TARGET.to_owned(),
+                payload: "{}".to_owned(),
+                ..JwtSigningRequest::default()
+            },
+            &options,
+        )
+        .await
+        .map(drop),
+        sign_blob(
+            &client,
+            &BlobSigningRequest {
+                service_account: TARGET.to_owned(),
+                payload: b"x".to_vec(),
+                ..BlobSigningRequest::default()
+            },
+            &options,
+        )
+        .await
+        .map(drop),
+    ];
+    for (error, field) in
+        errors
+            .into_iter()
+            .zip(["access_token", "id_token", "signed_jwt", "signature"])
+    {
+        match error {
+            Err(ClientError::Protocol(message)) => {
+                assert!(message.contains(field), "{message}");
+            }
+            other => panic!("expected a protocol error naming {field}, got {other:?}"),
+        }
+    }
+    assert_eq!(broker.impersonate_requests().len(), 1, "not retried");
+}
+
+#[tokio::test]
+async fn the_id_token_provider_caches_coalesces_and_refreshes() {
+    let pki = Pki::new("id-provider");
+    let broker = FakeBroker::new(base_time() + HOUR);
+    broker.set_delay(Duration::from_millis(100));
+    let client = client_for(&pki, &broker).await;
+    let clock = ManualClock::new(base_time());
+    let provider = IdTokenProvider::with_options(
+        client,
+        IdTokenRequest {
+            audience: "https://hello-abc123-uc.a.run.app".to_owned(),
+            credential: Some("dev".to_owned()),
+            ..IdTokenRequest::default()
+        },
+        provider_options(&clock),
+    )
+    .expect("provider");
+    assert!(provider.cached().is_none());
+
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let provider = provider.clone();
+            tokio::spawn(async move { provider.token().await })
+        })
+        .collect();
+    for task in tasks {
+        let token = task.await.expect("task").expect("ID token");
+        assert_eq!(token.secret(), FakeBroker::id_token(1));
+        assert_eq!(token.principal, PRINCIPAL);
+        assert_eq!(
+            token.authorization_header().expose(),
+            format!("Bearer {}", FakeBroker::id_token(1))
+        );
+    }
+    assert_eq!(broker.id_token_requests().len(), 1, "one RPC for all");
+
+    clock.set(base_time() + HOUR - Duration::from_secs(301));
+    assert_eq!(
+        provider.token().await.expect("cached").secret(),
+        FakeBroker::id_token(1)
+    );
+    assert_eq!(broker.id_token_requests().len(), 1);
+
+    broker.set_expire_time(base_time() + 2 * HOUR);
+    clock.set(base_time() + HOUR - Duration::from_secs(299));
+    assert_eq!(
+        provider.token().await.expect("refreshed").secret(),
+        FakeBroker::id_token(2)
+    );
+    assert_eq!(broker.id_token_requests().len(), 2);
+
+    // A failing refresh falls back on the unexpired cached token; a denial does not.
+    clock.set(base_time() + 2 * HOUR - Duration::from_secs(60));
+    // (A 10 s RetryInfo does not fit in the 5 s deadline: one attempt.)
+    broker.fail_with([common::upstream_unavailable(Duration::from_secs(10))]);
+    assert_eq!(
+        provider.token().await.expect("the cached token").secret(),
+        FakeBroker::id_token(2)
+    );
+    assert_eq!(broker.id_token_requests().len(), 3);
+    provider.invalidate();
+    assert!(provider.cached().is_none());
+    broker.fail_with([common::policy_denied("audiences", "app", "https://hello")]);
+    let error = provider.token().await.expect_err("denied");
+    assert_eq!(error.code(), Some(Code::PermissionDenied));
 }

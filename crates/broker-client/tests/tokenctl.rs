@@ -2,12 +2,13 @@
 
 mod common;
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{FakeBroker, PRINCIPAL, Pki, serve, whole_seconds_from_now};
+use common::{FakeBroker, KEY_ID, PRINCIPAL, Pki, serve, whole_seconds_from_now};
 
 const ENV: [&str; 4] = [
     "TOKEN_BROKER_ADDR",
@@ -51,6 +52,26 @@ async fn run(mut command: Command) -> Output {
     tokio::task::spawn_blocking(move || command.output().expect("run tokenctl"))
         .await
         .expect("join")
+}
+
+/// Runs `command` with `stdin` as its standard input.
+async fn run_with_stdin(mut command: Command, stdin: &[u8]) -> Output {
+    let stdin = stdin.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tokenctl");
+        let mut pipe = child.stdin.take().expect("stdin pipe");
+        // tokenctl may exit (usage error) before it reads: a broken pipe is fine.
+        let _ = pipe.write_all(&stdin);
+        drop(pipe);
+        child.wait_with_output().expect("run tokenctl")
+    })
+    .await
+    .expect("join")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -263,4 +284,635 @@ async fn usage_and_tls_errors() {
     let output = run(command).await;
     assert!(output.status.success());
     assert!(text(&output.stdout).contains("Exit codes"));
+}
+
+const TARGET: &str = "reader@my-project.iam.gserviceaccount.com";
+const DELEGATE: &str = "writer@my-project.iam.gserviceaccount.com";
+const CLAIMS: &str =
+    r#"{"iss":"reader@my-project.iam.gserviceaccount.com","aud":"https://x","exp":1800000600}"#;
+
+/// Every secret the fake broker hands out in a test with fewer than 10 tokens; none may reach
+/// stderr.
+fn assert_no_secret(stderr: &str) {
+    for secret in [
+        "ya29.",
+        "eyJ",
+        "fake-id-token",
+        "fake-signed-jwt",
+        "AP9zaWc6",
+        "sig:",
+    ] {
+        assert!(!stderr.contains(secret), "{secret:?} on stderr:\n{stderr}");
+    }
+}
+
+/// Asserts a successful run with nothing on stderr, and returns stdout.
+fn success(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "exit {:?}, stderr: {}",
+        output.status.code(),
+        text(&output.stderr)
+    );
+    assert_eq!(text(&output.stderr), "", "nothing on stderr on success");
+    text(&output.stdout)
+}
+
+fn json(output: &Output) -> serde_json::Value {
+    serde_json::from_str(&success(output)).expect("JSON output")
+}
+
+fn expires_in(json: &serde_json::Value) -> u64 {
+    let expires_in = json["expires_in"].as_u64().expect("expires_in is a number");
+    assert!((3500..=3600).contains(&expires_in), "{expires_in}");
+    expires_in
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn print_identity_token_prints_the_jwt_or_json() {
+    let pki = Pki::new("cli-id-token");
+    let expire_time = whole_seconds_from_now(Duration::from_secs(3600));
+    let broker = FakeBroker::new(expire_time);
+    let addr = serve(&pki, broker.clone()).await;
+
+    let mut command = tokenctl_for(&pki, addr);
+    command.args([
+        "print-identity-token",
+        "--audiences",
+        "https://hello-abc123-uc.a.run.app",
+    ]);
+    let output = run(command).await;
+    assert_eq!(success(&output), format!("{}\n", FakeBroker::id_token(1)));
+    let request = broker.id_token_requests().pop().expect("a request");
+    assert_eq!(request.audience, "https://hello-abc123-uc.a.run.app");
+    assert!(!request.include_email);
+    assert_eq!(request.target_service_account, "");
+    assert!(request.delegates.is_empty());
+    assert_eq!(request.credential, "");
+
+    let mut command = tokenctl_for(&pki, addr);
+    command.args([
+        "print-identity-token",
+        "--audiences",
+        "https://hello-abc123-uc.a.run.app",
+        "--include-email",
+        "--impersonate-service-account",
+        TARGET,
+        "--delegates",
+        DELEGATE,
+        "--credential",
+        "dev",
+        "--format",
+        "json",
+    ]);
+    let json = json(&run(command).await);
+    assert_eq!(json["id_token"], FakeBroker::id_token(2).as_str());
+    assert_eq!(json["audience"], "https://hello-abc123-uc.a.run.app");
+    assert_eq!(json["principal"], TARGET);
+    assert_eq!(json["credential"], "dev");
+    assert_eq!(
+        json["expire_time"],
+        humantime::format_rfc3339_seconds(expire_time).to_string()
+    );
+    expires_in(&json);
+    assert_eq!(json["cache_hit"], true);
+    assert_eq!(json["last_known_good"], false);
+    let request = broker.id_token_requests().pop().expect("a request");
+    assert!(request.include_email);
+    assert_eq!(request.target_service_account, TARGET);
+    assert_eq!(request.delegates, vec![DELEGATE]);
+    assert_eq!(request.credential, "dev");
+
+    // gcloud's chain form.
+    let mut command = tokenctl_for(&pki, addr);
+    command.args([
+        "print-identity-token",
+        "--audiences=https://a",
+        &format!("--impersonate-service-account={DELEGATE},{TARGET}"),
+    ]);
+    success(&run(command).await);
+    let request = broker.id_token_requests().pop().expect("a request");
+    assert_eq!(request.target_service_account, TARGET);
+    assert_eq!(request.delegates, vec![DELEGATE]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn impersonate_prints_the_token_or_json() {
+    let pki = Pki::new("cli-impersonate");
+    let broker = FakeBroker::new(whole_seconds_from_now(Duration::from_secs(3600)));
+    let addr = serve(&pki, broker.clone()).await;
+
+    let mut command = tokenctl_for(&pki, addr);
+    command.args([
+        "impersonate",
+        "--target",
+        TARGET,
+        "--delegates",
+        DELEGATE,
+        "--scopes",
+        "https://www.googleapis.com/auth/devstorage.read_only,https://www.googleapis.com/auth/pubsub",
+        "--lifetime",
+        "1h",
+        "--min-remaining",
+        "5m",
+        "--credential",
+        "dev",
+    ]);
+    let output = run(command).await;
+    assert_eq!(
+        success(&output),
+        format!("{}\n", FakeBroker::impersonated_token(1))
+    );
+    let request = broker.impersonate_requests().pop().expect("a request");
+    assert_eq!(request.target_service_account, TARGET);
+    assert_eq!(request.delegates, vec![DELEGATE]);
+    assert_eq!(
+        request.scopes,
+        vec![
+            "https://www.googleapis.com/auth/devstorage.read_only",
+            "https://www.googleapis.com/auth/pubsub"
+        ]
+    );
+    assert_eq!(request.lifetime.map(|d| d.seconds), Some(3600));
+    assert_eq!(request.min_remaining_validity.map(|d| d.seconds), Some(300));
+    assert_eq!(request.credential, "dev");
+
+    let mut command = tokenctl_for(&pki, addr);
+    command.args(["impersonate", "--target", TARGET, "--format", "json"]);
+    let json = json(&run(command).await);
+    assert_eq!(
+        json["access_token"],
+        FakeBroker::impersonated_token(2).as_str()
+    );
+    assert_eq!(json["token_type"], "Bearer");
+    assert_eq!(json["principal"], TARGET);
+    assert_eq!(json["credential"], "default-credential");
+    assert_eq!(json["cache_hit"], true);
+    expires_in(&json);
+    assert!(json.get("granted_scopes").is_none(), "{json}");
+    let request = broker.impersonate_requests().pop().expect("a request");
+    assert!(request.delegates.is_empty() && request.scopes.is_empty());
+    assert_eq!(request.lifetime, None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sign_jwt_reads_stdin_or_a_file() {
+    let pki = Pki::new("cli-sign-jwt");
+    let broker = FakeBroker::new(whole_seconds_from_now(Duration::from_secs(3600)));
+    let addr = serve(&pki, broker.clone()).await;
+
+    // From standard input, as text.
+    let mut command = tokenctl_for(&pki, addr);
+    command.args([
+        "sign-jwt",
+        "--service-account",
+        TARGET,
+        "--delegates",
+        DELEGATE,
+        "--credential",
+        "dev",
+    ]);
+    let output = run_with_stdin(command, CLAIMS.as_bytes()).await;
+    assert_eq!(success(&output), format!("{}\n", FakeBroker::signed_jwt(1)));
+    let request = broker.sign_jwt_requests().pop().expect("a request");
+    assert_eq!(request.service_account, TARGET);
+    assert_eq!(request.payload, CLAIMS);
+    assert_eq!(request.delegates, vec![DELEGATE]);
+    assert_eq!(request.credential, "dev");
+
+    // From a file (with its trailing newline, sent as it is), as JSON.
+    let file = pki.dir.join("claims.json");
+    std::fs::write(&file, format!("{CLAIMS}\n")).expect("write claims");
+    let mut command = tokenctl_for(&pki, addr);
+    command
+        .args(["sign-jwt", "--service-account", TARGET, "--format", "json"])
+        .arg(&file);
+    let json = json(&run_with_stdin(command, b"ignored").await);
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "key_id": KEY_ID,
+            "signed_jwt": FakeBroker::signed_jwt(2),
+            "credential": "default-credential",
+        })
+    );
+    let request = broker.sign_jwt_requests().pop().expect("a request");
+    assert_eq!(request.payload, format!("{CLAIMS}\n"));
+
+    // `-` is standard input.
+    let mut command = tokenctl_for(&pki, addr);
+    command.args(["sign-jwt", "--service-account", TARGET, "-"]);
+    success(&run_with_stdin(command, br#"{"a":1}"#).await);
+    let request = broker.sign_jwt_requests().pop().expect("a request");
+    assert_eq!(request.payload, r#"{"a":1}"#);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sign_blob_prints_base64_or_writes_raw_bytes() {
+    let pki = Pki::new("cli-sign-blob");
+    let broker = FakeBroker::new(whole_seconds_from_now(Duration::from_secs(3600)));
+    let addr = serve(&pki, broker.clone()).await;
+
+    // From standard input: the base64 signature.
+    let mut command = tokenctl_for(&pki, addr);
+    command.args([
+        "sign-blob",
+        "--service-account",
+        TARGET,
+        "--delegates",
+        DELEGATE,
+        "--credential",
+        "dev",
+    ]);
+    let output = run_with_stdin(command, b"hello blob").await;
+    assert_eq!(success(&output), "AP9zaWc6aGVsbG8gYmxvYg==\n");
+    let request = broker.sign_blob_requests().pop().expect("a request");
+    assert_eq!(request.service_account, TARGET);
+    assert_eq!(request.payload, b"hello blob");
+    assert_eq!(request.delegates, vec![DELEGATE]);
+    assert_eq!(request.credential, "dev");
+
+    // From a file, raw bytes to --output: nothing on stdout.
+    let input = pki.dir.join("blob.bin");
+    let payload = b"\x00\x01binary\xff payload";
+    std::fs::write(&input, payload).expect("write input");
+    let signature_file = pki.dir.join("blob.sig");
+    let mut command = tokenctl_for(&pki, addr);
+    command
+        .args(["sign-blob", "--service-account", TARGET])
+        .arg(&input)
+        .arg("--output")
+        .arg(&signature_file);
+    assert_eq!(success(&run(command).await), "");
+    assert_eq!(
+        std::fs::read(&signature_file).expect("the signature file"),
+        FakeBroker::signature(payload)
+    );
+    assert_eq!(
+        broker
+            .sign_blob_requests()
+            .pop()
+            .expect("a request")
+            .payload,
+        payload
+    );
+
+    // JSON, with --output still receiving the raw bytes.
+    std::fs::remove_file(&signature_file).expect("remove");
+    let mut command = tokenctl_for(&pki, addr);
+    command
+        .args(["sign-blob", "--service-account", TARGET, "--format", "json"])
+        .arg("--output")
+        .arg(&signature_file)
+        .arg(&input);
+    let json = json(&run(command).await);
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "key_id": KEY_ID,
+            "signature": "AP9zaWc6AAFiaW5hcnn/IHBheWxvYWQ=",
+            "credential": "default-credential",
+        })
+    );
+    assert_eq!(
+        std::fs::read(&signature_file).expect("the signature file"),
+        FakeBroker::signature(payload)
+    );
+
+    // `--output -`: raw bytes on stdout.
+    let mut command = tokenctl_for(&pki, addr);
+    command.args([
+        "sign-blob",
+        "--service-account",
+        TARGET,
+        "--output",
+        "-",
+        "-",
+    ]);
+    let output = run_with_stdin(command, b"hello blob").await;
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(output.stdout, FakeBroker::signature(b"hello blob"));
+}
+
+/// Each new command, ready to run (the sign commands read `CLAIMS` or a blob from stdin).
+fn new_commands(pki: &Pki, addr: SocketAddr) -> Vec<(&'static str, Command)> {
+    let mut id_token = tokenctl_for(pki, addr);
+    id_token.args(["print-identity-token", "--audiences", "https://a"]);
+    let mut impersonate = tokenctl_for(pki, addr);
+    impersonate.args(["impersonate", "--target", TARGET]);
+    let mut jwt = tokenctl_for(pki, addr);
+    jwt.args(["sign-jwt", "--service-account", TARGET]);
+    let mut blob = tokenctl_for(pki, addr);
+    blob.args(["sign-blob", "--service-account", TARGET]);
+    vec![
+        ("print-identity-token", id_token),
+        ("impersonate", impersonate),
+        ("sign-jwt", jwt),
+        ("sign-blob", blob),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn denials_exit_3_with_the_rule_and_no_secret() {
+    let pki = Pki::new("cli-new-denied");
+    let broker = FakeBroker::new(whole_seconds_from_now(Duration::from_secs(3600)));
+    let addr = serve(&pki, broker.clone()).await;
+
+    for (name, command) in new_commands(&pki, addr) {
+        broker.fail_with([common::policy_denied("service_accounts", "app", TARGET)]);
+        let output = run_with_stdin(command, CLAIMS.as_bytes()).await;
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(3), "{name}: {stderr}");
+        assert_eq!(text(&output.stdout), "", "{name}");
+        assert!(
+            stderr.starts_with(&format!(
+                "tokenctl: PERMISSION_DENIED (POLICY_DENIED): grant app does not allow {TARGET}\n"
+            )),
+            "{name}: {stderr}"
+        );
+        assert!(
+            stderr.contains("  rule: service_accounts\n"),
+            "{name}: {stderr}"
+        );
+        assert!(stderr.contains("  grant: app\n"), "{name}: {stderr}");
+        assert_no_secret(&stderr);
+    }
+    assert_eq!(broker.id_token_requests().len(), 1);
+    assert_eq!(broker.impersonate_requests().len(), 1);
+    assert_eq!(broker.sign_jwt_requests().len(), 1);
+    assert_eq!(broker.sign_blob_requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_arguments_exit_4_naming_the_field() {
+    let pki = Pki::new("cli-new-invalid");
+    let broker = FakeBroker::new(whole_seconds_from_now(Duration::from_secs(3600)));
+    let addr = serve(&pki, broker.clone()).await;
+
+    // The broker, not tokenctl, validates the claims.
+    let mut command = tokenctl_for(&pki, addr);
+    command.args(["sign-jwt", "--service-account", TARGET]);
+    let output = run_with_stdin(command, b"not json").await;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.starts_with("tokenctl: INVALID_ARGUMENT (INVALID_FIELD): invalid payload"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("  field: payload\n"), "{stderr}");
+    assert!(
+        stderr.contains("  field payload: must be a JSON object\n"),
+        "{stderr}"
+    );
+    assert_eq!(
+        broker.sign_jwt_requests().pop().map(|r| r.payload),
+        Some("not json".to_owned())
+    );
+
+    // An empty blob is sent, and refused by the broker.
+    let mut command = tokenctl_for(&pki, addr);
+    command.args(["sign-blob", "--service-account", TARGET]);
+    let output = run_with_stdin(command, b"").await;
+    assert_eq!(output.status.code(), Some(4), "{}", text(&output.stderr));
+    assert_eq!(broker.sign_blob_requests().len(), 1);
+
+    // Any new command, with a field the broker refuses.
+    for (name, command) in new_commands(&pki, addr) {
+        broker.fail_with([common::invalid_argument(
+            "delegates[0]",
+            "INVALID_FIELD",
+            "not a service-account email",
+        )]);
+        let output = run_with_stdin(command, CLAIMS.as_bytes()).await;
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(4), "{name}: {stderr}");
+        assert!(
+            stderr.contains("  field: delegates[0]\n"),
+            "{name}: {stderr}"
+        );
+        assert_eq!(text(&output.stdout), "", "{name}");
+        assert_no_secret(&stderr);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unavailable_exits_5_after_retrying() {
+    let pki = Pki::new("cli-new-unavailable");
+    let broker = FakeBroker::new(whole_seconds_from_now(Duration::from_secs(3600)));
+    let addr = serve(&pki, broker.clone()).await;
+
+    for (name, command) in new_commands(&pki, addr) {
+        // RetryInfo says 30 s; the 5 s --timeout leaves no room for a retry.
+        broker.fail_with([common::upstream_unavailable(Duration::from_secs(30))]);
+        let output = run_with_stdin(command, CLAIMS.as_bytes()).await;
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(5), "{name}: {stderr}");
+        assert!(
+            stderr.starts_with("tokenctl: UNAVAILABLE (UPSTREAM_UNAVAILABLE): "),
+            "{name}: {stderr}"
+        );
+        assert!(stderr.contains("  retry after 30s\n"), "{name}: {stderr}");
+        assert_no_secret(&stderr);
+    }
+    assert_eq!(broker.sign_blob_requests().len(), 1, "not retried");
+
+    // A short RetryInfo is retried, and the answer printed with nothing on stderr.
+    for (name, command) in new_commands(&pki, addr) {
+        broker.fail_with([common::upstream_unavailable(Duration::from_millis(100))]);
+        let output = run_with_stdin(command, CLAIMS.as_bytes()).await;
+        assert!(!success(&output).is_empty(), "{name}");
+    }
+    assert_eq!(broker.sign_blob_requests().len(), 3);
+
+    // ... unless --no-retry.
+    let mut command = tokenctl_for(&pki, addr);
+    command.args(["--no-retry", "impersonate", "--target", TARGET]);
+    broker.fail_with([common::upstream_unavailable(Duration::from_millis(100))]);
+    let output = run(command).await;
+    assert_eq!(output.status.code(), Some(5), "{}", text(&output.stderr));
+    assert_eq!(broker.impersonate_requests().len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn usage_errors_exit_2_before_anything_is_sent() {
+    let pki = Pki::new("cli-new-usage");
+    let broker = FakeBroker::new(whole_seconds_from_now(Duration::from_secs(3600)));
+    let addr = serve(&pki, broker.clone()).await;
+
+    // --delegates without an impersonation target.
+    let mut command = tokenctl_for(&pki, addr);
+    command.args([
+        "print-identity-token",
+        "--audiences",
+        "https://a",
+        "--delegates",
+        DELEGATE,
+    ]);
+    let output = run(command).await;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--impersonate-service-account"), "{stderr}");
+
+    // Both forms of a chain.
+    let mut command = tokenctl_for(&pki, addr);
+    command.args([
+        "print-identity-token",
+        "--audiences",
+        "https://a",
+        "--impersonate-service-account",
+        &format!("{DELEGATE},{TARGET}"),
+        "--delegates",
+        DELEGATE,
+    ]);
+    let output = run(command).await;
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+
+    // An input file that cannot be read.
+    let missing = pki.dir.join("missing.json");
+    let mut command = tokenctl_for(&pki, addr);
+    command
+        .args(["sign-jwt", "--service-account", TARGET])
+        .arg(&missing);
+    let output = run(command).await;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("tokenctl: cannot read {}: ", missing.display())),
+        "{stderr}"
+    );
+    let mut command = tokenctl_for(&pki, addr);
+    command
+        .args(["sign-blob", "--service-account", TARGET])
+        .arg(&pki.dir);
+    let output = run(command).await;
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+
+    // JWT claims that are not even UTF-8 cannot be sent.
+    let mut command = tokenctl_for(&pki, addr);
+    command.args(["sign-jwt", "--service-account", TARGET]);
+    let output = run_with_stdin(command, b"{\"a\":\"\xff\"}").await;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with("tokenctl: the JWT payload in standard input is not UTF-8"),
+        "{stderr}"
+    );
+
+    // Raw bytes and JSON on the same stdout.
+    let mut command = tokenctl_for(&pki, addr);
+    command.args([
+        "sign-blob",
+        "--service-account",
+        TARGET,
+        "--format",
+        "json",
+        "--output",
+        "-",
+    ]);
+    let output = run_with_stdin(command, b"x").await;
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+
+    assert!(broker.id_token_requests().is_empty());
+    assert!(broker.sign_jwt_requests().is_empty());
+    assert!(broker.sign_blob_requests().is_empty());
+
+    // An unwritable --output is an error after the fact: exit 1.
+    let mut command = tokenctl_for(&pki, addr);
+    command
+        .args(["sign-blob", "--service-account", TARGET, "--output"])
+        .arg(pki.dir.join("no-such-dir").join("out.bin"));
+    let output = run_with_stdin(command, b"hello blob").await;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with("tokenctl: cannot write the signature to "),
+        "{stderr}"
+    );
+    assert_no_secret(&stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_answers_exit_1() {
+    let pki = Pki::new("cli-new-malformed");
+    let broker = FakeBroker::new(whole_seconds_from_now(Duration::from_secs(3600)));
+    let addr = serve(&pki, broker.clone()).await;
+    broker.set_malformed(true);
+    for (name, command) in new_commands(&pki, addr) {
+        let output = run_with_stdin(command, CLAIMS.as_bytes()).await;
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{name}: {stderr}");
+        assert!(
+            stderr.starts_with("tokenctl: invalid response from the broker: "),
+            "{name}: {stderr}"
+        );
+        assert_eq!(text(&output.stdout), "", "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn help_documents_the_new_commands() {
+    let mut command = tokenctl();
+    command.arg("--help");
+    let stdout = success(&run(command).await);
+    for needle in [
+        "print-identity-token",
+        "impersonate",
+        "sign-jwt",
+        "sign-blob",
+        "Exit codes",
+    ] {
+        assert!(
+            stdout.contains(needle),
+            "{needle:?} missing from:\n{stdout}"
+        );
+    }
+    for (name, needles) in [
+        (
+            "print-identity-token",
+            &[
+                "--audiences <AUDIENCE>",
+                "--include-email",
+                "--impersonate-service-account",
+                "--delegates",
+            ][..],
+        ),
+        (
+            "impersonate",
+            &[
+                "--target <EMAIL>",
+                "--scopes",
+                "--lifetime",
+                "--min-remaining",
+            ][..],
+        ),
+        (
+            "sign-jwt",
+            &[
+                "--service-account <EMAIL>",
+                "[PAYLOAD_FILE]",
+                "--credential",
+            ][..],
+        ),
+        (
+            "sign-blob",
+            &[
+                "--service-account <EMAIL>",
+                "[INPUT_FILE]",
+                "--output <FILE>",
+            ][..],
+        ),
+    ] {
+        let mut command = tokenctl();
+        command.args([name, "--help"]);
+        let stdout = success(&run(command).await);
+        for needle in needles
+            .iter()
+            .chain(&["--format <FORMAT>", "--addr <ADDR>"])
+        {
+            assert!(
+                stdout.contains(needle),
+                "{name}: {needle:?} missing from:\n{stdout}"
+            );
+        }
+    }
 }

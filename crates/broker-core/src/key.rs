@@ -6,7 +6,7 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crate::{ScopeSet, TokenRequest};
+use crate::{IdTokenRequest, ScopeSet, TokenRequest};
 
 /// Why a credential name was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,10 +66,17 @@ impl fmt::Display for CredentialName {
 /// limits that look a key up several times per request do not hash its scopes again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenKey {
-    /// The credential (backend instance).
+    /// The credential (backend instance): for impersonation, the base credential.
     pub credential: CredentialName,
-    /// The Google principal the token is for.
+    /// The Google principal the token is for: for impersonation, the target.
     pub principal: Arc<str>,
+    /// An access token, or an ID token for an audience.
+    pub kind: TokenKind,
+    /// `None` for a token of the credential's own flow; for a token of impersonation by
+    /// request (the RPCs with a target service account), the delegation chain to the target,
+    /// in order (empty for direct impersonation). So a credential's own token never shares a
+    /// key with one impersonated from it, even for the same principal.
+    pub impersonation: Option<Arc<[String]>>,
     /// The normalized scopes.
     pub scopes: ScopeSet,
     /// The domain-wide-delegation subject.
@@ -81,6 +88,20 @@ pub struct TokenKey {
     digest: u64,
 }
 
+/// What kind of token a key is for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TokenKind {
+    /// An OAuth 2.0 access token.
+    Access,
+    /// An OpenID Connect ID token.
+    Id {
+        /// Its `aud`.
+        audience: Arc<str>,
+        /// Whether it carries the `email` claims.
+        include_email: bool,
+    },
+}
+
 /// The process's key for [`TokenKey::digest`]: random, so that callers cannot aim many keys
 /// at one hash.
 fn digest_hasher() -> &'static RandomState {
@@ -89,31 +110,85 @@ fn digest_hasher() -> &'static RandomState {
 }
 
 impl TokenKey {
-    /// The key of `request` for a credential whose tokens are for `principal` (pass an
-    /// `Arc<str>` kept with the credential to make keys without allocating it again).
+    /// The key of an access-token `request` for a credential whose tokens are for `principal`
+    /// (pass an `Arc<str>` kept with the credential to make keys without allocating it again).
     pub fn new(
         credential: CredentialName,
         principal: impl Into<Arc<str>>,
         request: &TokenRequest,
     ) -> Self {
-        let mut key = Self {
+        Self::access(credential, principal.into(), None, request)
+    }
+
+    /// The key of an access-token `request` for `target`, reached by impersonation through the
+    /// `delegates` chain with the base credential `credential`.
+    pub fn impersonated(
+        credential: CredentialName,
+        target: impl Into<Arc<str>>,
+        delegates: &[String],
+        request: &TokenRequest,
+    ) -> Self {
+        Self::access(credential, target.into(), Some(delegates.into()), request)
+    }
+
+    fn access(
+        credential: CredentialName,
+        principal: Arc<str>,
+        impersonation: Option<Arc<[String]>>,
+        request: &TokenRequest,
+    ) -> Self {
+        Self {
             credential,
-            principal: principal.into(),
+            principal,
+            kind: TokenKind::Access,
+            impersonation,
             scopes: request.scopes.clone(),
             subject: request.subject.as_deref().map(Arc::from),
             boundary: request.boundary.as_ref().map(|b| b.digest()),
             lifetime: request.lifetime,
             digest: 0,
-        };
-        key.digest = digest_hasher().hash_one((
-            &key.credential,
-            &key.principal,
-            &key.scopes,
-            &key.subject,
-            &key.boundary,
-            &key.lifetime,
+        }
+        .with_digest()
+    }
+
+    /// The key of an ID token for `principal`, for `request`'s audience: the credential's own
+    /// identity (`impersonation` `None`), or a target reached by impersonation through the
+    /// given chain.
+    pub fn id_token(
+        credential: CredentialName,
+        principal: impl Into<Arc<str>>,
+        impersonation: Option<&[String]>,
+        request: &IdTokenRequest,
+    ) -> Self {
+        Self {
+            credential,
+            principal: principal.into(),
+            kind: TokenKind::Id {
+                audience: request.audience.as_str().into(),
+                include_email: request.include_email,
+            },
+            impersonation: impersonation.map(Arc::from),
+            scopes: ScopeSet::empty(),
+            subject: None,
+            boundary: None,
+            lifetime: None,
+            digest: 0,
+        }
+        .with_digest()
+    }
+
+    fn with_digest(mut self) -> Self {
+        self.digest = digest_hasher().hash_one((
+            &self.credential,
+            &self.principal,
+            &self.kind,
+            &self.impersonation,
+            &self.scopes,
+            &self.subject,
+            &self.boundary,
+            &self.lifetime,
         ));
-        key
+        self
     }
 
     /// A 64-bit hash of the key's contents, keyed at random per process: equal keys have
@@ -162,7 +237,33 @@ mod tests {
         with_subject.subject = Some("alice@example.com".into());
         assert_ne!(
             TokenKey::new(name.clone(), "p", &a),
-            TokenKey::new(name, "p", &with_subject)
+            TokenKey::new(name.clone(), "p", &with_subject)
+        );
+        let chain = ["d@p.iam.gserviceaccount.com".to_owned()];
+        assert_ne!(
+            TokenKey::new(name.clone(), "p", &a),
+            TokenKey::impersonated(name.clone(), "p", &chain, &a)
+        );
+        let id = |audience: &str| IdTokenRequest {
+            audience: audience.into(),
+            include_email: false,
+        };
+        assert_eq!(
+            TokenKey::id_token(name.clone(), "p", None, &id("https://x")),
+            TokenKey::id_token(name.clone(), "p", None, &id("https://x"))
+        );
+        assert_ne!(
+            TokenKey::id_token(name.clone(), "p", None, &id("https://x")),
+            TokenKey::id_token(name.clone(), "p", None, &id("https://y"))
+        );
+        // A credential's own token is not one impersonated from it, even for itself.
+        assert_ne!(
+            TokenKey::id_token(name.clone(), "p", None, &id("https://x")),
+            TokenKey::id_token(name.clone(), "p", Some(&[]), &id("https://x"))
+        );
+        assert_ne!(
+            TokenKey::new(name.clone(), "p", &a),
+            TokenKey::impersonated(name, "p", &[], &a)
         );
     }
 }

@@ -17,11 +17,11 @@ pub use boundary::{
     MAX_OPTIONS_LEN, MAX_RULES,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use key::{CredentialName, NameError, TokenKey};
+pub use key::{CredentialName, NameError, TokenKey, TokenKind};
 pub use scope::{MAX_SCOPE_LEN, MAX_SCOPES, ScopeError, ScopeSet};
 pub use secret::{Secret, fingerprint};
 pub use source::{
-    Rejection, SourceError, SourceFuture, TokenRequest, TokenSource, UpstreamRejection,
-    UpstreamStatus,
+    AccessTokenFetch, Capabilities, Fetch, IdTokenFetch, IdTokenRequest, Rejection, SourceError,
+    SourceFuture, TokenRequest, TokenSource, UpstreamRejection, UpstreamStatus,
 };
 pub use token::Token;

@@ -81,6 +81,11 @@ impl ScopeSet {
         Ok(Self(out.into()))
     }
 
+    /// The empty set (the scopes of an ID token's key).
+    pub fn empty() -> Self {
+        Self(Arc::from(Vec::<String>::new()))
+    }
+
     /// The scopes, sorted.
     pub fn iter(&self) -> impl Iterator<Item = &str> {
         self.0.iter().map(String::as_str)

@@ -3,6 +3,7 @@
 use std::fmt::Debug;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::{AccessBoundary, ScopeSet, Token};
@@ -30,6 +31,31 @@ impl TokenRequest {
             boundary: None,
         }
     }
+}
+
+/// What a caller asks a source for when it wants an OpenID Connect ID token.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdTokenRequest {
+    /// The token's `aud`: usually the URL of the service that will receive it.
+    pub audience: String,
+    /// Whether the token must carry the `email` and `email_verified` claims. The
+    /// service-account key flow and the metadata server always include them.
+    pub include_email: bool,
+}
+
+/// What a credential's flow can do. Each source reports its own: the server does not keep a
+/// table of kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Capabilities {
+    /// It can mint access tokens of a chosen lifetime (IAM Credentials generateAccessToken,
+    /// up to 12 hours where the service account allows it); other flows get about an hour.
+    pub chooses_lifetime: bool,
+    /// It can act for a Google Workspace user (domain-wide delegation, `subject`).
+    pub domain_wide_delegation: bool,
+    /// It can mint ID tokens for its own identity.
+    pub id_tokens: bool,
+    /// Google downscopes its access tokens with a Credential Access Boundary.
+    pub downscoping: bool,
 }
 
 /// Whose fault a permanent refusal by Google is, which decides the gRPC status the broker
@@ -178,6 +204,36 @@ impl SourceError {
         }
     }
 
+    /// This error as the failure of a *base* credential: the token another flow needed to
+    /// call Google on the caller's behalf (impersonation, IAM signing). A refusal of the base
+    /// is the broker's own credential failing, never a value of the caller's request: it
+    /// becomes [`Rejection::CredentialRejected`] without a field, and a locally refused
+    /// request becomes [`SourceError::Internal`]. Transient errors pass unchanged.
+    pub fn as_base_error(self) -> Self {
+        match self {
+            Self::Rejected(mut rejection) => {
+                rejection.rejection = Rejection::CredentialRejected;
+                rejection.field = None;
+                rejection.message =
+                    format!("the base credential was refused: {}", rejection.message);
+                Self::Rejected(rejection)
+            }
+            Self::Unsupported { flow, message } => {
+                Self::Internal(format!("the base credential cannot do {flow}: {message}"))
+            }
+            Self::InvalidRequest { field, message } => Self::Internal(format!(
+                "the base credential's request was refused locally: {field}: {message}"
+            )),
+            other => other,
+        }
+    }
+
+    /// Whether Google refused the bearer token a call was made with (an IAM Credentials 401):
+    /// a cached token revoked or no longer valid, which a fresh one may replace.
+    pub fn is_bearer_rejected(&self) -> bool {
+        matches!(self, Self::Rejected(r) if r.rejection == Rejection::CredentialRejected && r.status == 401)
+    }
+
     /// The Google host the error came from; `None` for errors decided locally.
     pub fn upstream(&self) -> Option<&str> {
         match self {
@@ -199,10 +255,82 @@ pub trait TokenSource: Send + Sync + Debug {
     /// The Google principal its tokens represent (e.g. the service-account email).
     fn principal(&self) -> &str;
 
-    /// Gets a fresh token for `request`, giving up at `deadline`.
+    /// The credential kind, as configuration and ErrorInfo name it: `service_account`,
+    /// `authorized_user`, `metadata`, `impersonated`, ...
+    fn kind(&self) -> &'static str;
+
+    /// What its flow can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Gets a fresh access token for `request`, giving up at `deadline`.
     fn fetch<'a>(
         &'a self,
         request: &'a TokenRequest,
         deadline: Option<Instant>,
     ) -> SourceFuture<'a>;
+
+    /// Forgets any token of `request` kept for reuse, so that the next `fetch` gets a new one
+    /// (after Google refused the kept one). Sources that keep nothing do nothing, the default.
+    fn invalidate<'a>(
+        &'a self,
+        request: &'a TokenRequest,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        let _ = request;
+        Box::pin(std::future::ready(()))
+    }
+
+    /// Gets a fresh ID token for the source's own identity; its `secret` is the JWT and its
+    /// `expires_at` the token's `exp`. Sources without [`Capabilities::id_tokens`] answer
+    /// [`SourceError::Unsupported`] (flow `id_token`), which is the default.
+    fn fetch_id_token<'a>(
+        &'a self,
+        request: &'a IdTokenRequest,
+        deadline: Option<Instant>,
+    ) -> SourceFuture<'a> {
+        let _ = (request, deadline);
+        Box::pin(std::future::ready(Err(SourceError::Unsupported {
+            flow: "id_token",
+            message: format!(
+                "Google mints ID tokens for arbitrary audiences only for service accounts; a {} credential cannot",
+                self.kind()
+            ),
+        })))
+    }
+}
+
+/// One upstream call a cache miss makes: a source and what to ask it for. The cache holds it
+/// while the fetch runs, and shares the fetch with every caller of the same key.
+pub trait Fetch: Send + Sync + Debug {
+    /// Makes the call, giving up at `deadline`.
+    fn fetch(&self, deadline: Option<Instant>) -> SourceFuture<'_>;
+}
+
+/// An access token from `source` for `request`.
+#[derive(Debug, Clone)]
+pub struct AccessTokenFetch {
+    /// The source.
+    pub source: Arc<dyn TokenSource>,
+    /// What to ask it for.
+    pub request: TokenRequest,
+}
+
+impl Fetch for AccessTokenFetch {
+    fn fetch(&self, deadline: Option<Instant>) -> SourceFuture<'_> {
+        self.source.fetch(&self.request, deadline)
+    }
+}
+
+/// An ID token from `source` for `request`.
+#[derive(Debug, Clone)]
+pub struct IdTokenFetch {
+    /// The source.
+    pub source: Arc<dyn TokenSource>,
+    /// What to ask it for.
+    pub request: IdTokenRequest,
+}
+
+impl Fetch for IdTokenFetch {
+    fn fetch(&self, deadline: Option<Instant>) -> SourceFuture<'_> {
+        self.source.fetch_id_token(&self.request, deadline)
+    }
 }

@@ -297,6 +297,7 @@ fn generate_access_token(
         TokenRecord {
             principal: format!("serviceAccount:{}", target.email),
             email: Some(target.email.clone()),
+            unique_id: Some(target.unique_id()),
             client: target.unique_id(),
             scopes,
             expires_at,
@@ -345,24 +346,31 @@ fn sign_jwt(state: &State, target: &ServiceAccount, request: &Value) -> Result<V
         .filter(Value::is_object)
         .ok_or_else(|| ApiError::invalid_argument("Payload is not a valid JSON object."))?;
     if let Some(exp) = claims.get("exp") {
-        let exp = exp
-            .as_i64()
-            .ok_or_else(|| ApiError::invalid_argument("The exp claim must be an integer."))?;
-        let now = now();
-        if exp < now {
-            return Err(ApiError::invalid_argument("The exp claim is in the past."));
-        }
-        if exp > now + MAX_SIGN_JWT_EXP_AHEAD_SECS {
-            return Err(ApiError::invalid_argument(
-                "The exp claim is more than 12 hours in the future.",
-            ));
-        }
+        check_sign_jwt_exp(exp, now())?;
     }
     let key = signing_key(state, target)?;
     let signed = key
         .sign_jwt(&claims)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     Ok(json!({"keyId": key.kid(), "signedJwt": signed}))
+}
+
+/// signJwt's rule for `exp`: a JSON integer, not in the past, at most 12 h ahead. Floats and
+/// strings are refused; integers beyond `i64` are simply too far ahead (no overflow).
+fn check_sign_jwt_exp(exp: &Value, now: i64) -> Result<(), ApiError> {
+    let latest = now.saturating_add(MAX_SIGN_JWT_EXP_AHEAD_SECS);
+    match (exp.as_i64(), exp.as_u64()) {
+        (Some(exp), _) if exp < now => {
+            Err(ApiError::invalid_argument("The exp claim is in the past."))
+        }
+        (Some(exp), _) if exp <= latest => Ok(()),
+        (Some(_), _) | (None, Some(_)) => Err(ApiError::invalid_argument(
+            "The exp claim is more than 12 hours in the future.",
+        )),
+        (None, None) => Err(ApiError::invalid_argument(
+            "The exp claim must be an integer.",
+        )),
+    }
 }
 
 fn sign_blob(state: &State, target: &ServiceAccount, request: &Value) -> Result<Value, ApiError> {
@@ -403,6 +411,30 @@ mod tests {
     #[test]
     fn expire_time_is_whole_seconds_utc() {
         assert_eq!(format_expire_time(1_767_225_600), "2026-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn sign_jwt_exp_is_an_integer_within_12_hours() {
+        let now = 1_767_225_600_i64;
+        let check = |exp: Value| check_sign_jwt_exp(&exp, now).map_err(|e| format!("{e:?}"));
+        assert!(check(json!(now)).is_ok());
+        assert!(check(json!(now + MAX_SIGN_JWT_EXP_AHEAD_SECS)).is_ok());
+        for (exp, why) in [
+            (json!(now - 1), "in the past"),
+            (json!(-1), "in the past"),
+            (json!(i64::MIN), "in the past"),
+            (json!(now + MAX_SIGN_JWT_EXP_AHEAD_SECS + 1), "12 hours"),
+            (json!(i64::MAX), "12 hours"),
+            (json!(u64::MAX), "12 hours"),
+            (json!(1.7e9), "integer"),
+            (json!(f64::from(u32::MAX) + 0.5), "integer"),
+            (json!(now.to_string()), "integer"),
+            (Value::Null, "integer"),
+        ] {
+            let error = check(exp.clone()).expect_err("refused");
+            assert!(error.contains(why), "{exp}: {error}");
+        }
+        assert!(check_sign_jwt_exp(&json!(0), i64::MAX).is_err());
     }
 
     #[test]

@@ -230,10 +230,14 @@ impl UnverifiedJwt {
         self.claims.get(name).and_then(|v| v.as_str())
     }
 
-    /// An integer claim (JSON number).
-    pub fn claim_i64(&self, name: &str) -> Option<i64> {
-        let value = self.claims.get(name)?;
-        value.as_i64().or_else(|| value.as_f64().map(|f| f as i64))
+    /// A NumericDate claim (`iat`, `exp`): Unix seconds as a JSON integer, at least 0 and
+    /// within `i64`. `None` when the claim is absent, or is a float (`1.5`, `1e9`), a string,
+    /// negative, or beyond `i64::MAX`: such a claim is never read leniently.
+    pub fn claim_numeric_date(&self, name: &str) -> Option<i64> {
+        self.claims
+            .get(name)?
+            .as_i64()
+            .filter(|seconds| *seconds >= 0)
     }
 
     /// Whether the RS256 signature verifies with `key`.
@@ -315,6 +319,37 @@ mod tests {
             key.certificate_pem()
                 .starts_with("-----BEGIN CERTIFICATE-----")
         );
+    }
+
+    #[test]
+    fn numeric_dates_are_non_negative_json_integers_only() {
+        let jwt = |claims: &str| UnverifiedJwt {
+            header: serde_json::json!({"alg": "RS256"}),
+            claims: serde_json::from_str(claims).expect("claims"),
+            signing_input: String::new(),
+            signature: Vec::new(),
+        };
+        let read = |claims: &str| jwt(claims).claim_numeric_date("exp");
+        assert_eq!(read(r#"{"exp": 1767225600}"#), Some(1_767_225_600));
+        assert_eq!(read(r#"{"exp": 0}"#), Some(0));
+        assert_eq!(read(r#"{"exp": 9223372036854775807}"#), Some(i64::MAX));
+        for hostile in [
+            r#"{}"#,
+            r#"{"exp": null}"#,
+            r#"{"exp": 1767225600.0}"#,
+            r#"{"exp": 1767225600.5}"#,
+            r#"{"exp": 1.7e9}"#,
+            r#"{"exp": "1767225600"}"#,
+            r#"{"exp": -1}"#,
+            r#"{"exp": -9223372036854775808}"#,
+            r#"{"exp": 9223372036854775808}"#,
+            r#"{"exp": 18446744073709551615}"#,
+            r#"{"exp": 18446744073709551616}"#,
+            r#"{"exp": true}"#,
+            r#"{"exp": [1]}"#,
+        ] {
+            assert_eq!(read(hostile), None, "{hostile}");
+        }
     }
 
     #[test]

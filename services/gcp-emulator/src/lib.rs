@@ -10,6 +10,7 @@
 //! # async fn demo() -> Result<(), gcp_emulator::EmulatorError> {
 //! let emulator = gcp_emulator::Emulator::builder().start().await?;
 //! println!("token endpoint: {}/token", emulator.url());
+//! println!("ID-token-protected function: {}", emulator.function_url());
 //! emulator.shutdown().await;
 //! # Ok(()) }
 //! ```
@@ -22,6 +23,7 @@ pub mod state;
 pub mod world;
 
 mod admin;
+mod function;
 mod iam;
 mod metadata;
 mod oauth;
@@ -107,7 +109,8 @@ impl Emulator {
         self
     }
 
-    /// Writes key files and `emulator.env` to this directory (and reuses keys found there).
+    /// Writes key files, authorized users' credential files and `emulator.env` to this
+    /// directory (and reuses keys found there).
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.data_dir = Some(dir.into());
         self
@@ -160,6 +163,7 @@ impl Emulator {
         Ok(RunningEmulator {
             addr,
             url,
+            data_dir: self.data_dir,
             state,
             shutdown,
             task,
@@ -173,6 +177,7 @@ impl Emulator {
 pub struct RunningEmulator {
     addr: SocketAddr,
     url: String,
+    data_dir: Option<PathBuf>,
     state: Arc<State>,
     shutdown: oneshot::Sender<()>,
     task: JoinHandle<()>,
@@ -233,6 +238,35 @@ impl RunningEmulator {
         key_file_json(&self.state, email)
     }
 
+    /// Where the key file of a service account that has a key was written,
+    /// `DIR/keys/<account-id>.json` (`None` without a data directory).
+    pub fn key_file_path(&self, email: &str) -> Option<PathBuf> {
+        let account = self.state.world.service_account(email).filter(|a| a.key)?;
+        Some(key_path(self.data_dir.as_deref()?, account.account_id()))
+    }
+
+    /// The credential file of an authorized user (email case-insensitive), as
+    /// `gcloud auth application-default login` writes it.
+    pub fn authorized_user_file(&self, email: &str) -> Option<serde_json::Value> {
+        self.state
+            .world
+            .authorized_user(email)
+            .map(authorized_user_json)
+    }
+
+    /// Where an authorized user's credential file was written, `DIR/users/<name>.json` with the
+    /// email's local part as the name (`None` without a data directory).
+    pub fn authorized_user_file_path(&self, email: &str) -> Option<PathBuf> {
+        let user = self.state.world.authorized_user(email)?;
+        Some(user_path(self.data_dir.as_deref()?, user))
+    }
+
+    /// The URL of the ID-token-protected function, `<url>/_emulator/function/hello`: the
+    /// audience an ID token must name to call it.
+    pub fn function_url(&self) -> String {
+        self.state.function_url()
+    }
+
     /// Stops accepting, finishes in-flight requests and waits for the server to end.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(());
@@ -284,6 +318,7 @@ pub fn router(state: Arc<State>) -> Router {
             "/_emulator/rotate-signing-key",
             post(admin::rotate_signing_key),
         )
+        .route(function::PATH, get(function::hello).post(function::hello))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             faults::middleware,
@@ -356,6 +391,27 @@ fn load_key_file(dir: &Path, email: &str) -> Option<SigningKey> {
     .ok()
 }
 
+fn user_path(dir: &Path, user: &world::AuthorizedUser) -> PathBuf {
+    dir.join("users").join(format!("{}.json", user.file_name()))
+}
+
+/// An `authorized_user` credential file exactly as `gcloud auth application-default login`
+/// writes it (keys sorted, no `token_uri`: clients use Google's token URL unless told).
+fn authorized_user_json(user: &world::AuthorizedUser) -> serde_json::Value {
+    let mut file = serde_json::json!({
+        "type": "authorized_user",
+        "account": user.email,
+        "client_id": user.client_id,
+        "client_secret": user.client_secret,
+        "refresh_token": user.refresh_token,
+        "universe_domain": "googleapis.com",
+    });
+    if let Some(project) = &user.quota_project_id {
+        file["quota_project_id"] = project.clone().into();
+    }
+    file
+}
+
 fn key_file_json(state: &State, email: &str) -> Option<serde_json::Value> {
     let account = state.world.service_account(email).filter(|a| a.key)?;
     let key = state.account_keys.get(&account.email)?;
@@ -376,7 +432,8 @@ fn key_file_json(state: &State, email: &str) -> Option<serde_json::Value> {
     }))
 }
 
-/// Writes `DIR/keys/<account-id>.json` for every account with a key, then `DIR/emulator.env`.
+/// Writes `DIR/keys/<account-id>.json` for every account with a key and
+/// `DIR/users/<name>.json` for every authorized user, then `DIR/emulator.env`.
 fn write_data_dir(state: &State, dir: &Path) -> Result<(), EmulatorError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -384,6 +441,10 @@ fn write_data_dir(state: &State, dir: &Path) -> Result<(), EmulatorError> {
     };
     let keys_dir = dir.join("keys");
     std::fs::create_dir_all(&keys_dir).map_err(io(&keys_dir))?;
+    if !state.world.authorized_users.is_empty() {
+        let users_dir = dir.join("users");
+        std::fs::create_dir_all(&users_dir).map_err(io(&users_dir))?;
+    }
     let env_path = dir.join("emulator.env");
     match std::fs::remove_file(&env_path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&env_path)(e)),
@@ -400,6 +461,15 @@ fn write_data_dir(state: &State, dir: &Path) -> Result<(), EmulatorError> {
         )
         .map_err(io(&path))?;
     }
+    for user in &state.world.authorized_users {
+        let path = user_path(dir, user);
+        let json = authorized_user_json(user);
+        write_private_file(
+            &path,
+            &serde_json::to_string_pretty(&json).unwrap_or_default(),
+        )
+        .map_err(io(&path))?;
+    }
     let env = format!("GCP_EMULATOR_URL={}\n", state.base_url);
     let temporary = dir.join(".emulator.env.tmp");
     std::fs::write(&temporary, env).map_err(io(&temporary))?;
@@ -407,14 +477,18 @@ fn write_data_dir(state: &State, dir: &Path) -> Result<(), EmulatorError> {
     Ok(())
 }
 
-/// Writes a file only its owner can read (it holds a private key).
+/// Writes a file only its owner can read (it holds a private key or a refresh token); a file
+/// that already exists is made private too.
 fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write as _;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)?.write_all(contents.as_bytes())
+    let mut file = options.open(path)?;
+    #[cfg(unix)]
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    file.write_all(contents.as_bytes())
 }
 
 /// `len` random characters of the URL-safe alphabet Google's opaque tokens use.

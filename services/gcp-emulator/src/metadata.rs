@@ -242,6 +242,7 @@ fn token(state: &State, query: &HashMap<String, String>) -> Response {
         TokenRecord {
             principal: format!("serviceAccount:{}", account.email),
             email: Some(account.email.clone()),
+            unique_id: Some(account.unique_id()),
             client: account.unique_id(),
             scopes,
             expires_at: now() + lifetime,

@@ -7,12 +7,12 @@ use axum::body::Bytes;
 use axum::extract::{Path, State as AxumState};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::errors::{OAuthError, json_response};
 use crate::keys::UnverifiedJwt;
 use crate::state::{Grant, State, TokenRecord, now};
-use crate::world::ServiceAccount;
+use crate::world::{ServiceAccount, WorkspaceUser};
 
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 /// The audiences Google accepts in a JWT-bearer assertion (besides the emulator's own URLs).
@@ -29,6 +29,8 @@ const MAX_ASSERTION_LIFETIME_SECS: i64 = 3600;
 const ACCESS_TOKEN_LIFETIME_SECS: i64 = 3599;
 const TIMEFRAME_ERROR: &str = "Invalid JWT: Token must be a short-lived token (60 minutes) and in a \
     reasonable timeframe. Check your iat and exp values in the JWT claim.";
+/// Google's answer to domain-wide delegation for a user it does not know.
+const UNKNOWN_USER_ERROR: &str = "Invalid email or User ID";
 const DWD_ERROR: &str = "Client is unauthorized to retrieve access tokens using this method, or client \
     not authorized for any of the scopes requested.";
 
@@ -124,34 +126,27 @@ fn jwt_bearer(
     }
 
     let scopes = parse_scopes(jwt.claim_str("scope"))?;
-    let subject = jwt
-        .claim_str("sub")
-        .filter(|s| *s != account.email)
-        .map(str::to_owned);
-    if let Some(subject) = &subject {
-        if !account.dwd
-            || !account.dwd_scopes.is_empty()
-                && scopes.iter().any(|s| !account.dwd_scopes.contains(s))
-        {
-            return Err(OAuthError::unauthorized_client(DWD_ERROR));
-        }
-        if !looks_like_email(subject) {
-            return Err(OAuthError::invalid_grant("Invalid email or User ID"));
-        }
-    }
+    let user = delegated_user(state, account, &jwt, &scopes)?;
     let lifetime = state.lifetime(ACCESS_TOKEN_LIFETIME_SECS);
-    let (principal, email) = match &subject {
-        Some(user) => (format!("user:{user}"), user.clone()),
+    let (principal, email, unique_id) = match user {
+        Some(user) => (
+            format!("user:{}", user.email),
+            user.email.clone(),
+            user.unique_id(),
+        ),
         None => (
             format!("serviceAccount:{}", account.email),
             account.email.clone(),
+            account.unique_id(),
         ),
     };
+    let subject = user.map(|u| u.email.clone());
     let token = state.mint_access_token(
         "ya29.c.",
         TokenRecord {
             principal,
             email: Some(email),
+            unique_id: Some(unique_id),
             client: account.unique_id(),
             scopes,
             expires_at: now() + lifetime,
@@ -188,6 +183,32 @@ fn verified_assertion_account<'a>(
     Ok(account)
 }
 
+/// The Workspace user a domain-wide-delegation assertion acts as (`sub`), or `None` without
+/// delegation (no `sub`, or the account's own email). Delegation needs DWD enabled on the
+/// account for every requested scope (else `unauthorized_client`), and a `sub` naming a user
+/// of the directory by email or numeric id (else `invalid_grant`, as Google answers).
+fn delegated_user<'a>(
+    state: &'a State,
+    account: &ServiceAccount,
+    jwt: &UnverifiedJwt,
+    scopes: &[String],
+) -> Result<Option<&'a WorkspaceUser>, OAuthError> {
+    let subject = match jwt.claims.get("sub") {
+        None => return Ok(None),
+        Some(Value::String(sub)) if *sub == account.email => return Ok(None),
+        Some(sub) => sub.as_str(),
+    };
+    if !account.dwd
+        || !account.dwd_scopes.is_empty() && scopes.iter().any(|s| !account.dwd_scopes.contains(s))
+    {
+        return Err(OAuthError::unauthorized_client(DWD_ERROR));
+    }
+    subject
+        .and_then(|sub| state.world.workspace_user(sub))
+        .map(Some)
+        .ok_or_else(|| OAuthError::invalid_grant(UNKNOWN_USER_ERROR))
+}
+
 fn check_assertion_audience(state: &State, jwt: &UnverifiedJwt) -> Result<(), OAuthError> {
     let audience = jwt.claim_str("aud").unwrap_or_default();
     let own = ["/token", "/oauth2/v4/token", "/o/oauth2/token"]
@@ -201,24 +222,33 @@ fn check_assertion_audience(state: &State, jwt: &UnverifiedJwt) -> Result<(), OA
     }
 }
 
+/// `iat` and `exp` must be integer NumericDates (see [`UnverifiedJwt::claim_numeric_date`]),
+/// `exp` after `iat` by at most an hour, and both within [`CLOCK_SKEW_SECS`] of now. All
+/// arithmetic is checked: hostile values are refused, never overflowed.
 fn check_assertion_times(jwt: &UnverifiedJwt) -> Result<(), OAuthError> {
-    let (Some(iat), Some(exp)) = (jwt.claim_i64("iat"), jwt.claim_i64("exp")) else {
-        return Err(OAuthError::invalid_grant(TIMEFRAME_ERROR));
-    };
-    let now = now();
-    let lifetime = exp - iat;
-    if lifetime <= 0
-        || lifetime > MAX_ASSERTION_LIFETIME_SECS
-        || iat > now + CLOCK_SKEW_SECS
-        || exp < now - CLOCK_SKEW_SECS
-    {
-        return Err(OAuthError::invalid_grant(TIMEFRAME_ERROR));
-    }
-    Ok(())
+    assertion_times_ok(
+        jwt.claim_numeric_date("iat"),
+        jwt.claim_numeric_date("exp"),
+        now(),
+    )
+    .then_some(())
+    .ok_or_else(|| OAuthError::invalid_grant(TIMEFRAME_ERROR))
 }
 
-fn looks_like_email(value: &str) -> bool {
-    matches!(value.split_once('@'), Some((local, domain)) if !local.is_empty() && domain.contains('.'))
+fn assertion_times_ok(iat: Option<i64>, exp: Option<i64>, now: i64) -> bool {
+    let (Some(iat), Some(exp)) = (iat, exp) else {
+        return false;
+    };
+    let lifetime_ok = exp
+        .checked_sub(iat)
+        .is_some_and(|lifetime| (1..=MAX_ASSERTION_LIFETIME_SECS).contains(&lifetime));
+    let issued_ok = now
+        .checked_add(CLOCK_SKEW_SECS)
+        .is_some_and(|latest| iat <= latest);
+    let unexpired = now
+        .checked_sub(CLOCK_SKEW_SECS)
+        .is_some_and(|earliest| exp >= earliest);
+    lifetime_ok && issued_ok && unexpired
 }
 
 fn refresh_token(
@@ -278,6 +308,7 @@ fn refresh_token(
         TokenRecord {
             principal: format!("user:{}", user.email),
             email: Some(user.email.clone()),
+            unique_id: Some(state.world.user_id(&user.email)),
             client: user.client_id.clone(),
             scopes: scopes.clone(),
             expires_at: now() + lifetime,
@@ -312,7 +343,7 @@ fn user_id_token(
         "iss": "https://accounts.google.com",
         "aud": user.client_id,
         "azp": user.client_id,
-        "sub": crate::world::numeric_id(&user.email),
+        "sub": state.world.user_id(&user.email),
         "iat": iat,
         "exp": iat + lifetime,
     });
@@ -411,6 +442,39 @@ mod tests {
             .len(),
             2
         );
+    }
+
+    #[test]
+    fn assertion_times_are_checked_without_overflow() {
+        let now = 1_767_225_600;
+        assert!(assertion_times_ok(Some(now), Some(now + 3600), now));
+        assert!(assertion_times_ok(Some(now - 10), Some(now + 3590), now));
+        assert!(assertion_times_ok(
+            Some(now + CLOCK_SKEW_SECS),
+            Some(now + 600),
+            now
+        ));
+        let refused = [
+            (None, Some(now + 3600)),
+            (Some(now), None),
+            (Some(now), Some(now)),
+            (Some(now), Some(now + 3601)),
+            (Some(now + 3600), Some(now)),
+            (Some(now + CLOCK_SKEW_SECS + 1), Some(now + 3600)),
+            (Some(now - 4000), Some(now - CLOCK_SKEW_SECS - 1)),
+            (Some(0), Some(i64::MAX)),
+            (Some(i64::MAX - 3600), Some(i64::MAX)),
+            (Some(i64::MAX), Some(i64::MAX)),
+            (Some(i64::MIN), Some(i64::MAX)),
+            (Some(i64::MAX), Some(i64::MIN)),
+            (Some(i64::MIN), Some(i64::MIN + 3600)),
+        ];
+        for (iat, exp) in refused {
+            assert!(!assertion_times_ok(iat, exp, now), "{iat:?} {exp:?}");
+        }
+        // and at the edges of the clock itself
+        assert!(!assertion_times_ok(Some(0), Some(3600), i64::MAX));
+        assert!(!assertion_times_ok(Some(0), Some(3600), i64::MIN));
     }
 
     #[test]

@@ -35,6 +35,10 @@ pub struct TokenRecord {
     pub principal: String,
     /// The email, for service accounts and users.
     pub email: Option<String>,
+    /// The numeric unique id of the Google account the token is for (the service account's,
+    /// or the user's for refresh-token and domain-wide-delegation tokens): tokeninfo's `sub`.
+    /// `None` for federated principals, which have no Google account.
+    pub unique_id: Option<String>,
     /// The OAuth client (unique id of the account, or the OAuth client id).
     pub client: String,
     /// Granted scopes.
@@ -92,6 +96,12 @@ impl State {
             faults: Faults::default(),
             lifetime_override: AtomicU64::new(0),
         }
+    }
+
+    /// The URL of the ID-token-protected function, `<base URL>/_emulator/function/hello`: the
+    /// `aud` its callers' ID tokens must carry.
+    pub fn function_url(&self) -> String {
+        format!("{}{}", self.base_url, crate::function::PATH)
     }
 
     /// The lifetime of a token minted now: `default` seconds, or the admin override.

@@ -213,6 +213,7 @@ fn exchange(
                 pool.pool_resource()
             ),
             email: None,
+            unique_id: None,
             client: pool.provider_resource(),
             scopes,
             expires_at: now() + lifetime,
@@ -369,15 +370,26 @@ fn verify_oidc(
         ));
     }
     let now = now();
-    match jwt.claim_i64("exp") {
-        Some(exp) if exp + SUBJECT_TOKEN_SKEW_SECS > now => {}
-        _ => return Err(reject("is expired")),
+    match jwt.claim_numeric_date("exp") {
+        Some(exp) if exp > now - SUBJECT_TOKEN_SKEW_SECS => {}
+        Some(_) => return Err(reject("is expired")),
+        None => {
+            return Err(reject(
+                "has no valid exp claim (an integer number of seconds)",
+            ));
+        }
     }
-    if jwt
-        .claim_i64("iat")
-        .is_some_and(|iat| iat > now + SUBJECT_TOKEN_SKEW_SECS)
-    {
-        return Err(reject("was issued in the future (iat)"));
+    match jwt.claims.get("iat") {
+        None => {}
+        Some(_) => match jwt.claim_numeric_date("iat") {
+            Some(iat) if iat <= now + SUBJECT_TOKEN_SKEW_SECS => {}
+            Some(_) => return Err(reject("was issued in the future (iat)")),
+            None => {
+                return Err(reject(
+                    "has an invalid iat claim (not an integer number of seconds)",
+                ));
+            }
+        },
     }
     let subject = jwt
         .claim_str(&provider.subject_claim)

@@ -1,5 +1,6 @@
 //! `tokeninfo`: what an access token is, in Google's fields (numbers as strings, as Google
-//! sends them) plus how the emulator minted it.
+//! sends them; `sub` the numeric id of the account, as Google's) plus how the emulator minted
+//! it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,24 +34,24 @@ pub(crate) async fn tokeninfo(
             json!({"error": "invalid_token", "error_description": "Invalid Value"}),
         );
     };
-    json_response(
-        StatusCode::OK,
-        json!({
-            "azp": record.client,
-            "aud": record.client,
-            "sub": record.email.as_deref().unwrap_or(&record.principal),
-            "scope": record.scopes.join(" "),
-            "exp": record.expires_at.to_string(),
-            "expires_in": (record.expires_at - now()).to_string(),
-            "email": record.email,
-            "email_verified": record.email.as_ref().map(|_| "true"),
-            "access_type": "online",
-            "principal": record.principal,
-            "grant": record.grant,
-            "subject": record.subject,
-            "delegates": record.delegates,
-            "access_boundary": record.access_boundary,
-            "user_project": record.user_project,
-        }),
-    )
+    let mut body = json!({
+        "azp": record.client,
+        "aud": record.client,
+        "scope": record.scopes.join(" "),
+        "exp": record.expires_at.to_string(),
+        "expires_in": (record.expires_at - now()).to_string(),
+        "email": record.email,
+        "email_verified": record.email.as_ref().map(|_| "true"),
+        "access_type": "online",
+        "principal": record.principal,
+        "grant": record.grant,
+        "subject": record.subject,
+        "delegates": record.delegates,
+        "access_boundary": record.access_boundary,
+        "user_project": record.user_project,
+    });
+    if let Some(id) = record.unique_id {
+        body["sub"] = id.into();
+    }
+    json_response(StatusCode::OK, body)
 }

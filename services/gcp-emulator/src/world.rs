@@ -1,5 +1,6 @@
-//! The emulated world: projects, service accounts, authorized users, identity pools and the
-//! metadata server's instance, as read from a TOML file or the documented default.
+//! The emulated world: projects, service accounts, the Google Workspace user directory,
+//! authorized users, identity pools and the metadata server's instance, as read from a TOML
+//! file or the documented default.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -10,6 +11,16 @@ use serde::Deserialize;
 pub const CLOUD_PLATFORM_SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 /// Google's `iam` scope, enough for IAM Credentials calls.
 pub const IAM_SCOPE: &str = "https://www.googleapis.com/auth/iam";
+/// The authorized user of the default world (also a user of its Workspace directory).
+pub const DEFAULT_USER: &str = "dev-user@example.com";
+/// The scopes `gcloud auth application-default login` asks consent for: what the default
+/// world's authorized user consented to.
+pub const GCLOUD_ADC_SCOPES: [&str; 4] = [
+    "openid",
+    "https://www.googleapis.com/auth/userinfo.email",
+    CLOUD_PLATFORM_SCOPE,
+    "https://www.googleapis.com/auth/sqlservice.login",
+];
 
 /// Why a world definition could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +59,9 @@ pub struct World {
     /// The GCE instance the metadata server describes.
     #[serde(default)]
     pub metadata: MetadataInstance,
+    /// The Google Workspace user directory: the users domain-wide delegation can act as.
+    #[serde(default)]
+    pub workspace_users: Vec<WorkspaceUser>,
     /// Users with OAuth refresh tokens.
     #[serde(default)]
     pub authorized_users: Vec<AuthorizedUser>,
@@ -124,7 +138,8 @@ impl ServiceAccount {
 }
 
 /// A stable 21-digit numeric id derived from an email (Google's unique ids of accounts and
-/// users have that shape).
+/// users have that shape). Users' ids are derived from the lowercased email: see
+/// [`World::user_id`].
 pub fn numeric_id(email: &str) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, email.as_bytes());
     let mut id = String::from("1");
@@ -183,6 +198,28 @@ fn default_instance_id() -> String {
     "4520031799277581759".to_owned()
 }
 
+/// A user of the Google Workspace directory (Admin SDK `users`): someone domain-wide
+/// delegation can act as.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceUser {
+    /// The user's primary email, e.g. `alice@example.com` (matched case-insensitively).
+    pub email: String,
+    /// The user's numeric unique id (Google's are 21 digits); by default a stable id derived
+    /// from the lowercased email. A JWT-bearer `sub` may name the user by email or by this id.
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+impl WorkspaceUser {
+    /// The user's numeric unique id: `id` when the world gives one, else derived from the email.
+    pub fn unique_id(&self) -> String {
+        self.id
+            .clone()
+            .unwrap_or_else(|| numeric_id(&self.email.to_ascii_lowercase()))
+    }
+}
+
 /// A user with an OAuth client and refresh token.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -198,6 +235,16 @@ pub struct AuthorizedUser {
     /// Scopes the user consented to; empty means any.
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// The `quota_project_id` of the user's credential file (optional, as in gcloud's).
+    #[serde(default)]
+    pub quota_project_id: Option<String>,
+}
+
+impl AuthorizedUser {
+    /// The name of the user's credential file, `DIR/users/<name>.json`: the email's local part.
+    pub fn file_name(&self) -> &str {
+        self.email.split('@').next().unwrap_or_default()
+    }
 }
 
 /// AWS credentials known to the emulated AWS STS.
@@ -314,15 +361,41 @@ impl World {
                     key: true,
                     dwd: true,
                     dwd_scopes: Vec::new(),
-                    token_creators: Vec::new(),
+                    // Token Creator on itself, as a service account that signs with its own
+                    // Google-managed keys (signBlob, signJwt) needs.
+                    token_creators: vec![format!("serviceAccount:{broker}")],
                     allow_extended_lifetime: false,
                     disabled: false,
                 },
                 target("reader@dev-project.iam.gserviceaccount.com"),
-                target("writer@dev-project.iam.gserviceaccount.com"),
+                // Exempted from the one-hour limit by the organization policy
+                // `iam.allowServiceAccountCredentialLifetimeExtension`: tokens up to 12 hours.
+                ServiceAccount {
+                    allow_extended_lifetime: true,
+                    ..target("writer@dev-project.iam.gserviceaccount.com")
+                },
             ],
             metadata: MetadataInstance::default(),
-            authorized_users: Vec::new(),
+            workspace_users: [
+                "alice@example.com",
+                "bob@example.com",
+                "carol@example.com",
+                DEFAULT_USER,
+            ]
+            .into_iter()
+            .map(|email| WorkspaceUser {
+                email: email.to_owned(),
+                id: None,
+            })
+            .collect(),
+            authorized_users: vec![AuthorizedUser {
+                email: DEFAULT_USER.to_owned(),
+                client_id: "dev-client.apps.googleusercontent.com".to_owned(),
+                client_secret: "dev-secret".to_owned(),
+                refresh_token: "1//dev-refresh-token".to_owned(),
+                scopes: GCLOUD_ADC_SCOPES.map(str::to_owned).to_vec(),
+                quota_project_id: Some("dev-project".to_owned()),
+            }],
             aws_credentials: Vec::new(),
             workload_identity_pools: Vec::new(),
             workforce_pools: Vec::new(),
@@ -359,6 +432,7 @@ impl World {
                 self.metadata.service_account
             )));
         }
+        self.validate_users()?;
         for pool in &self.workload_identity_pools {
             if !self
                 .projects
@@ -407,6 +481,88 @@ impl World {
         Ok(())
     }
 
+    /// Checks the Workspace directory (emails, unique emails and ids) and the authorized users
+    /// (emails, and credential file names that are safe and distinct).
+    fn validate_users(&self) -> Result<(), WorldError> {
+        let mut emails = HashSet::new();
+        let mut ids = HashSet::new();
+        for user in &self.workspace_users {
+            if !looks_like_email(&user.email) {
+                return Err(WorldError::Invalid(format!(
+                    "workspace user {:?} is not an email address",
+                    user.email
+                )));
+            }
+            if !emails.insert(user.email.to_ascii_lowercase()) {
+                return Err(WorldError::Invalid(format!(
+                    "workspace user {} is listed twice",
+                    user.email
+                )));
+            }
+            if let Some(id) = &user.id
+                && (id.is_empty() || id.len() > 30 || !id.bytes().all(|b| b.is_ascii_digit()))
+            {
+                return Err(WorldError::Invalid(format!(
+                    "workspace user {}: id {id:?} is not a numeric id (1 to 30 digits)",
+                    user.email
+                )));
+            }
+            if !ids.insert(user.unique_id()) {
+                return Err(WorldError::Invalid(format!(
+                    "workspace user {}: id {} is another user's",
+                    user.email,
+                    user.unique_id()
+                )));
+            }
+        }
+        let mut files = HashSet::new();
+        for user in &self.authorized_users {
+            let name = user.file_name();
+            let safe_name = !name.starts_with('.')
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b));
+            if !looks_like_email(&user.email) || !safe_name {
+                return Err(WorldError::Invalid(format!(
+                    "authorized user {:?} is not an email address whose local part (the name \
+                     of its file users/<name>.json) is letters, digits and ._+-",
+                    user.email
+                )));
+            }
+            if !files.insert(name.to_ascii_lowercase()) {
+                return Err(WorldError::Invalid(format!(
+                    "authorized user {}: another authorized user's file is also users/{name}.json",
+                    user.email
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The Workspace user with this email (case-insensitive) or numeric unique id.
+    pub fn workspace_user(&self, email_or_id: &str) -> Option<&WorkspaceUser> {
+        self.workspace_users.iter().find(|u| {
+            u.email.eq_ignore_ascii_case(email_or_id)
+                || (email_or_id.bytes().all(|b| b.is_ascii_digit()) && u.unique_id() == email_or_id)
+        })
+    }
+
+    /// The numeric unique id of the user with this email: the directory's id when the user is
+    /// listed in `workspace_users`, else a stable id derived from the lowercased email.
+    pub fn user_id(&self, email: &str) -> String {
+        self.workspace_user(email).map_or_else(
+            || numeric_id(&email.to_ascii_lowercase()),
+            WorkspaceUser::unique_id,
+        )
+    }
+
+    /// The authorized user with this email (case-insensitive).
+    pub fn authorized_user(&self, email: &str) -> Option<&AuthorizedUser> {
+        self.authorized_users
+            .iter()
+            .find(|u| u.email.eq_ignore_ascii_case(email))
+    }
+
     /// The service account with this email or numeric unique id.
     pub fn service_account(&self, email_or_id: &str) -> Option<&ServiceAccount> {
         self.service_accounts
@@ -418,6 +574,15 @@ impl World {
     pub fn project(&self, id: &str) -> Option<&Project> {
         self.projects.iter().find(|p| p.id == id)
     }
+}
+
+/// Whether `value` looks like an email address: a non-empty local part, `@`, a dotted domain,
+/// no whitespace.
+pub(crate) fn looks_like_email(value: &str) -> bool {
+    !value.contains(char::is_whitespace)
+        && matches!(value.split_once('@'), Some((local, domain))
+            if !local.is_empty() && !domain.contains('@') && domain.contains('.')
+                && !domain.starts_with('.') && !domain.ends_with('.'))
 }
 
 #[cfg(test)]
@@ -437,6 +602,111 @@ mod tests {
         assert!(a.chars().all(|c| c.is_ascii_digit()));
         assert_eq!(a, world.service_accounts[0].unique_id());
         assert_ne!(a, world.service_accounts[1].unique_id());
+    }
+
+    #[test]
+    fn the_default_world_has_a_directory_and_an_authorized_user_in_it() {
+        let world = World::default_world();
+        for user in [
+            "alice@example.com",
+            "bob@example.com",
+            "carol@example.com",
+            DEFAULT_USER,
+        ] {
+            assert!(world.workspace_user(user).is_some(), "{user}");
+        }
+        let dev = world.authorized_user(DEFAULT_USER).expect("dev-user");
+        assert_eq!(dev.file_name(), "dev-user");
+        assert!(dev.scopes.iter().any(|s| s == CLOUD_PLATFORM_SCOPE));
+        assert!(world.authorized_user("Dev-User@Example.com").is_some());
+    }
+
+    #[test]
+    fn users_are_found_by_any_case_of_the_email_or_by_numeric_id() {
+        let world: World = toml::from_str(
+            "[[workspace_users]]\nemail = 'Alice@Example.com'\n\
+             [[workspace_users]]\nemail = 'bob@example.com'\nid = '42'\n",
+        )
+        .expect("parses");
+        let alice = world.workspace_user("alice@EXAMPLE.com").expect("alice");
+        assert_eq!(alice.email, "Alice@Example.com");
+        let id = alice.unique_id();
+        assert_eq!(id, numeric_id("alice@example.com"));
+        assert_eq!(id.len(), 21);
+        assert_eq!(
+            world.workspace_user(&id).map(|u| u.email.as_str()),
+            Some("Alice@Example.com")
+        );
+        assert_eq!(
+            world.workspace_user("42").map(|u| u.email.as_str()),
+            Some("bob@example.com")
+        );
+        assert_eq!(world.user_id("BOB@example.com"), "42");
+        assert!(world.workspace_user("carol@example.com").is_none());
+        assert!(world.workspace_user("").is_none());
+        assert_eq!(
+            world.user_id("Carol@Example.com"),
+            numeric_id("carol@example.com"),
+            "users outside the directory get a stable id too"
+        );
+    }
+
+    #[test]
+    fn invalid_users_are_rejected() {
+        let invalid = [
+            ("[[workspace_users]]\nemail = 'alice'\n", "not an email"),
+            (
+                "[[workspace_users]]\nemail = 'a@example.com'\n[[workspace_users]]\nemail = 'A@example.com'\n",
+                "twice",
+            ),
+            (
+                "[[workspace_users]]\nemail = 'a@example.com'\nid = '12x'\n",
+                "numeric id",
+            ),
+            (
+                "[[workspace_users]]\nemail = 'a@example.com'\nid = '7'\n[[workspace_users]]\nemail = 'b@example.com'\nid = '7'\n",
+                "another user's",
+            ),
+            (
+                "[[authorized_users]]\nemail = '../x@example.com'\nclient_id = 'c'\nclient_secret = 's'\nrefresh_token = 'r'\n",
+                "not an email",
+            ),
+            (
+                "[[authorized_users]]\nemail = 'a@example.com'\nclient_id = 'c'\nclient_secret = 's'\nrefresh_token = 'r'\n\
+                 [[authorized_users]]\nemail = 'A@example.org'\nclient_id = 'c'\nclient_secret = 's'\nrefresh_token = 'q'\n",
+                "users/A.json",
+            ),
+        ];
+        for (users, why) in invalid {
+            let text = format!(
+                "[[projects]]\nid = 'p'\nnumber = '1'\n\
+                 [[service_accounts]]\nemail = 'a@p.iam.gserviceaccount.com'\n\
+                 [metadata]\nservice_account = 'a@p.iam.gserviceaccount.com'\n{users}"
+            );
+            let world: World = toml::from_str(&text).expect("parses");
+            let error = world.validate().expect_err(why).to_string();
+            assert!(error.contains(why), "{users}: {error}");
+        }
+    }
+
+    #[test]
+    fn emails_are_recognised() {
+        for good in ["a@example.com", "first.last+tag@mail.example.co.uk"] {
+            assert!(looks_like_email(good), "{good}");
+        }
+        for bad in [
+            "",
+            "alice",
+            "@example.com",
+            "a@example",
+            "a@@example.com",
+            "a@b@example.com",
+            "a b@example.com",
+            "a@.example.com",
+            "a@example.com.",
+        ] {
+            assert!(!looks_like_email(bad), "{bad}");
+        }
     }
 
     #[test]

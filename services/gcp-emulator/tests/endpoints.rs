@@ -13,6 +13,8 @@ const READER: &str = "reader@dev-project.iam.gserviceaccount.com";
 const WRITER: &str = "writer@dev-project.iam.gserviceaccount.com";
 const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
 const GOOGLE_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
+/// The directory id `world_with` gives bob@example.com.
+const BOB_ID: &str = "100000000000000000042";
 
 fn now() -> i64 {
     std::time::SystemTime::now()
@@ -144,6 +146,13 @@ token_creators = ["serviceAccount:{BROKER}", "serviceAccount:{WRITER}"]
 email = "{WRITER}"
 key = false
 token_creators = ["serviceAccount:{BROKER}"]
+
+[[workspace_users]]
+email = "alice@example.com"
+
+[[workspace_users]]
+email = "bob@example.com"
+id = "{BOB_ID}"
 {extra}
 "#
     );
@@ -164,6 +173,17 @@ async fn jwt_bearer_grant_mints_a_token_that_tokeninfo_describes() {
     assert_eq!(info["principal"], format!("serviceAccount:{BROKER}"));
     assert_eq!(info["scope"], CLOUD_PLATFORM);
     assert_eq!(info["grant"], "jwt-bearer");
+    let unique_id = emulator
+        .state()
+        .world
+        .service_account(BROKER)
+        .expect("broker@")
+        .unique_id();
+    assert_eq!(
+        info["sub"], unique_id,
+        "sub is the numeric id, not the email"
+    );
+    assert_eq!(info["azp"], unique_id);
     let remaining = expires_in(&info);
     assert!((3590..=3599).contains(&remaining), "{remaining}");
 
@@ -307,6 +327,36 @@ async fn the_token_endpoint_rejects_bad_assertions_like_google() {
             "Invalid email or User ID",
         ),
         (
+            "DWD to a user not in the directory",
+            assertion(
+                &key,
+                json!({"iss": BROKER, "sub": "mallory@example.com", "scope": dwd_scope, "aud": GOOGLE_TOKEN_URL, "iat": iat, "exp": iat + 3600}),
+            ),
+            400,
+            "invalid_grant",
+            "Invalid email or User ID",
+        ),
+        (
+            "DWD to a numeric id no user has",
+            assertion(
+                &key,
+                json!({"iss": BROKER, "sub": "100000000000000000043", "scope": dwd_scope, "aud": GOOGLE_TOKEN_URL, "iat": iat, "exp": iat + 3600}),
+            ),
+            400,
+            "invalid_grant",
+            "Invalid email or User ID",
+        ),
+        (
+            "DWD subject not a string",
+            assertion(
+                &key,
+                json!({"iss": BROKER, "sub": 100_000_000_000_000_000_u64, "scope": dwd_scope, "aud": GOOGLE_TOKEN_URL, "iat": iat, "exp": iat + 3600}),
+            ),
+            400,
+            "invalid_grant",
+            "Invalid email or User ID",
+        ),
+        (
             "not a JWT",
             "not-a-jwt".to_owned(),
             400,
@@ -332,6 +382,35 @@ async fn the_token_endpoint_rejects_bad_assertions_like_google() {
     let (_, info) = tokeninfo(&emulator, body["access_token"].as_str().expect("token")).await;
     assert_eq!(info["subject"], "alice@example.com");
     assert_eq!(info["principal"], "user:alice@example.com");
+    let alice_id = emulator.state().world.user_id("alice@example.com");
+    assert_eq!(info["sub"], alice_id, "the user's numeric id");
+    assert!(alice_id.len() == 21 && alice_id.bytes().all(|b| b.is_ascii_digit()));
+    let broker_id = emulator
+        .state()
+        .world
+        .service_account(BROKER)
+        .expect("broker@")
+        .unique_id();
+    assert_eq!(info["azp"], broker_id, "the client is the service account");
+
+    // A user named by any case of the email, or by numeric id, is the directory's user.
+    for (sub, email, id) in [
+        ("Alice@Example.COM", "alice@example.com", alice_id.as_str()),
+        (BOB_ID, "bob@example.com", BOB_ID),
+    ] {
+        let jwt = assertion(
+            &key,
+            json!({"iss": BROKER, "sub": sub, "scope": dwd_scope, "aud": GOOGLE_TOKEN_URL, "iat": iat, "exp": iat + 3600}),
+        );
+        let (status, body) = post_assertion(&emulator, &jwt).await;
+        assert_eq!(status, 200, "{sub}: {body}");
+        let (_, info) = tokeninfo(&emulator, body["access_token"].as_str().expect("token")).await;
+        assert_eq!(
+            (&info["email"], &info["principal"], &info["sub"]),
+            (&json!(email), &json!(format!("user:{email}")), &json!(id)),
+            "{sub}"
+        );
+    }
 
     let response = client()
         .post(format!("{}/token", emulator.url()))
@@ -397,8 +476,8 @@ async fn id_tokens_verify_against_the_published_keys_and_survive_one_rotation() 
     assert_eq!(jwt.claim_str("aud"), Some("https://service.example.com"));
     assert_eq!(jwt.claim_str("email"), Some(BROKER));
     assert_eq!(
-        jwt.claim_i64("exp")
-            .zip(jwt.claim_i64("iat"))
+        jwt.claim_numeric_date("exp")
+            .zip(jwt.claim_numeric_date("iat"))
             .map(|(e, i)| e - i),
         Some(3600)
     );
@@ -598,6 +677,30 @@ async fn sign_blob_and_sign_jwt_use_the_accounts_published_key() {
     )
     .await;
     assert_eq!(status, 400);
+    // exp must be a JSON integer, and hostile values are refused, never overflowed.
+    for (exp, why) in [
+        (json!(exp as f64 + 0.5), "integer"),
+        (json!(1.7e9), "integer"),
+        (json!(exp.to_string()), "integer"),
+        (Value::Null, "integer"),
+        (json!(-1), "in the past"),
+        (json!(i64::MIN), "in the past"),
+        (json!(i64::MAX), "12 hours"),
+        (json!(u64::MAX), "12 hours"),
+    ] {
+        let payload = json!({"sub": "x", "exp": exp}).to_string();
+        let (status, body) = iam(
+            &emulator,
+            &token,
+            READER,
+            "signJwt",
+            json!({ "payload": payload }),
+        )
+        .await;
+        assert_eq!(status, 400, "{exp}: {body}");
+        let message = body["error"]["message"].as_str().expect("message");
+        assert!(message.contains(why), "{exp}: {message}");
+    }
     let (status, _) = iam(
         &emulator,
         &token,
@@ -1208,6 +1311,7 @@ attribute_condition = "assertion.repository == 'org/app'"
     assert_eq!(downscoped["grant"], "sts-downscope");
     assert_eq!(downscoped["access_boundary"], boundary["accessBoundary"]);
     assert_eq!(downscoped["exp"], original["exp"]);
+    assert_eq!(downscoped["sub"], original["sub"], "still broker@'s token");
 
     // Federation with an OIDC token.
     let iat = now();
@@ -1243,6 +1347,10 @@ attribute_condition = "assertion.repository == 'org/app'"
             "principal://iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/ci/subject/repo:org/app"
         )
     );
+    assert!(
+        info.get("sub").is_none(),
+        "a federated principal has no Google account id: {info}"
+    );
 
     let mut wrong_repo = good.clone();
     wrong_repo["repository"] = "org/other".into();
@@ -1250,6 +1358,31 @@ attribute_condition = "assertion.repository == 'org/app'"
     wrong_aud["aud"] = "https://elsewhere".into();
     let mut expired = good.clone();
     expired["exp"] = (iat - 1000).into();
+    let with = |name: &str, value: Value| {
+        let mut claims = good.clone();
+        claims[name] = value;
+        subject_token(claims)
+    };
+    let hostile = [
+        with("exp", json!((iat + 600) as f64 + 0.5)),
+        with("exp", json!((iat + 600).to_string())),
+        with("exp", json!(u64::MAX)),
+        with("exp", json!(-1)),
+        with("exp", json!(i64::MIN)),
+        with("exp", Value::Null),
+        with("iat", json!(iat as f64 + 0.5)),
+        with("iat", json!(i64::MAX)),
+        with("iat", json!(u64::MAX)),
+        with("iat", json!(iat.to_string())),
+    ];
+    for token in hostile {
+        let (status, body) = sts(exchange(token, audience.clone())).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_grant")),
+            "{body}"
+        );
+    }
     let cases = [
         (
             subject_token(wrong_repo),
@@ -1331,5 +1464,444 @@ async fn the_binary_layout_key_files_are_reused_across_restarts() {
     assert_eq!(again["private_key_id"], key_file["private_key_id"]);
     assert_eq!(again["token_uri"], format!("{}/token", second.url()));
     second.shutdown().await;
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+#[tokio::test]
+async fn hostile_iat_and_exp_are_refused_with_googles_timeframe_error() {
+    let emulator = Emulator::builder().start().await.expect("start");
+    let key = account_key(&emulator, BROKER);
+    let iat = now();
+    let with = |pairs: &[(&str, Value)]| {
+        let mut claims = bearer_claims(BROKER, CLOUD_PLATFORM);
+        for (name, value) in pairs {
+            claims[*name] = value.clone();
+        }
+        claims
+    };
+    let without = |name: &str| {
+        let mut claims = bearer_claims(BROKER, CLOUD_PLATFORM);
+        claims.as_object_mut().map(|c| c.remove(name));
+        claims
+    };
+    let cases: Vec<(&str, Value)> = vec![
+        ("iat a float", with(&[("iat", json!(iat as f64))])),
+        (
+            "exp a float",
+            with(&[("exp", json!((iat + 3600) as f64 + 0.5))]),
+        ),
+        ("exp in exponent form", with(&[("exp", json!(1.7e9))])),
+        ("iat a string", with(&[("iat", json!(iat.to_string()))])),
+        (
+            "exp a string",
+            with(&[("exp", json!((iat + 3600).to_string()))]),
+        ),
+        ("iat null", with(&[("iat", Value::Null)])),
+        ("exp a boolean", with(&[("exp", json!(true))])),
+        ("no iat", without("iat")),
+        ("no exp", without("exp")),
+        (
+            "negative iat",
+            with(&[("iat", json!(-1)), ("exp", json!(3599))]),
+        ),
+        ("negative exp", with(&[("exp", json!(-1))])),
+        (
+            "i64::MIN and i64::MAX",
+            with(&[("iat", json!(i64::MIN)), ("exp", json!(i64::MAX))]),
+        ),
+        (
+            "i64::MAX and i64::MIN",
+            with(&[("iat", json!(i64::MAX)), ("exp", json!(i64::MIN))]),
+        ),
+        (
+            "an hour before i64::MAX",
+            with(&[("iat", json!(i64::MAX - 3600)), ("exp", json!(i64::MAX))]),
+        ),
+        ("exp i64::MAX", with(&[("exp", json!(i64::MAX))])),
+        ("exp u64::MAX", with(&[("exp", json!(u64::MAX))])),
+        (
+            "both u64::MAX",
+            with(&[("iat", json!(u64::MAX)), ("exp", json!(u64::MAX))]),
+        ),
+        ("exp beyond u64", with(&[("exp", json!(1e20))])),
+        ("iat 0", with(&[("iat", json!(0))])),
+    ];
+    for (name, claims) in cases {
+        for target_audience in [None, Some("https://service.example.com")] {
+            let mut claims = claims.clone();
+            if let Some(audience) = target_audience {
+                claims.as_object_mut().map(|c| c.remove("scope"));
+                claims["target_audience"] = audience.into();
+            }
+            let (status, body) = post_assertion(&emulator, &assertion(&key, claims)).await;
+            assert_eq!(
+                (status, body["error"].as_str()),
+                (400, Some("invalid_grant")),
+                "{name}: {body}"
+            );
+            let description = body["error_description"].as_str().expect("description");
+            assert!(
+                description.starts_with("Invalid JWT: Token must be a short-lived token"),
+                "{name}: {description}"
+            );
+        }
+    }
+    // Still serving, and integers in range still work.
+    broker_token(&emulator).await;
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_default_world_has_a_workspace_directory_for_delegation() {
+    let emulator = Emulator::builder().start().await.expect("start");
+    let key = account_key(&emulator, BROKER);
+    let delegate = |sub: &str| {
+        let mut claims = bearer_claims(BROKER, CLOUD_PLATFORM);
+        claims["sub"] = sub.into();
+        assertion(&key, claims)
+    };
+    for user in ["alice@example.com", "bob@example.com", "carol@example.com"] {
+        let (status, body) = post_assertion(&emulator, &delegate(user)).await;
+        assert_eq!(status, 200, "{user}: {body}");
+        let (_, info) = tokeninfo(&emulator, body["access_token"].as_str().expect("token")).await;
+        assert_eq!(info["email"], user);
+        assert_eq!(info["sub"], emulator.state().world.user_id(user));
+    }
+    let (status, body) = post_assertion(&emulator, &delegate("dave@example.com")).await;
+    assert_eq!(
+        (status, body),
+        (
+            400,
+            json!({"error": "invalid_grant", "error_description": "Invalid email or User ID"})
+        )
+    );
+    emulator.shutdown().await;
+}
+
+/// Calls the function with an optional `Authorization` header value.
+async fn call_function(
+    emulator: &RunningEmulator,
+    post: bool,
+    authorization: Option<&str>,
+) -> (u16, String) {
+    let http = client();
+    let mut request = if post {
+        http.post(emulator.function_url())
+    } else {
+        http.get(emulator.function_url())
+    };
+    if let Some(value) = authorization {
+        request = request.header("authorization", value);
+    }
+    let response = request.send().await.expect("send");
+    (
+        response.status().as_u16(),
+        response.text().await.expect("text"),
+    )
+}
+
+#[tokio::test]
+async fn the_function_answers_only_to_google_id_tokens_for_its_own_url() {
+    let emulator = Emulator::builder().start().await.expect("start");
+    let function_url = emulator.function_url();
+    assert_eq!(
+        function_url,
+        format!("{}/_emulator/function/hello", emulator.url())
+    );
+    let key = account_key(&emulator, BROKER);
+    let id_token_for = |audience: &str| {
+        let iat = now();
+        assertion(
+            &key,
+            json!({"iss": BROKER, "target_audience": audience, "aud": GOOGLE_TOKEN_URL, "iat": iat, "exp": iat + 3600}),
+        )
+    };
+
+    // JWT-bearer ID token for the function's URL: GET and POST, any case of "Bearer".
+    let (status, body) = post_assertion(&emulator, &id_token_for(&function_url)).await;
+    assert_eq!(status, 200, "{body}");
+    let id_token = body["id_token"].as_str().expect("id_token").to_owned();
+    for (post, scheme) in [(false, "Bearer"), (true, "Bearer"), (false, "bearer")] {
+        let (status, text) =
+            call_function(&emulator, post, Some(&format!("{scheme} {id_token}"))).await;
+        assert_eq!(status, 200, "{text}");
+        let body: Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(body, json!({"message": "hello", "caller": BROKER}));
+    }
+
+    // The metadata server's identity token and IAM generateIdToken work the same way.
+    let metadata = client()
+        .get(format!(
+            "{}/computeMetadata/v1/instance/service-accounts/default/identity",
+            emulator.url()
+        ))
+        .query(&[("audience", function_url.as_str()), ("format", "full")])
+        .header("Metadata-Flavor", "Google")
+        .send()
+        .await
+        .expect("send")
+        .text()
+        .await
+        .expect("text");
+    let (status, text) = call_function(&emulator, false, Some(&format!("Bearer {metadata}"))).await;
+    assert_eq!(status, 200, "{text}");
+    let token = broker_token(&emulator).await;
+    let (status, body) = iam(
+        &emulator,
+        &token,
+        READER,
+        "generateIdToken",
+        json!({"audience": function_url, "includeEmail": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, text) = call_function(
+        &emulator,
+        true,
+        Some(&format!(
+            "Bearer {}",
+            body["token"].as_str().expect("token")
+        )),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).expect("json")["caller"],
+        READER
+    );
+    // Without includeEmail the caller is the account's numeric id (sub).
+    let (_, body) = iam(
+        &emulator,
+        &token,
+        READER,
+        "generateIdToken",
+        json!({"audience": function_url}),
+    )
+    .await;
+    let (status, text) = call_function(
+        &emulator,
+        false,
+        Some(&format!(
+            "Bearer {}",
+            body["token"].as_str().expect("token")
+        )),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let reader_id = emulator
+        .state()
+        .world
+        .service_account(READER)
+        .expect("reader@")
+        .unique_id();
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).expect("json")["caller"],
+        reader_id
+    );
+
+    // Refusals: 401 without a token or with a malformed one, 403 for a token that is not for
+    // this function, not Google's, or expired.
+    let (_, body) = post_assertion(&emulator, &id_token_for("https://other.example.com")).await;
+    let other_audience = body["id_token"].as_str().expect("id_token").to_owned();
+    let (_, body) = post_assertion(&emulator, &id_token_for(emulator.url())).await;
+    let base_url_audience = body["id_token"].as_str().expect("id_token").to_owned();
+    let google_key = emulator.state().id_token_key();
+    let claims = |exp: i64, iss: &str| {
+        json!({"iss": iss, "aud": function_url, "azp": "1", "sub": "1", "email": BROKER,
+               "iat": exp - 3600, "exp": exp})
+    };
+    let expired = google_key
+        .sign_jwt(&claims(now() - 1, "https://accounts.google.com"))
+        .expect("sign");
+    let other_issuer = google_key
+        .sign_jwt(&claims(now() + 600, "https://issuer.example.com"))
+        .expect("sign");
+    let forged = SigningKey::generate("forger")
+        .expect("key")
+        .sign_jwt(&claims(now() + 600, "https://accounts.google.com"))
+        .expect("sign");
+    let tampered = {
+        let mut parts: Vec<String> = id_token.split('.').map(str::to_owned).collect();
+        parts[1] =
+            URL_SAFE_NO_PAD.encode(claims(now() + 600, "https://accounts.google.com").to_string());
+        parts.join(".")
+    };
+    let cases: Vec<(Option<String>, u16, &str)> = vec![
+        (None, 401, "no Authorization: Bearer token"),
+        (
+            Some(format!("Basic {}", STANDARD.encode("a:b"))),
+            401,
+            "no Authorization",
+        ),
+        (Some("Bearer ".to_owned()), 401, "no Authorization"),
+        (Some(format!("Bearer {token}")), 401, "not a JWT"),
+        (Some("Bearer a.b.c".to_owned()), 401, "not a JWT"),
+        (Some(format!("Bearer {other_audience}")), 403, "audience"),
+        (Some(format!("Bearer {base_url_audience}")), 403, "audience"),
+        (Some(format!("Bearer {expired}")), 403, "expired"),
+        (Some(format!("Bearer {other_issuer}")), 403, "issuer"),
+        (Some(format!("Bearer {forged}")), 403, "signature"),
+        (Some(format!("Bearer {tampered}")), 403, "signature"),
+    ];
+    for (authorization, status, why) in cases {
+        let (got, text) = call_function(&emulator, false, authorization.as_deref()).await;
+        assert_eq!(got, status, "{authorization:?}: {text}");
+        assert!(text.contains(why), "{authorization:?}: {text}");
+        assert!(
+            !authorization
+                .as_deref()
+                .and_then(|a| a.strip_prefix("Bearer "))
+                .is_some_and(|t| !t.is_empty() && text.contains(t)),
+            "the token is not echoed: {text}"
+        );
+    }
+    let response = client().get(&function_url).send().await.expect("send");
+    assert_eq!(response.status().as_u16(), 401);
+    assert_eq!(
+        response
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok()),
+        Some("Bearer error=\"invalid_token\"")
+    );
+
+    // The previous ID-token key is still accepted after one rotation, not after two.
+    emulator.rotate_signing_key().expect("rotate");
+    let (status, _) = call_function(&emulator, false, Some(&format!("Bearer {id_token}"))).await;
+    assert_eq!(status, 200);
+    emulator.rotate_signing_key().expect("rotate");
+    let (status, text) = call_function(&emulator, false, Some(&format!("Bearer {id_token}"))).await;
+    assert_eq!((status, text.contains("signature")), (403, true), "{text}");
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_default_authorized_user_file_is_gclouds_and_its_refresh_grant_works() {
+    let dir = std::env::temp_dir().join(format!("gcp-emulator-user-{}", std::process::id()));
+    let first = Emulator::builder()
+        .data_dir(&dir)
+        .start()
+        .await
+        .expect("start");
+    let path = first
+        .authorized_user_file_path("dev-user@example.com")
+        .expect("path");
+    assert_eq!(path, dir.join("users/dev-user.json"));
+    assert_eq!(
+        first.key_file_path(BROKER),
+        Some(dir.join("keys/broker.json"))
+    );
+    assert_eq!(first.key_file_path(READER), None, "reader@ has no key");
+    assert_eq!(first.authorized_user_file_path("nobody@example.com"), None);
+    let text = std::fs::read_to_string(&path).expect("user file");
+    let file: Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(
+        file,
+        json!({
+            "type": "authorized_user",
+            "account": "dev-user@example.com",
+            "client_id": "dev-client.apps.googleusercontent.com",
+            "client_secret": "dev-secret",
+            "refresh_token": "1//dev-refresh-token",
+            "quota_project_id": "dev-project",
+            "universe_domain": "googleapis.com",
+        })
+    );
+    assert_eq!(
+        first.authorized_user_file("Dev-User@example.com"),
+        Some(file.clone())
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path)
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the refresh token is private");
+    }
+
+    // The refresh grant with exactly the file's fields, as google-auth sends it.
+    let field = |name: &str| file[name].as_str().expect(name).to_owned();
+    let refresh = |scope: Option<&str>| {
+        let mut form = vec![
+            ("grant_type", "refresh_token".to_owned()),
+            ("client_id", field("client_id")),
+            ("client_secret", field("client_secret")),
+            ("refresh_token", field("refresh_token")),
+        ];
+        if let Some(scope) = scope {
+            form.push(("scope", scope.to_owned()));
+        }
+        let request = client().post(format!("{}/token", first.url())).form(&form);
+        async move {
+            let response = request.send().await.expect("send");
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.expect("json"),
+            )
+        }
+    };
+    let (status, body) = refresh(Some(CLOUD_PLATFORM)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["scope"], CLOUD_PLATFORM);
+    let (_, info) = tokeninfo(&first, body["access_token"].as_str().expect("token")).await;
+    assert_eq!(info["grant"], "refresh-token");
+    assert_eq!(info["email"], "dev-user@example.com");
+    assert_eq!(info["principal"], "user:dev-user@example.com");
+    let user_id = first.state().world.user_id("dev-user@example.com");
+    assert_eq!(info["sub"], user_id);
+    assert_eq!(info["azp"], "dev-client.apps.googleusercontent.com");
+
+    // Without scope: what gcloud's login consented to, with an OpenID ID token of the same id.
+    let (status, body) = refresh(None).await;
+    assert_eq!(status, 200, "{body}");
+    let scopes: std::collections::BTreeSet<&str> =
+        body["scope"].as_str().expect("scope").split(' ').collect();
+    assert!(
+        scopes.contains(CLOUD_PLATFORM) && scopes.contains("openid"),
+        "{body}"
+    );
+    let id_token = UnverifiedJwt::parse(body["id_token"].as_str().expect("id_token")).expect("jwt");
+    assert_eq!(id_token.claim_str("sub"), Some(user_id.as_str()));
+    assert_eq!(id_token.claim_str("email"), Some("dev-user@example.com"));
+    // A scope the user never consented to is refused.
+    let (status, body) = refresh(Some("https://www.googleapis.com/auth/admin")).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_scope")),
+        "{body}"
+    );
+    first.shutdown().await;
+
+    // Reused across restarts: the same file, still private even if someone widened it.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    let second = Emulator::builder()
+        .data_dir(&dir)
+        .start()
+        .await
+        .expect("restart");
+    assert_eq!(std::fs::read_to_string(&path).expect("user file"), text);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&path)
+            .expect("metadata")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    second.shutdown().await;
+
+    // Without a data directory there are no paths, but the file's contents are known.
+    let bare = Emulator::builder().start().await.expect("start");
+    assert_eq!(bare.authorized_user_file_path("dev-user@example.com"), None);
+    assert_eq!(bare.key_file_path(BROKER), None);
+    assert!(bare.authorized_user_file("dev-user@example.com").is_some());
+    bare.shutdown().await;
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }

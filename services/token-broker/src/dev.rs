@@ -17,8 +17,20 @@ pub const TRUST_DOMAIN: &str = "dev.token-broker.local";
 pub const APP_SPIFFE_ID: &str = "spiffe://dev.token-broker.local/workload/app";
 /// The SPIFFE ID of the example workload allowed read-only storage.
 pub const READONLY_SPIFFE_ID: &str = "spiffe://dev.token-broker.local/workload/reader";
-/// The credential dev mode configures (the emulator's `broker@` service account).
+/// The default credential of dev mode: the emulator's `broker@` service account, by its key.
 pub const CREDENTIAL: &str = "dev";
+/// The broker's own identity from the emulator's metadata server (`broker@` too).
+pub const METADATA_CREDENTIAL: &str = "dev-metadata";
+/// The emulator's authorized user (`dev-user@example.com`), by its refresh token.
+pub const USER_CREDENTIAL: &str = "dev-user";
+/// `reader@`, impersonated with `dev`'s tokens.
+pub const READER_CREDENTIAL: &str = "dev-reader";
+/// The emulator's service accounts dev mode's policy names.
+pub const BROKER_SA: &str = "broker@dev-project.iam.gserviceaccount.com";
+/// The service account `broker@` may impersonate (it holds Token Creator on it).
+pub const READER_SA: &str = "reader@dev-project.iam.gserviceaccount.com";
+/// Another service account `broker@` may impersonate; it holds no role on `reader@`.
+pub const WRITER_SA: &str = "writer@dev-project.iam.gserviceaccount.com";
 
 /// Why dev mode could not start.
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +126,11 @@ pub async fn prepare(options: &DevOptions) -> Result<DevEnvironment, DevError> {
         write(&dir.join(format!("{name}-key.pem")), &issued.key_pem, true)?;
     }
 
-    write(&dir.join("policy.toml"), &policy(), false)?;
+    write(
+        &dir.join("policy.toml"),
+        &policy(&emulator.function_url()),
+        false,
+    )?;
     let config = dir.join("broker.toml");
     write(
         &config,
@@ -134,10 +150,11 @@ pub fn write_env(environment: &DevEnvironment, addr: SocketAddr) -> Result<(), D
     let env = format!(
         "export TOKEN_BROKER_ADDR=https://localhost:{port}\nexport TOKEN_BROKER_CA={dir}/ca.pem\n\
          export TOKEN_BROKER_CERT={dir}/client.pem\nexport TOKEN_BROKER_KEY={dir}/client-key.pem\n\
-         export GCP_EMULATOR_URL={url}\n",
+         export GCP_EMULATOR_URL={url}\nexport GCP_FUNCTION_URL={function}\n",
         port = addr.port(),
         dir = environment.dir.display(),
         url = environment.emulator.url(),
+        function = environment.emulator.function_url(),
     );
     let temporary = environment.dir.join(".env.new");
     write(&temporary, &env, false)?;
@@ -145,9 +162,10 @@ pub fn write_env(environment: &DevEnvironment, addr: SocketAddr) -> Result<(), D
     std::fs::rename(&temporary, &path).map_err(|source| DevError::Write { path, source })
 }
 
-fn policy() -> String {
+fn policy(function_url: &str) -> String {
     format!(
-        r#"# The dev policy: two example workloads, one credential (the emulator's broker@ account).
+        r#"# The dev policy: two example workloads and the emulator's accounts. `app` may use every
+# RPC but ExchangeToken; the read-only workload may only read storage.
 
 [[grants]]
 name = "dev-app"
@@ -158,6 +176,60 @@ rpcs = ["GetAccessToken"]
 scopes = ["https://www.googleapis.com/auth/cloud-platform", "openid", "email"]
 scope_prefixes = ["https://www.googleapis.com/auth/devstorage.", "https://www.googleapis.com/auth/admin.directory."]
 subject_domains = ["example.com"]
+
+# Impersonation and ID tokens through dev (broker@): reader@ and writer@, directly or through
+# any chain of the two (writer@ holds no role on reader@, so Google refuses that chain).
+[[grants]]
+name = "dev-app-impersonation"
+credential = "{CREDENTIAL}"
+callers = [{{ spiffe_id = "{APP_SPIFFE_ID}" }}]
+rpcs = ["ImpersonateServiceAccount", "GenerateIdToken"]
+scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+scope_prefixes = ["https://www.googleapis.com/auth/devstorage."]
+service_accounts = ["{READER_SA}", "{WRITER_SA}"]
+delegates = [["{READER_SA}"], ["{WRITER_SA}"], ["{READER_SA}", "{WRITER_SA}"], ["{WRITER_SA}", "{READER_SA}"]]
+max_lifetime = "12h"
+# Any https:// audience, and the emulator's ID-token-protected function.
+audiences = ["{function_url}"]
+audience_prefixes = ["https://"]
+
+# Signing with Google-managed keys of broker@ and reader@.
+[[grants]]
+name = "dev-app-signing"
+credential = "{CREDENTIAL}"
+callers = [{{ spiffe_id = "{APP_SPIFFE_ID}" }}]
+rpcs = ["SignJwt", "SignBlob"]
+service_accounts = ["{BROKER_SA}", "{READER_SA}"]
+
+# The broker's own identity from the metadata server: access and ID tokens.
+[[grants]]
+name = "dev-app-metadata"
+credential = "{METADATA_CREDENTIAL}"
+callers = [{{ spiffe_id = "{APP_SPIFFE_ID}" }}]
+rpcs = ["GetAccessToken", "GenerateIdToken"]
+scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+audiences = ["{function_url}"]
+audience_prefixes = ["https://"]
+
+# A user's refresh token (gcloud auth application-default login): only the scopes they
+# consented to.
+[[grants]]
+name = "dev-app-user"
+credential = "{USER_CREDENTIAL}"
+callers = [{{ spiffe_id = "{APP_SPIFFE_ID}" }}]
+scopes = ["https://www.googleapis.com/auth/cloud-platform", "https://www.googleapis.com/auth/sqlservice.login"]
+
+# reader@ as a credential of its own (impersonated with dev's tokens): tokens up to 12 hours.
+[[grants]]
+name = "dev-app-reader"
+credential = "{READER_CREDENTIAL}"
+callers = [{{ spiffe_id = "{APP_SPIFFE_ID}" }}]
+rpcs = ["GetAccessToken", "GenerateIdToken"]
+scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+scope_prefixes = ["https://www.googleapis.com/auth/devstorage."]
+max_lifetime = "12h"
+audiences = ["{function_url}"]
+audience_prefixes = ["https://"]
 
 [[grants]]
 name = "dev-readonly"
@@ -199,10 +271,29 @@ sts_url = "{emulator_url}/v1/token"
 iam_credentials_url = "{emulator_url}"
 metadata_url = "{emulator_url}"
 
+# broker@ by its key (JWT-bearer grant; domain-wide delegation; ID tokens).
 [[credentials]]
 name = "{CREDENTIAL}"
 kind = "service_account"
 key_file = "emulator/keys/broker.json"
+
+# The broker's own identity on GCE, GKE or Cloud Run: here the emulator's metadata server.
+[[credentials]]
+name = "{METADATA_CREDENTIAL}"
+kind = "metadata"
+
+# A user's refresh token, as `gcloud auth application-default login` writes it.
+[[credentials]]
+name = "{USER_CREDENTIAL}"
+kind = "authorized_user"
+file = "emulator/users/dev-user.json"
+
+# reader@, impersonated with dev's (broker@'s) tokens through IAM Credentials.
+[[credentials]]
+name = "{READER_CREDENTIAL}"
+kind = "impersonated"
+base = "{CREDENTIAL}"
+target = "{READER_SA}"
 "#
     )
 }
@@ -233,6 +324,17 @@ fn print_instructions(environment: &DevEnvironment, addr: SocketAddr) {
          \n  tokenctl print-access-token\
          \n  tokenctl print-access-token --scopes https://www.googleapis.com/auth/devstorage.read_only --format json\
          \n  tokenctl print-access-token --subject alice@example.com --scopes https://www.googleapis.com/auth/admin.directory.user.readonly\
+         \n  # other kinds of credential: the metadata server, a user's refresh token, impersonation\
+         \n  tokenctl print-access-token --credential dev-metadata --format json\
+         \n  tokenctl print-access-token --credential dev-user --format json\
+         \n  tokenctl print-access-token --credential dev-reader --format json\
+         \n  # writer@ by impersonation, for 12 hours (its organization policy allows more than one)\
+         \n  tokenctl impersonate --target {writer} --lifetime 12h --format json\
+         \n  # an ID token calls the emulator's ID-token-protected function (as Cloud Run would)\
+         \n  curl -s -H \"Authorization: Bearer $(tokenctl print-identity-token --audiences \"$GCP_FUNCTION_URL\")\" \"$GCP_FUNCTION_URL\"\
+         \n  # signing with Google-managed keys: no key leaves Google\
+         \n  echo '{{\"sub\":\"demo\",\"aud\":\"https://example.com\"}}' | tokenctl sign-jwt --service-account {reader}\
+         \n  echo hello | tokenctl sign-blob --service-account {broker}\
          \n  # the read-only workload may only read storage; this is denied:\
          \n  TOKEN_BROKER_CERT={dir}/readonly.pem TOKEN_BROKER_KEY={dir}/readonly-key.pem tokenctl print-access-token\
          \n  # it may also make only 20 requests a second (40 at once): a burst of 100 is cut off\
@@ -243,5 +345,8 @@ fn print_instructions(environment: &DevEnvironment, addr: SocketAddr) {
          \n(tokenctl is `cargo run -q -p broker-client --bin tokenctl --`.) Ctrl-C stops everything.",
         port = addr.port(),
         emulator = environment.emulator.url(),
+        reader = READER_SA,
+        writer = WRITER_SA,
+        broker = BROKER_SA,
     );
 }

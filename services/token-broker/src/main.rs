@@ -89,7 +89,7 @@ async fn main() -> ExitCode {
             broker.shutdown().await;
             ExitCode::SUCCESS
         }
-        Command::CheckConfig { config } => check_config(&config),
+        Command::CheckConfig { config } => check_config(&config).await,
         #[cfg(feature = "dev")]
         Command::Dev { dir, listen } => {
             init_logging(LogFormat::Text, "info");
@@ -105,7 +105,7 @@ async fn main() -> ExitCode {
 }
 
 #[allow(clippy::print_stdout)]
-fn check_config(path: &std::path::Path) -> ExitCode {
+async fn check_config(path: &std::path::Path) -> ExitCode {
     let settings = match Settings::load(path, None, &[]) {
         Ok(settings) => settings,
         Err(error) => {
@@ -117,18 +117,25 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     if let Err(error) = tls::load(&settings.tls) {
         problems.push(format!("tls: {error}"));
     }
-    let credentials: Vec<broker_core::CredentialName> =
-        match server::load_credentials(&settings, Arc::new(broker_core::SystemClock)) {
-            Ok(credentials) => credentials.keys().cloned().collect(),
-            Err(error) => {
-                problems.push(error.to_string());
-                settings
-                    .credentials
-                    .iter()
-                    .filter_map(|c| broker_core::CredentialName::new(c.name()).ok())
-                    .collect()
-            }
-        };
+    let loaded = match broker_backends::HttpClient::new(settings.http.clone()) {
+        Ok(http) => {
+            let clock: Arc<dyn broker_core::Clock> = Arc::new(broker_core::SystemClock);
+            let cache = broker_cache::TokenCache::new(settings.cache.config(), Arc::clone(&clock));
+            server::load_credentials(&settings, &cache, &http, clock).await
+        }
+        Err(error) => Err(server::StartError::Http(error.to_string())),
+    };
+    let credentials: Vec<broker_core::CredentialName> = match loaded {
+        Ok(credentials) => credentials.keys().cloned().collect(),
+        Err(error) => {
+            problems.push(error.to_string());
+            settings
+                .credentials
+                .iter()
+                .filter_map(|c| broker_core::CredentialName::new(c.name()).ok())
+                .collect()
+        }
+    };
     let grants = match server::load_policy(&settings.policy.file, &credentials) {
         Ok(policy) => policy.grants().len(),
         Err(error) => {

@@ -7,9 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use broker_authz::Policy;
-use broker_backends::{HttpClient, ServiceAccountKey, ServiceAccountSource, upstream_host};
-use broker_cache::TokenCache;
-use broker_core::{Clock, CredentialName, SystemClock};
+use broker_backends::{
+    AdcOptions, AuthorizedUserCredentials, AuthorizedUserSource, BackendError, BaseWrapper, Env,
+    GoogleEndpoints, HttpClient, ImpersonatedServiceAccountFile, ImpersonatedSource,
+    MetadataSource, ServiceAccountKey, ServiceAccountSource, find_default_credentials,
+    metadata_base_url, upstream_host,
+};
+use broker_cache::{CachedSource, TokenCache};
+use broker_core::{Clock, CredentialName, SystemClock, TokenSource};
 use broker_proto::tokenbroker::v1::token_broker_server::TokenBrokerServer;
 use tokio::task::JoinHandle;
 use tonic::service::Routes;
@@ -118,53 +123,243 @@ pub fn load_policy(
     }
 }
 
-/// Loads every configured credential; on failure, every problem with its location.
-pub fn load_credentials(
+/// Loads every configured credential, each base before the credentials built on it; on
+/// failure, every problem with its location. Sources that discover their principal (metadata,
+/// authorized user, Application Default Credentials) ask Google once here. Each credential's
+/// access tokens are also served through `cache` ([`Credential::cached`]), which is how
+/// impersonation and IAM signing get their base tokens.
+pub async fn load_credentials(
     settings: &Settings,
+    cache: &TokenCache,
+    http: &HttpClient,
     clock: Arc<dyn Clock>,
 ) -> Result<HashMap<CredentialName, Credential>, StartError> {
-    let http =
-        HttpClient::new(settings.http.clone()).map_err(|e| StartError::Http(e.to_string()))?;
     let endpoints = &settings.google;
-    let mut credentials = HashMap::new();
+    let env = Env::process();
+    let mut credentials: HashMap<CredentialName, Credential> = HashMap::new();
     let mut problems = Vec::new();
-    for (index, entry) in settings.credentials.iter().enumerate() {
-        let load = || -> Result<(CredentialName, Credential), String> {
-            let name = CredentialName::new(entry.name()).map_err(|e| e.to_string())?;
-            let credential = match entry {
-                CredentialSettings::ServiceAccount { key_file, .. } => {
-                    let key = ServiceAccountKey::from_file(key_file).map_err(|e| e.to_string())?;
-                    let source = ServiceAccountSource::new(key, endpoints.clone(), http.clone())
-                        .map_err(|e| e.to_string())?
-                        .with_clock(Arc::clone(&clock));
-                    tracing::info!(credential = %name, principal = %broker_core::TokenSource::principal(&source), "credential loaded");
-                    Credential {
-                        principal: broker_core::TokenSource::principal(&source).into(),
-                        source: Arc::new(source),
-                        kind: entry.kind(),
-                        upstream: upstream_host(&endpoints.token_url),
-                        chooses_lifetime: false,
-                        delegates_domain: true,
-                    }
+    let mut failed: Vec<&str> = Vec::new();
+    // Bases first: each round loads the entries whose base is loaded (the settings have no
+    // loops and no unknown bases), until a round loads nothing.
+    let mut pending: Vec<(usize, &CredentialSettings)> =
+        settings.credentials.iter().enumerate().collect();
+    while !pending.is_empty() {
+        let before = pending.len();
+        let mut waiting = Vec::new();
+        for (index, entry) in pending {
+            let base = match entry.base() {
+                None => None,
+                Some(base) if failed.contains(&base) => {
+                    failed.push(entry.name());
+                    problems.push(format!(
+                        "credentials[{index}] ({}): its base {base:?} could not be loaded",
+                        entry.name()
+                    ));
+                    continue;
                 }
+                Some(base) => match credentials.iter().find(|(name, _)| name.as_str() == base) {
+                    Some((_, loaded)) => Some(Arc::clone(&loaded.cached)),
+                    None => {
+                        waiting.push((index, entry));
+                        continue;
+                    }
+                },
             };
-            Ok((name, credential))
-        };
-        match load() {
-            Ok((name, credential)) => {
-                credentials.insert(name, credential);
+            let context = LoadContext {
+                endpoints,
+                http,
+                cache,
+                clock: &clock,
+                env: &env,
+            };
+            match load_with_retries(entry, base, &context).await {
+                Ok((name, credential)) => {
+                    credentials.insert(name, credential);
+                }
+                Err(message) => {
+                    failed.push(entry.name());
+                    problems.push(format!(
+                        "credentials[{index}] ({}): {message}",
+                        entry.name()
+                    ));
+                }
             }
-            Err(message) => problems.push(format!(
-                "credentials[{index}] ({}): {message}",
-                entry.name()
-            )),
         }
+        if waiting.len() == before {
+            for (index, entry) in &waiting {
+                problems.push(format!(
+                    "credentials[{index}] ({}): its base {:?} is not configured",
+                    entry.name(),
+                    entry.base().unwrap_or_default()
+                ));
+            }
+            break;
+        }
+        pending = waiting;
     }
     if problems.is_empty() {
         Ok(credentials)
     } else {
         Err(StartError::Credentials(problems))
     }
+}
+
+/// How long to wait before each new attempt at a credential whose discovery failed on a
+/// transient error (a metadata server not ready yet as a pod starts, a network blip).
+const DISCOVERY_RETRY_DELAYS: [Duration; 3] = [
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+];
+
+/// [`load_credential`], tried again after transient discovery failures.
+async fn load_with_retries(
+    entry: &CredentialSettings,
+    base: Option<Arc<dyn TokenSource>>,
+    context: &LoadContext<'_>,
+) -> Result<(CredentialName, Credential), String> {
+    let mut delays = DISCOVERY_RETRY_DELAYS.iter();
+    loop {
+        match load_credential(entry, base.clone(), context).await {
+            Err(LoadFailure::Backend(error)) if error.is_transient() => match delays.next() {
+                Some(delay) => {
+                    tracing::warn!(credential = %entry.name(), %error, retry_in_s = delay.as_secs(), "credential discovery failed; retrying");
+                    tokio::time::sleep(*delay).await;
+                }
+                None => return Err(error.to_string()),
+            },
+            Err(failure) => return Err(failure.to_string()),
+            Ok(loaded) => return Ok(loaded),
+        }
+    }
+}
+
+/// Why a credential could not be built.
+#[derive(Debug, thiserror::Error)]
+enum LoadFailure {
+    /// The backend refused its configuration or could not discover it.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// Anything else (its name, its settings).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What building a credential's source needs.
+struct LoadContext<'a> {
+    endpoints: &'a GoogleEndpoints,
+    http: &'a HttpClient,
+    cache: &'a TokenCache,
+    clock: &'a Arc<dyn Clock>,
+    env: &'a Env,
+}
+
+/// Builds one credential; `base` is its base through the cache, for `impersonated` entries.
+async fn load_credential(
+    entry: &CredentialSettings,
+    base: Option<Arc<dyn TokenSource>>,
+    context: &LoadContext<'_>,
+) -> Result<(CredentialName, Credential), LoadFailure> {
+    let name =
+        CredentialName::new(entry.name()).map_err(|e| LoadFailure::Invalid(e.to_string()))?;
+    let LoadContext {
+        endpoints,
+        http,
+        cache,
+        clock,
+        env,
+    } = *context;
+    let clock = Arc::clone(clock);
+    // Bases read from files (gcloud's impersonated_service_account files) are cached under
+    // this credential's name too: their principal keeps their keys apart.
+    let wrap_cache = cache.clone();
+    let wrap_name = name.clone();
+    let wrap_base: BaseWrapper = Arc::new(move |base| {
+        Arc::new(CachedSource::new(
+            wrap_cache.clone(),
+            wrap_name.clone(),
+            base,
+        ))
+    });
+    let mut origin = None;
+    let source: Arc<dyn TokenSource> = match entry {
+        CredentialSettings::ServiceAccount { key_file, .. } => {
+            let key = ServiceAccountKey::from_file(key_file)?;
+            Arc::new(
+                ServiceAccountSource::new(key, endpoints.clone(), http.clone())?.with_clock(clock),
+            )
+        }
+        CredentialSettings::Metadata {
+            service_account, ..
+        } => Arc::new(
+            MetadataSource::discover(service_account, endpoints.clone(), http.clone(), env)
+                .await?
+                .with_clock(clock),
+        ),
+        CredentialSettings::AuthorizedUser { file, .. } => {
+            let user = AuthorizedUserCredentials::from_file(file)?;
+            Arc::new(
+                AuthorizedUserSource::discover(user, endpoints.clone(), http.clone())
+                    .await?
+                    .with_clock(clock),
+            )
+        }
+        CredentialSettings::Impersonated {
+            file: Some(file), ..
+        } => Arc::new(
+            ImpersonatedServiceAccountFile::from_file(file)?
+                .into_source(endpoints, http, Some(&wrap_base))
+                .await?
+                .with_clock(clock),
+        ),
+        CredentialSettings::Impersonated {
+            target, delegates, ..
+        } => {
+            let (Some(base), Some(target)) = (base, target) else {
+                return Err(LoadFailure::Invalid(
+                    "an impersonated credential needs `base` and `target`, or `file`".to_owned(),
+                ));
+            };
+            Arc::new(
+                ImpersonatedSource::new(base, target, delegates, endpoints.clone(), http.clone())?
+                    .with_clock(clock),
+            )
+        }
+        CredentialSettings::ApplicationDefault { .. } => {
+            let found = find_default_credentials(&AdcOptions {
+                wrap_base: Some(wrap_base),
+                ..AdcOptions::new(endpoints.clone(), http.clone())
+            })
+            .await?;
+            origin = Some(found.origin.to_string());
+            found.source
+        }
+    };
+    let upstream = match source.kind() {
+        "metadata" => upstream_host(
+            &metadata_base_url(endpoints, env).unwrap_or_else(|_| endpoints.metadata_url.clone()),
+        ),
+        "impersonated" => upstream_host(&endpoints.iam_credentials_url),
+        _ => upstream_host(&endpoints.token_url),
+    };
+    tracing::info!(
+        credential = %name,
+        kind = source.kind(),
+        principal = %source.principal(),
+        found = origin.as_deref().unwrap_or("-"),
+        "credential loaded"
+    );
+    let credential = Credential {
+        principal: source.principal().into(),
+        cached: Arc::new(CachedSource::new(
+            cache.clone(),
+            name.clone(),
+            Arc::clone(&source),
+        )),
+        source,
+        upstream,
+    };
+    Ok((name, credential))
 }
 
 /// The gRPC routes of the broker: its API, health and reflection (v1 and v1alpha).
@@ -193,6 +388,35 @@ fn routes(
         .add_service(api))
 }
 
+/// Warns when some of Google's endpoints are on loopback (an emulator) and others are not: a
+/// configuration that overrides only some of them sends the rest to Google itself.
+fn warn_on_mixed_endpoints(google: &GoogleEndpoints) {
+    let endpoints = [
+        ("token_url", &google.token_url),
+        ("sts_url", &google.sts_url),
+        ("iam_credentials_url", &google.iam_credentials_url),
+        ("metadata_url", &google.metadata_url),
+    ];
+    let is_loopback = |url: &str| {
+        let host = upstream_host(url);
+        host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]")
+    };
+    let (local, remote): (Vec<_>, Vec<_>) = endpoints.iter().partition(|(_, url)| is_loopback(url));
+    if !local.is_empty() && !remote.is_empty() {
+        let names = |list: &[&(&str, &String)]| {
+            list.iter()
+                .map(|(field, url)| format!("{field}={url}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        tracing::warn!(
+            loopback = %names(&local),
+            remote = %names(&remote),
+            "some [google] endpoints are on loopback and others are not: set every endpoint when using an emulator"
+        );
+    }
+}
+
 /// Starts the broker and returns once it is serving.
 pub async fn start(settings: Settings) -> Result<RunningBroker, StartError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -204,7 +428,11 @@ pub async fn start(settings: Settings) -> Result<RunningBroker, StartError> {
     let (tls_config, tls_task) =
         tls::watch_files(settings.tls.clone(), settings.tls.reload_interval)?;
 
-    let credentials = load_credentials(&settings, Arc::clone(&clock))?;
+    warn_on_mixed_endpoints(&settings.google);
+    let http =
+        HttpClient::new(settings.http.clone()).map_err(|e| StartError::Http(e.to_string()))?;
+    let cache = TokenCache::new(settings.cache.config(), Arc::clone(&clock));
+    let credentials = load_credentials(&settings, &cache, &http, Arc::clone(&clock)).await?;
     let names: Vec<CredentialName> = credentials.keys().cloned().collect();
     let policy_path = settings.policy.file.clone();
     let (policy, policy_task) = crate::reload::watch_files(
@@ -219,7 +447,7 @@ pub async fn start(settings: Settings) -> Result<RunningBroker, StartError> {
     let service = TokenBrokerService::new(ServiceParts {
         policy,
         credentials,
-        cache: TokenCache::new(settings.cache.config(), Arc::clone(&clock)),
+        cache,
         limits: CallerLimits::new(LimitDefaults {
             rate: limits.rate_limit.limit().ok_or_else(|| {
                 StartError::Invalid("limits.rate_limit is out of range".to_owned())
@@ -230,7 +458,10 @@ pub async fn start(settings: Settings) -> Result<RunningBroker, StartError> {
         clock,
         max_concurrent_rpcs: settings.server.max_concurrent_rpcs,
         rpc_timeout: settings.server.rpc_timeout,
-    });
+        google: settings.google.clone(),
+        http,
+    })
+    .map_err(|e| StartError::Invalid(e.to_string()))?;
 
     let listener = tokio::net::TcpListener::bind(settings.server.listen)
         .await

@@ -6,7 +6,7 @@
 //! listen = "0.0.0.0:8443"
 //! rpc_timeout = "10s"           # the longest any RPC may take (the caller's deadline may be shorter)
 //! max_concurrent_rpcs = 1024    # beyond this, UNAVAILABLE (OVERLOADED) with RetryInfo
-//! max_request_bytes = 65536
+//! max_request_bytes = 131072  # whole request messages; at least 80 KiB (64 KiB payloads)
 //! shutdown_grace = "15s"        # how long SIGTERM waits for in-flight calls
 //! max_connections = 10000       # open connections; more wait in the kernel's backlog
 //! max_concurrent_handshakes = 128
@@ -41,6 +41,9 @@
 //!
 //! [google]                      # every endpoint is overridable; defaults are Google's
 //! token_url = "https://oauth2.googleapis.com/token"
+//! sts_url = "https://sts.googleapis.com/v1/token"
+//! iam_credentials_url = "https://iamcredentials.googleapis.com"
+//! metadata_url = "http://metadata.google.internal"   # else GCE_METADATA_HOST, if set
 //!
 //! [http]
 //! connect_timeout = "5s"
@@ -58,10 +61,33 @@
 //! background_deadline = "30s"   # how long a background refresh may take
 //! negative_ttl = "15s"          # Google's permanent refusals are remembered this long
 //!
-//! [[credentials]]
+//! [[credentials]]               # a service-account key
 //! name = "prod-deployer"
 //! kind = "service_account"
 //! key_file = "/etc/token-broker/keys/deployer.json"
+//!
+//! [[credentials]]               # the broker's own identity on GCE, GKE or Cloud Run
+//! name = "self"
+//! kind = "metadata"
+//! service_account = "default"   # or one of the instance's service-account emails
+//!
+//! [[credentials]]               # a user's refresh token (gcloud auth application-default login)
+//! name = "ops-user"
+//! kind = "authorized_user"
+//! file = "/etc/token-broker/users/ops.json"
+//!
+//! [[credentials]]               # a service account impersonated with another credential's tokens
+//! name = "analytics"
+//! kind = "impersonated"
+//! base = "self"                 # another [[credentials]] name
+//! target = "analytics@my-project.iam.gserviceaccount.com"
+//! delegates = []                # the chain, first hop first
+//! # file = "impersonated.json"  # instead of base/target/delegates: gcloud's
+//! #                             # impersonated_service_account file
+//!
+//! [[credentials]]               # Google's discovery order: GOOGLE_APPLICATION_CREDENTIALS,
+//! name = "adc"                  # gcloud's well-known file, the metadata server
+//! kind = "application_default"
 //! ```
 //!
 //! Relative paths are relative to the directory of the configuration file.
@@ -74,6 +100,9 @@ use broker_authz::{RateLimit, SpiffeId};
 use broker_backends::{GoogleEndpoints, HttpConfig};
 use broker_cache::CacheConfig;
 use serde::Deserialize;
+
+/// The least `server.max_request_bytes`: a 64 KiB payload and the request's other fields.
+pub const MIN_REQUEST_BYTES: usize = 80 * 1024;
 
 /// Why the configuration could not be used; each problem names where it is.
 #[derive(Debug, thiserror::Error)]
@@ -128,7 +157,9 @@ pub struct ServerSettings {
     pub rpc_timeout: Duration,
     /// RPCs served at once; more are refused with UNAVAILABLE (OVERLOADED).
     pub max_concurrent_rpcs: usize,
-    /// Largest request message, bytes.
+    /// Largest request message, bytes: larger ones are refused by gRPC (`OUT_OF_RANGE`)
+    /// before the broker reads them. At least [`MIN_REQUEST_BYTES`], so that every payload the
+    /// API accepts fits, and one a little too large gets the API's own `INVALID_ARGUMENT`.
     pub max_request_bytes: usize,
     /// How long a TLS handshake may take.
     #[serde(with = "humantime_serde")]
@@ -166,7 +197,7 @@ impl Default for ServerSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             rpc_timeout: Duration::from_secs(10),
             max_concurrent_rpcs: 1024,
-            max_request_bytes: 64 * 1024,
+            max_request_bytes: 128 * 1024,
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(15),
             max_connections: 10_000,
@@ -352,20 +383,76 @@ pub enum CredentialSettings {
         /// The Google key file (JSON).
         key_file: PathBuf,
     },
+    /// The broker's own identity from the metadata server (GCE, GKE, Cloud Run).
+    Metadata {
+        /// The name policies and requests use.
+        name: String,
+        /// The account: `default` (the default) or a service account's email.
+        #[serde(default = "default_account")]
+        service_account: String,
+    },
+    /// A user's refresh token: the file `gcloud auth application-default login` writes.
+    AuthorizedUser {
+        /// The name policies and requests use.
+        name: String,
+        /// The `authorized_user` JSON file.
+        file: PathBuf,
+    },
+    /// A service account impersonated through IAM Credentials, with another configured
+    /// credential as the base; or an `impersonated_service_account` file as gcloud writes it.
+    Impersonated {
+        /// The name policies and requests use.
+        name: String,
+        /// The base credential's name (another `[[credentials]]` entry). Not with `file`.
+        base: Option<String>,
+        /// The service account to impersonate. Not with `file`.
+        target: Option<String>,
+        /// The delegation chain, in order. Not with `file`.
+        #[serde(default)]
+        delegates: Vec<String>,
+        /// An `impersonated_service_account` file (its source credentials are the base).
+        file: Option<PathBuf>,
+    },
+    /// Google's Application Default Credentials: `GOOGLE_APPLICATION_CREDENTIALS`, then
+    /// gcloud's well-known file, then the metadata server; whichever is found first.
+    ApplicationDefault {
+        /// The name policies and requests use.
+        name: String,
+    },
+}
+
+fn default_account() -> String {
+    "default".to_owned()
 }
 
 impl CredentialSettings {
     /// The name policies and requests use.
     pub fn name(&self) -> &str {
         match self {
-            Self::ServiceAccount { name, .. } => name,
+            Self::ServiceAccount { name, .. }
+            | Self::Metadata { name, .. }
+            | Self::AuthorizedUser { name, .. }
+            | Self::Impersonated { name, .. }
+            | Self::ApplicationDefault { name } => name,
         }
     }
 
-    /// The kind's name, as in configuration and ErrorInfo metadata.
+    /// The kind's name, as in configuration.
     pub fn kind(&self) -> &'static str {
         match self {
             Self::ServiceAccount { .. } => "service_account",
+            Self::Metadata { .. } => "metadata",
+            Self::AuthorizedUser { .. } => "authorized_user",
+            Self::Impersonated { .. } => "impersonated",
+            Self::ApplicationDefault { .. } => "application_default",
+        }
+    }
+
+    /// The credential this one is built on, if any.
+    pub fn base(&self) -> Option<&str> {
+        match self {
+            Self::Impersonated { base, .. } => base.as_deref(),
+            _ => None,
         }
     }
 }
@@ -446,6 +533,13 @@ impl Settings {
         for credential in &mut self.credentials {
             match credential {
                 CredentialSettings::ServiceAccount { key_file, .. } => resolve(key_file),
+                CredentialSettings::AuthorizedUser { file, .. } => resolve(file),
+                CredentialSettings::Impersonated {
+                    file: Some(file), ..
+                } => resolve(file),
+                CredentialSettings::Impersonated { file: None, .. }
+                | CredentialSettings::Metadata { .. }
+                | CredentialSettings::ApplicationDefault { .. } => {}
             }
         }
     }
@@ -523,7 +617,28 @@ impl Settings {
                     credential.name()
                 ));
             }
+            if let CredentialSettings::Impersonated {
+                base,
+                target,
+                file,
+                delegates,
+                ..
+            } = credential
+            {
+                let at = format!("credentials[{i}] ({})", credential.name());
+                match (file, base, target) {
+                    (Some(_), None, None) if delegates.is_empty() => {}
+                    (Some(_), ..) => problems.push(format!(
+                        "{at}: an impersonated credential has either `file` (a gcloud impersonated_service_account file) or `base` and `target`, not both"
+                    )),
+                    (None, Some(_), Some(_)) => {}
+                    (None, ..) => problems.push(format!(
+                        "{at}: an impersonated credential needs `base` (another credential's name) and `target` (a service account), or `file`"
+                    )),
+                }
+            }
         }
+        self.validate_bases(&mut problems);
         if problems.is_empty() {
             Ok(())
         } else {
@@ -533,6 +648,42 @@ impl Settings {
 }
 
 impl Settings {
+    /// Every `base` names another credential, and no chain of bases loops.
+    fn validate_bases(&self, problems: &mut Vec<String>) {
+        let base_of = |name: &str| {
+            self.credentials
+                .iter()
+                .find(|c| c.name() == name)
+                .map(CredentialSettings::base)
+        };
+        for (i, credential) in self.credentials.iter().enumerate() {
+            let Some(base) = credential.base() else {
+                continue;
+            };
+            if base_of(base).is_none() {
+                problems.push(format!(
+                    "credentials[{i}] ({}).base: {base:?} is not a configured credential",
+                    credential.name()
+                ));
+                continue;
+            }
+            let mut seen = vec![credential.name()];
+            let mut next = Some(base);
+            while let Some(name) = next {
+                if seen.contains(&name) {
+                    problems.push(format!(
+                        "credentials[{i}] ({}).base: the chain of bases loops ({} -> {name})",
+                        credential.name(),
+                        seen.join(" -> ")
+                    ));
+                    break;
+                }
+                seen.push(name);
+                next = base_of(name).flatten();
+            }
+        }
+    }
+
     fn validate_tls(&self, problems: &mut Vec<String>) {
         if self.tls.trust_bundles.is_empty() {
             problems.push("tls.trust_bundles: at least one trust bundle is required (clients must present certificates), for example [[tls.trust_bundles]] with file = \"ca.pem\" and spiffe_trust_domains = [\"example.org\"]".to_owned());
@@ -581,6 +732,11 @@ impl Settings {
             }
         }
         let server = &self.server;
+        if server.max_request_bytes < MIN_REQUEST_BYTES {
+            problems.push(format!(
+                "server.max_request_bytes: must be at least {MIN_REQUEST_BYTES} (SignJwt and SignBlob payloads of up to 64 KiB, with the other fields)"
+            ));
+        }
         for (field, value) in [
             ("max_concurrent_rpcs", server.max_concurrent_rpcs),
             ("max_connections", server.max_connections),

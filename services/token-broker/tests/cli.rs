@@ -141,7 +141,9 @@ async fn dev_mode_serves_tokens_to_the_example_workloads() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[tokio::test]
+// Multi-threaded: `check-config` asks the metadata server and the token endpoint (the emulator,
+// served by this process) while this test waits for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_config_accepts_the_dev_configuration_and_lists_every_problem() {
     let dir = temp_dir("check");
     let options = token_broker::dev::DevOptions {
@@ -163,7 +165,7 @@ async fn check_config_accepts_the_dev_configuration_and_lists_every_problem() {
         "{}",
         String::from_utf8_lossy(&good.stderr)
     );
-    assert!(String::from_utf8_lossy(&good.stdout).contains("ok (1 credentials, 2 grants)"));
+    assert!(String::from_utf8_lossy(&good.stdout).contains("ok (4 credentials, 7 grants)"));
 
     // Three independent problems: a TLS key that is not a key, a credential whose key file is
     // missing, a policy grant naming an unknown credential.
@@ -179,9 +181,9 @@ async fn check_config_accepts_the_dev_configuration_and_lists_every_problem() {
     for expected in [
         "tls:",
         "server-key.pem",
-        "credentials[1] (ghost)",
+        "credentials[4] (ghost)",
         "missing.json",
-        "grants[1]",
+        "grants[6]",
         "nowhere",
     ] {
         assert!(stderr.contains(expected), "{expected:?} in:\n{stderr}");

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use broker_proto::tokenbroker::v1::token_broker_client::TokenBrokerClient;
-use gcp_emulator::{Emulator, RunningEmulator};
+use gcp_emulator::{Emulator, RunningEmulator, World};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use token_broker::pki::{CertificateAuthority, IssuedCertificate, LeafSpec};
@@ -32,6 +32,22 @@ pub const STORAGE_READ: &str = "https://www.googleapis.com/auth/devstorage.read_
 pub const DIRECTORY_READ: &str = "https://www.googleapis.com/auth/admin.directory.user.readonly";
 /// The service account behind the `sa` credential.
 pub const BROKER_SA: &str = "broker@dev-project.iam.gserviceaccount.com";
+/// An impersonation target of the default world: `broker@` holds Token Creator on it; its
+/// tokens live at most an hour.
+pub const READER_SA: &str = "reader@dev-project.iam.gserviceaccount.com";
+/// An impersonation target of the default world: `broker@` holds Token Creator on it; its
+/// tokens may live 12 hours.
+pub const WRITER_SA: &str = "writer@dev-project.iam.gserviceaccount.com";
+/// A service account only [`chain_world`] has: only `reader@` holds Token Creator on it, so
+/// `broker@` reaches it through the delegate `reader@`.
+pub const CHAINED_SA: &str = "chained@dev-project.iam.gserviceaccount.com";
+/// The authorized user of the default world (`<harness dir>/emulator/users/dev-user.json`).
+pub const DEV_USER: &str = "dev-user@example.com";
+/// Replaced, in [`Options::policy`], [`Options::extra_config`] and [`Options::files`], by the
+/// URL of the emulator's ID-token-protected function.
+pub const FUNCTION_URL_VAR: &str = "${FUNCTION_URL}";
+/// Replaced, like [`FUNCTION_URL_VAR`], by the emulator's base URL.
+pub const EMULATOR_URL_VAR: &str = "${EMULATOR_URL}";
 
 /// The policy most scenarios use.
 pub const DEFAULT_POLICY: &str = r#"
@@ -109,6 +125,12 @@ pub struct Options {
     /// More files to write into the harness directory before the broker starts (name,
     /// contents), such as other CAs' bundles.
     pub files: Vec<(String, String)>,
+    /// The emulator's world; `None` is its default world.
+    pub world: Option<World>,
+    /// Runs once the emulator is up and every file is written, before the broker's
+    /// configuration is loaded: for files made from what the emulator generated (its keys).
+    /// Gets the emulator and the harness directory.
+    pub setup: Option<fn(&RunningEmulator, &Path)>,
 }
 
 impl Default for Options {
@@ -123,6 +145,8 @@ impl Default for Options {
             rpc_timeout: "5s",
             trust: DEFAULT_TRUST.to_owned(),
             files: Vec::new(),
+            world: None,
+            setup: None,
         }
     }
 }
@@ -161,11 +185,15 @@ impl Harness {
     /// Starts everything with `options`.
     pub async fn start(options: Options) -> Self {
         let dir = TempDir::new("harness");
-        let emulator = Emulator::builder()
-            .data_dir(dir.path().join("emulator"))
-            .start()
-            .await
-            .expect("emulator");
+        let mut builder = Emulator::builder().data_dir(dir.path().join("emulator"));
+        if let Some(world) = options.world.clone() {
+            builder = builder.world(world);
+        }
+        let emulator = builder.start().await.expect("emulator");
+        let substitute = |text: &str| {
+            text.replace(FUNCTION_URL_VAR, &emulator.function_url())
+                .replace(EMULATOR_URL_VAR, emulator.url())
+        };
         let ca = CertificateAuthority::new("e2e CA").expect("ca");
         std::fs::write(dir.path().join("ca.pem"), ca.certificate_pem()).expect("write");
         let server = ca
@@ -174,9 +202,12 @@ impl Harness {
         std::fs::write(dir.path().join("server.pem"), &server.cert_pem).expect("write");
         std::fs::write(dir.path().join("server-key.pem"), server.key_pem.as_bytes())
             .expect("write");
-        std::fs::write(dir.path().join("policy.toml"), &options.policy).expect("write");
+        std::fs::write(dir.path().join("policy.toml"), substitute(&options.policy)).expect("write");
         for (name, contents) in &options.files {
-            std::fs::write(dir.path().join(name), contents).expect("write");
+            std::fs::write(dir.path().join(name), substitute(contents)).expect("write");
+        }
+        if let Some(setup) = options.setup {
+            setup(&emulator, dir.path());
         }
         let url = emulator.url();
         let config = format!(
@@ -220,7 +251,7 @@ key_file = "emulator/keys/broker.json"
             trust = options.trust,
             http = options.http,
             cache = options.cache,
-            extra = options.extra_config,
+            extra = substitute(&options.extra_config),
         );
         let config_path = dir.path().join("broker.toml");
         std::fs::write(&config_path, config).expect("write");
@@ -306,6 +337,13 @@ key_file = "emulator/keys/broker.json"
             .await
     }
 
+    /// A connected client for a SPIFFE ID (a certificate of the harness CA).
+    pub async fn client_for(&self, spiffe_id: &str) -> TokenBrokerClient<Channel> {
+        self.client(Some(&self.identity(spiffe_id)))
+            .await
+            .expect("connect")
+    }
+
     /// A client over mTLS trusting the harness CA.
     pub async fn client(
         &self,
@@ -357,6 +395,20 @@ key_file = "emulator/keys/broker.json"
             .json()
             .await
             .expect("json")
+    }
+
+    /// The HTTP status the emulator's ID-token-protected function answers to
+    /// `Authorization: Bearer <id_token>`, and its body.
+    pub async fn call_function(&self, id_token: &str) -> (u16, String) {
+        let response = reqwest::Client::new()
+            .get(self.emulator.function_url())
+            .bearer_auth(id_token)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .expect("function");
+        let status = response.status().as_u16();
+        (status, response.text().await.expect("body"))
     }
 
     /// Replaces a file in the harness directory atomically (write, then rename).
@@ -439,4 +491,108 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The default world plus [`CHAINED_SA`], on which only `reader@` holds Token Creator: the
+/// chain `broker@` -> `reader@` -> `chained@` is the one IAM allows, `broker@` -> `chained@`
+/// is refused.
+pub fn chain_world() -> World {
+    let mut world = World::default_world();
+    world
+        .service_accounts
+        .push(gcp_emulator::world::ServiceAccount {
+            email: CHAINED_SA.to_owned(),
+            key: false,
+            dwd: false,
+            dwd_scopes: Vec::new(),
+            token_creators: vec![format!("serviceAccount:{READER_SA}")],
+            allow_extended_lifetime: false,
+            disabled: false,
+        });
+    world
+}
+
+/// Whole seconds as a protobuf duration.
+pub fn seconds(seconds: i64) -> Option<prost_types::Duration> {
+    Some(prost_types::Duration { seconds, nanos: 0 })
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// The claims of a JWT (its middle part), without verifying anything.
+pub fn jwt_claims(jwt: &str) -> serde_json::Value {
+    jwt_part(jwt, 1)
+}
+
+/// The header of a JWT (its first part).
+pub fn jwt_header(jwt: &str) -> serde_json::Value {
+    jwt_part(jwt, 0)
+}
+
+fn jwt_part(jwt: &str, index: usize) -> serde_json::Value {
+    use base64::Engine as _;
+    let part = jwt.split('.').nth(index).expect("a JWT part");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .expect("base64url");
+    serde_json::from_slice(&bytes).expect("JSON")
+}
+
+/// Asserts a status's code and ErrorInfo reason; returns the ErrorInfo metadata.
+pub fn assert_error(
+    status: &tonic::Status,
+    code: tonic::Code,
+    reason: &str,
+) -> std::collections::HashMap<String, String> {
+    let (got, metadata) = error_info(status);
+    assert_eq!(
+        (status.code(), got.as_str()),
+        (code, reason),
+        "{status:?} {metadata:?}"
+    );
+    metadata
+}
+
+/// Asserts a PERMISSION_DENIED by the policy's `rule`; returns the ErrorInfo metadata.
+pub fn assert_denied(
+    status: &tonic::Status,
+    rule: &str,
+) -> std::collections::HashMap<String, String> {
+    let metadata = assert_error(status, tonic::Code::PermissionDenied, "POLICY_DENIED");
+    assert_eq!(
+        metadata.get("rule").map(String::as_str),
+        Some(rule),
+        "{metadata:?}"
+    );
+    metadata
+}
+
+/// Asserts an INVALID_ARGUMENT for `field` with `reason`, named by both the ErrorInfo and the
+/// BadRequest.
+pub fn assert_invalid(status: &tonic::Status, reason: &str, field: &str) {
+    let metadata = assert_error(status, tonic::Code::InvalidArgument, reason);
+    assert_eq!(
+        metadata.get("field").map(String::as_str),
+        Some(field),
+        "{metadata:?}"
+    );
+    assert_eq!(
+        bad_request_field(status).as_deref(),
+        Some(field),
+        "BadRequest"
+    );
+}
+
+/// The field of the first violation of a status's BadRequest.
+pub fn bad_request_field(status: &tonic::Status) -> Option<String> {
+    use tonic_types::StatusExt as _;
+    status
+        .get_error_details()
+        .bad_request()
+        .and_then(|b| b.field_violations.first().map(|v| v.field.clone()))
 }

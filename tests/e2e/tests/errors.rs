@@ -354,14 +354,14 @@ async fn every_row_of_the_error_table() {
 
     // An RPC of a later release, and Google gone altogether.
     let status = client
-        .sign_blob(pb::SignBlobRequest::default())
+        .exchange_token(pb::ExchangeTokenRequest::default())
         .await
         .expect_err("not yet");
     assert_eq!(status.code(), Code::Unimplemented);
     let (reason, metadata) = error_info(&status);
     assert_eq!(
         (reason.as_str(), metadata["feature"].as_str()),
-        ("FEATURE_NOT_IMPLEMENTED", "SignBlob")
+        ("FEATURE_NOT_IMPLEMENTED", "ExchangeToken")
     );
     let Harness {
         emulator,

@@ -1,12 +1,17 @@
 //! Every log line of every crate, at every level, while the broker mints, caches, downscopes,
-//! fails and refuses: no token, assertion, key or subject token may appear in it.
+//! fails and refuses: no token, assertion, key or subject token may appear in it. Nor, on the
+//! paths of impersonation, ID tokens and signing (every kind of credential, successes and
+//! injected IAM, token-endpoint and metadata failures): an ID token, an impersonated token, a
+//! signed JWT, a signature (raw or encoded), a refresh token or a client secret.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
+use base64::Engine as _;
 use broker_proto::tokenbroker::v1 as pb;
 use e2e::*;
-use gcp_emulator::Fault;
+use gcp_emulator::{Fault, RunningEmulator, World};
+use serde_json::json;
 
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -96,8 +101,7 @@ async fn no_secret_reaches_the_logs_at_any_level() {
             .access_token,
     );
     let unavailable: Fault =
-        serde_json::from_value(serde_json::json!({"endpoint": "oauth2.token", "status": 503}))
-            .expect("fault");
+        serde_json::from_value(json!({"endpoint": "oauth2.token", "status": 503})).expect("fault");
     harness.emulator.inject_fault(unavailable).expect("fault");
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     let stale = client
@@ -108,7 +112,7 @@ async fn no_secret_reaches_the_logs_at_any_level() {
     assert!(stale.last_known_good);
     harness.emulator.clear_faults();
     harness.emulator.set_token_lifetime(None);
-    let rejected: Fault = serde_json::from_value(serde_json::json!({"endpoint": "oauth2.token",
+    let rejected: Fault = serde_json::from_value(json!({"endpoint": "oauth2.token",
         "status": 400, "error": "invalid_grant", "error_description": "Invalid JWT Signature."}))
     .expect("fault");
     harness.emulator.inject_fault(rejected).expect("fault");
@@ -121,10 +125,9 @@ async fn no_secret_reaches_the_logs_at_any_level() {
         );
     }
     harness.emulator.clear_faults();
-    let slow: Fault = serde_json::from_value(
-        serde_json::json!({"endpoint": "oauth2.token", "delay_ms": 1500, "times": 1}),
-    )
-    .expect("fault");
+    let slow: Fault =
+        serde_json::from_value(json!({"endpoint": "oauth2.token", "delay_ms": 1500, "times": 1}))
+            .expect("fault");
     harness.emulator.inject_fault(slow).expect("fault");
     let mut impatient =
         tonic::Request::new(request(&["https://www.googleapis.com/auth/devstorage.y"]));
@@ -134,8 +137,7 @@ async fn no_secret_reaches_the_logs_at_any_level() {
 
     // Failing upstream, a denial, a connection without a certificate.
     let fault: Fault =
-        serde_json::from_value(serde_json::json!({"endpoint": "oauth2.token", "status": 503}))
-            .expect("fault");
+        serde_json::from_value(json!({"endpoint": "oauth2.token", "status": 503})).expect("fault");
     harness.emulator.inject_fault(fault).expect("fault");
     let failed = client
         .get_access_token(request(&[
@@ -168,6 +170,10 @@ async fn no_secret_reaches_the_logs_at_any_level() {
         &std::fs::read_to_string(harness.dir.path().join("server-key.pem")).expect("server key"),
     );
     harness.stop().await;
+
+    // Impersonation, ID tokens and signing, by every kind of credential.
+    let mut signatures: Vec<Vec<u8>> = Vec::new();
+    let more_key_fragments = new_paths(&mut secrets, &mut signatures).await;
 
     let logs = String::from_utf8(capture.0.lock().expect("lock").clone()).expect("utf-8");
     assert!(
@@ -202,7 +208,42 @@ async fn no_secret_reaches_the_logs_at_any_level() {
             "a token prefix leaked into the logs"
         );
     }
-    for fragment in key_fragments.iter().chain(&server_key_fragments) {
+    for rpc in [
+        "ImpersonateServiceAccount",
+        "GenerateIdToken",
+        "SignJwt",
+        "SignBlob",
+    ] {
+        assert!(
+            logs.contains(&format!("rpc=\"{rpc}\"")),
+            "the capture saw {rpc}"
+        );
+    }
+    assert!(
+        logs.contains("IAM_PERMISSION_DENIED"),
+        "the capture saw the IAM refusal"
+    );
+    for signature in &signatures {
+        for encoded in encodings(signature) {
+            assert!(
+                !logs.contains(&encoded),
+                "a signature leaked into the logs ({} bytes of an encoding)",
+                encoded.len()
+            );
+        }
+    }
+    // The authorized user's secrets (from its own file and nested in an impersonated one).
+    for secret in ["dev-refresh-token", "dev-secret"] {
+        assert!(
+            !logs.contains(secret),
+            "a user's secret leaked into the logs"
+        );
+    }
+    for fragment in key_fragments
+        .iter()
+        .chain(&server_key_fragments)
+        .chain(&more_key_fragments)
+    {
         assert!(
             !logs.contains(fragment.as_str()),
             "key material leaked into the logs"
@@ -220,4 +261,345 @@ async fn no_secret_reaches_the_logs_at_any_level() {
         !logs.contains("assertion="),
         "a form body leaked into the logs"
     );
+}
+
+/// The forms a signature could take in a log line: base64 (standard, padded or not, and
+/// URL-safe), hex, and the `Debug` of its bytes; each cut to a prefix long enough to be unique.
+fn encodings(signature: &[u8]) -> Vec<String> {
+    let engines = [
+        base64::engine::general_purpose::STANDARD.encode(signature),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signature),
+    ];
+    let hex: String = signature.iter().map(|b| format!("{b:02x}")).collect();
+    let debug = format!("{:?}", &signature[..16]);
+    let mut forms: Vec<String> = engines.iter().map(|e| e[..24].to_owned()).collect();
+    forms.push(hex[..32].to_owned());
+    forms.push(hex[..32].to_uppercase());
+    forms.push(debug[..debug.len() - 1].to_owned());
+    forms
+}
+
+/// Credentials of every kind besides `sa`.
+const NEW_CREDENTIALS: &str = r#"
+[[credentials]]
+name = "md"
+kind = "metadata"
+
+[[credentials]]
+name = "user"
+kind = "authorized_user"
+file = "emulator/users/dev-user.json"
+
+[[credentials]]
+name = "imp-reader"
+kind = "impersonated"
+base = "sa"
+target = "reader@dev-project.iam.gserviceaccount.com"
+
+[[credentials]]
+name = "file-user"
+kind = "impersonated"
+file = "impersonated-user.json"
+
+[[credentials]]
+name = "keyless"
+kind = "impersonated"
+base = "sa"
+target = "broker@dev-project.iam.gserviceaccount.com"
+"#;
+
+const NEW_POLICY: &str = r#"
+[[grants]]
+name = "everything"
+credential = "sa"
+default = true
+callers = [{ spiffe_id = "spiffe://example.org/ns/prod/sa/app" }]
+rpcs = ["GetAccessToken", "ImpersonateServiceAccount", "GenerateIdToken", "SignJwt", "SignBlob"]
+scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+scope_prefixes = ["https://www.googleapis.com/auth/devstorage."]
+service_accounts = [
+  "broker@dev-project.iam.gserviceaccount.com",
+  "reader@dev-project.iam.gserviceaccount.com",
+  "writer@dev-project.iam.gserviceaccount.com",
+  "chained@dev-project.iam.gserviceaccount.com",
+]
+delegates = [["reader@dev-project.iam.gserviceaccount.com"]]
+audiences = ["${FUNCTION_URL}"]
+audience_prefixes = ["https://"]
+
+[[grants]]
+name = "md"
+credential = "md"
+callers = [{ spiffe_id = "spiffe://example.org/ns/prod/sa/app" }]
+rpcs = ["GetAccessToken", "GenerateIdToken"]
+scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+scope_prefixes = ["https://www.googleapis.com/auth/devstorage."]
+audiences = ["${FUNCTION_URL}"]
+
+[[grants]]
+name = "imp-reader"
+credential = "imp-reader"
+callers = [{ spiffe_id = "spiffe://example.org/ns/prod/sa/app" }]
+rpcs = ["GetAccessToken", "GenerateIdToken"]
+scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+audiences = ["${FUNCTION_URL}"]
+
+[[grants]]
+name = "user"
+credential = "user"
+callers = [{ spiffe_id = "spiffe://example.org/ns/prod/sa/app" }]
+scopes = ["https://www.googleapis.com/auth/cloud-platform", "https://www.googleapis.com/auth/sqlservice.login"]
+
+[[grants]]
+name = "file-user"
+credential = "file-user"
+callers = [{ spiffe_id = "spiffe://example.org/ns/prod/sa/app" }]
+scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+
+[[grants]]
+name = "keyless"
+credential = "keyless"
+callers = [{ spiffe_id = "spiffe://example.org/ns/prod/sa/app" }]
+scopes = ["https://www.googleapis.com/auth/admin.directory.user.readonly"]
+subject_domains = ["example.com"]
+"#;
+
+/// gcloud's impersonated_service_account file whose source is the authorized user.
+fn write_impersonated_user_file(emulator: &RunningEmulator, dir: &std::path::Path) {
+    let json = json!({
+        "type": "impersonated_service_account",
+        "service_account_impersonation_url": format!(
+            "https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/{READER_SA}:generateAccessToken"
+        ),
+        "source_credentials": emulator.authorized_user_file(DEV_USER).expect("user file"),
+    });
+    std::fs::write(dir.join("impersonated-user.json"), json.to_string()).expect("write");
+}
+
+fn inject(harness: &Harness, json: serde_json::Value) {
+    harness.emulator.clear_faults();
+    let fault: Fault = serde_json::from_value(json).expect("fault");
+    harness.emulator.inject_fault(fault).expect("fault");
+}
+
+/// Mints, caches, signs and fails through every new path; collects what must stay secret.
+/// Returns fragments of this harness's service-account key.
+async fn new_paths(secrets: &mut Vec<String>, signatures: &mut Vec<Vec<u8>>) -> Vec<String> {
+    let mut world = chain_world();
+    for account in &mut world.service_accounts {
+        if account.email == READER_SA {
+            account.token_creators.push(format!("user:{DEV_USER}"));
+        }
+    }
+    let harness = Harness::start(Options {
+        policy: NEW_POLICY.to_owned(),
+        extra_config: NEW_CREDENTIALS.to_owned(),
+        world: Some::<World>(world),
+        setup: Some(write_impersonated_user_file),
+        ..Options::default()
+    })
+    .await;
+    let mut client = harness.client_for(APP).await;
+    let function = harness.emulator.function_url();
+
+    // Access tokens: the IAM bearer token of `sa`, every kind, impersonation, keyless
+    // delegation; each twice (minted, then cached).
+    let access = |credential: &str, scopes: &[&str], subject: &str| pb::GetAccessTokenRequest {
+        credential: credential.to_owned(),
+        subject: subject.to_owned(),
+        ..request(scopes)
+    };
+    for request in [
+        access("sa", &[CLOUD_PLATFORM], ""),
+        access("md", &[CLOUD_PLATFORM], ""),
+        access("user", &[CLOUD_PLATFORM], ""),
+        access("imp-reader", &[CLOUD_PLATFORM], ""),
+        access("file-user", &[CLOUD_PLATFORM], ""),
+        access("keyless", &[DIRECTORY_READ], "alice@example.com"),
+    ] {
+        for _ in 0..2 {
+            secrets.push(
+                client
+                    .get_access_token(request.clone())
+                    .await
+                    .unwrap_or_else(|e| panic!("{request:?}: {e:?}"))
+                    .into_inner()
+                    .access_token,
+            );
+        }
+    }
+    let impersonate =
+        |target: &str, delegates: &[&str], lifetime| pb::ImpersonateServiceAccountRequest {
+            target_service_account: target.to_owned(),
+            delegates: delegates.iter().map(|d| (*d).to_owned()).collect(),
+            lifetime,
+            ..Default::default()
+        };
+    for request in [
+        impersonate(READER_SA, &[], None),
+        impersonate(WRITER_SA, &[], seconds(43_200)),
+        impersonate(CHAINED_SA, &[READER_SA], None),
+    ] {
+        for _ in 0..2 {
+            secrets.push(
+                client
+                    .impersonate_service_account(request.clone())
+                    .await
+                    .expect("impersonated")
+                    .into_inner()
+                    .access_token,
+            );
+        }
+    }
+
+    // ID tokens of every path, each twice.
+    let id = |credential: &str, target: &str, delegates: &[&str]| pb::GenerateIdTokenRequest {
+        audience: function.clone(),
+        credential: credential.to_owned(),
+        target_service_account: target.to_owned(),
+        delegates: delegates.iter().map(|d| (*d).to_owned()).collect(),
+        include_email: true,
+        ..Default::default()
+    };
+    for request in [
+        id("sa", "", &[]),
+        id("md", "", &[]),
+        id("imp-reader", "", &[]),
+        id("sa", READER_SA, &[]),
+        id("sa", CHAINED_SA, &[READER_SA]),
+    ] {
+        for _ in 0..2 {
+            secrets.push(
+                client
+                    .generate_id_token(request.clone())
+                    .await
+                    .expect("ID token")
+                    .into_inner()
+                    .id_token,
+            );
+        }
+    }
+
+    // Signatures.
+    for account in [BROKER_SA, READER_SA] {
+        let claims = json!({"iss": account, "aud": "https://api.example.com",
+            "exp": unix_now() + 600, "secret-ish": "claims"});
+        secrets.push(
+            client
+                .sign_jwt(pb::SignJwtRequest {
+                    service_account: account.to_owned(),
+                    payload: claims.to_string(),
+                    ..Default::default()
+                })
+                .await
+                .expect("signed JWT")
+                .into_inner()
+                .signed_jwt,
+        );
+        signatures.push(
+            client
+                .sign_blob(pb::SignBlobRequest {
+                    service_account: account.to_owned(),
+                    payload: b"a blob".to_vec(),
+                    ..Default::default()
+                })
+                .await
+                .expect("signature")
+                .into_inner()
+                .signature,
+        );
+    }
+
+    // Failures: IAM refusing and failing on each method, the token endpoint refusing the
+    // user's refresh token, the metadata server failing, a caller's deadline.
+    inject(
+        &harness,
+        json!({"endpoint": "iam.generateAccessToken", "status": 403,
+            "error": "IAM_PERMISSION_DENIED",
+            "error_description": "Permission 'iam.serviceAccounts.getAccessToken' denied on resource (or it may not exist)."}),
+    );
+    client
+        .impersonate_service_account(pb::ImpersonateServiceAccountRequest {
+            scopes: vec![STORAGE_READ.into()],
+            ..impersonate(WRITER_SA, &[], None)
+        })
+        .await
+        .expect_err("fails");
+    inject(
+        &harness,
+        json!({"endpoint": "iam.generateIdToken", "status": 503}),
+    );
+    client
+        .generate_id_token(pb::GenerateIdTokenRequest {
+            audience: "https://other.example.com/".into(),
+            ..id("sa", READER_SA, &[])
+        })
+        .await
+        .expect_err("fails");
+    inject(&harness, json!({"endpoint": "iam.signJwt", "status": 500}));
+    client
+        .sign_jwt(pb::SignJwtRequest {
+            service_account: BROKER_SA.into(),
+            payload: "{\"sub\":\"x\"}".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("fails");
+    // Keyless delegation signs its assertion with signJwt, which still fails.
+    client
+        .get_access_token(access("keyless", &[DIRECTORY_READ], "bob@example.com"))
+        .await
+        .expect_err("fails");
+    inject(
+        &harness,
+        json!({"endpoint": "iam.signBlob", "malformed_body": true}),
+    );
+    client
+        .sign_blob(pb::SignBlobRequest {
+            service_account: BROKER_SA.into(),
+            payload: b"x".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("fails");
+    inject(
+        &harness,
+        json!({"endpoint": "oauth2.token", "status": 400, "error": "invalid_grant",
+            "error_description": "Token has been expired or revoked."}),
+    );
+    client
+        .get_access_token(access(
+            "user",
+            &["https://www.googleapis.com/auth/sqlservice.login"],
+            "",
+        ))
+        .await
+        .expect_err("fails");
+    inject(&harness, json!({"endpoint": "metadata", "status": 503}));
+    client
+        .get_access_token(access("md", &[STORAGE_READ], ""))
+        .await
+        .expect_err("fails");
+    inject(
+        &harness,
+        json!({"endpoint": "iam.signBlob", "delay_ms": 1000}),
+    );
+    let mut hurried = tonic::Request::new(pb::SignBlobRequest {
+        service_account: READER_SA.into(),
+        payload: b"late".to_vec(),
+        ..Default::default()
+    });
+    hurried.set_timeout(std::time::Duration::from_millis(300));
+    assert!(client.sign_blob(hurried).await.is_err());
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    harness.emulator.clear_faults();
+
+    let key_file: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(harness.dir.path().join("emulator/keys/broker.json"))
+            .expect("key file"),
+    )
+    .expect("json");
+    let fragments = pem_fragments(key_file["private_key"].as_str().expect("pem"));
+    harness.stop().await;
+    fragments
 }

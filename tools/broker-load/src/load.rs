@@ -4,8 +4,10 @@
 
 use std::time::{Duration, Instant};
 
-use broker_proto::tokenbroker::v1::GetAccessTokenRequest;
 use broker_proto::tokenbroker::v1::token_broker_client::TokenBrokerClient;
+use broker_proto::tokenbroker::v1::{
+    GenerateIdTokenRequest, GetAccessTokenRequest, ImpersonateServiceAccountRequest,
+};
 use serde::Serialize;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
@@ -17,15 +19,58 @@ use tonic_health::pb::health_client::HealthClient;
 pub(crate) enum Target {
     /// tonic-health `Check("")`; the answer must be SERVING.
     Echo(HealthClient<Channel>),
-    /// `GetAccessToken`; with `want_hit`, every answer must be a cache hit.
+    /// A broker RPC; with `want_hit`, every answer must be a cache hit.
     Broker {
         /// The client.
         client: TokenBrokerClient<Channel>,
         /// The request, the same every time.
-        request: GetAccessTokenRequest,
+        request: BrokerCall,
         /// Whether a response that is not a cache hit counts as unexpected.
         want_hit: bool,
     },
+}
+
+/// A broker RPC and its request.
+#[derive(Debug, Clone)]
+pub(crate) enum BrokerCall {
+    /// `GetAccessToken`.
+    AccessToken(GetAccessTokenRequest),
+    /// `ImpersonateServiceAccount`.
+    Impersonate(ImpersonateServiceAccountRequest),
+    /// `GenerateIdToken`.
+    IdToken(GenerateIdTokenRequest),
+}
+
+impl BrokerCall {
+    /// Makes the call; `Ok(cache_hit)`.
+    pub(crate) async fn call(
+        &self,
+        client: &mut TokenBrokerClient<Channel>,
+    ) -> Result<bool, tonic::Status> {
+        Ok(match self {
+            Self::AccessToken(request) => {
+                client
+                    .get_access_token(request.clone())
+                    .await?
+                    .get_ref()
+                    .cache_hit
+            }
+            Self::Impersonate(request) => {
+                client
+                    .impersonate_service_account(request.clone())
+                    .await?
+                    .get_ref()
+                    .cache_hit
+            }
+            Self::IdToken(request) => {
+                client
+                    .generate_id_token(request.clone())
+                    .await?
+                    .get_ref()
+                    .cache_hit
+            }
+        })
+    }
 }
 
 /// How one call went.
@@ -44,7 +89,7 @@ impl Target {
     }
 
     /// The broker target on `channel`.
-    pub(crate) fn broker(channel: Channel, request: GetAccessTokenRequest, want_hit: bool) -> Self {
+    pub(crate) fn broker(channel: Channel, request: BrokerCall, want_hit: bool) -> Self {
         Self::Broker {
             client: TokenBrokerClient::new(channel),
             request,
@@ -72,8 +117,8 @@ impl Target {
                 client,
                 request,
                 want_hit,
-            } => match client.get_access_token(request.clone()).await {
-                Ok(response) if !*want_hit || response.get_ref().cache_hit => Outcome::Ok,
+            } => match request.call(client).await {
+                Ok(cache_hit) if !*want_hit || cache_hit => Outcome::Ok,
                 Ok(_) => Outcome::Unexpected("response was not a cache hit".to_owned()),
                 Err(status) => Outcome::Error(describe(&status)),
             },

@@ -2,7 +2,8 @@
 //!
 //! - a bare tonic unary service (tonic-health `Check`) behind the broker's TLS acceptor: the
 //!   transport's ceiling;
-//! - the broker's cache-hit `GetAccessToken` (the same request every time, all hits);
+//! - the broker's cache-hit `GetAccessToken` (the same request every time, all hits), and the
+//!   cache hits of `ImpersonateServiceAccount` and `GenerateIdToken` likewise;
 //! - the broker's cold path (cache disabled: every request signs an RS256 assertion and calls
 //!   the Google emulator, which verifies it);
 //! - the crypto library's raw RS256 signing rate, on one thread and on all cores;
@@ -11,6 +12,7 @@
 //! table (and JSON with `--json`). It is a measurement tool, not a test: it asserts nothing.
 
 mod load;
+mod replay;
 mod report;
 mod setup;
 mod sign;
@@ -19,12 +21,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use broker_proto::tokenbroker::v1::GetAccessTokenRequest;
 use broker_proto::tokenbroker::v1::token_broker_client::TokenBrokerClient;
+use broker_proto::tokenbroker::v1::{
+    GenerateIdTokenRequest, GetAccessTokenRequest, ImpersonateServiceAccountRequest,
+};
 use clap::{Parser, ValueEnum};
 use gcp_emulator::Endpoint as EmulatorEndpoint;
 
-use crate::load::{LoadResult, Target, Timing};
+use crate::load::{BrokerCall, LoadResult, Target, Timing};
 use crate::report::{Checks, Report, Scenario};
 use crate::setup::World;
 
@@ -66,7 +70,7 @@ struct Cli {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "echo,hit,cold,sign"
+        default_value = "echo,hit,impersonate,id-token,id-token-echo,cold,sign"
     )]
     scenarios: Vec<Measurement>,
     /// Also write every number as JSON to this file.
@@ -87,6 +91,13 @@ enum Measurement {
     Echo,
     /// The broker's cache-hit path.
     Hit,
+    /// The cache-hit path of ImpersonateServiceAccount.
+    Impersonate,
+    /// The cache-hit path of GenerateIdToken.
+    IdToken,
+    /// A bare service answering GenerateIdToken with the broker's recorded response: the
+    /// transport's ceiling for a response of that size.
+    IdTokenEcho,
     /// The broker's cold path.
     Cold,
     /// The signing baselines.
@@ -164,27 +175,78 @@ async fn scenarios(cli: &Cli, timing: Timing, world: &World) -> Result<Report, E
         scopes: vec![setup::SCOPE.to_owned()],
         ..Default::default()
     };
+    let id_token_request = BrokerCall::IdToken(GenerateIdTokenRequest {
+        audience: setup::AUDIENCE.to_owned(),
+        ..Default::default()
+    });
+    let hit_calls = [
+        (Measurement::Hit, BrokerCall::AccessToken(request.clone())),
+        (
+            Measurement::Impersonate,
+            BrokerCall::Impersonate(ImpersonateServiceAccountRequest {
+                target_service_account: setup::TARGET.to_owned(),
+                scopes: vec![setup::SCOPE.to_owned()],
+                ..Default::default()
+            }),
+        ),
+        (Measurement::IdToken, id_token_request.clone()),
+        (Measurement::IdTokenEcho, id_token_request),
+    ];
+    let hit_calls: Vec<(Measurement, BrokerCall)> = hit_calls
+        .into_iter()
+        .filter(|(measurement, _)| cli.scenarios.contains(measurement))
+        .collect();
+    let upstream_calls = || {
+        [
+            EmulatorEndpoint::OAuth2Token,
+            EmulatorEndpoint::IamGenerateAccessToken,
+            EmulatorEndpoint::IamGenerateIdToken,
+        ]
+        .into_iter()
+        .map(|endpoint| world.emulator.count(endpoint))
+        .sum::<u64>()
+    };
     let token_calls = || world.emulator.count(EmulatorEndpoint::OAuth2Token);
 
-    // Warm the cache: the one upstream call of the cache-hit scenarios.
-    let before_warm = token_calls();
+    // Warm the cache: the upstream calls of the cache-hit scenarios (the impersonation
+    // scenario's base token, its impersonated token, the ID token).
+    let before_warm = upstream_calls();
     let mut warm = TokenBrokerClient::new(world.channels(world.hit.addr(), 1).await?.remove(0));
-    let first = warm.get_access_token(request.clone()).await?;
-    if first.get_ref().cache_hit {
-        return Err("the first request to a fresh broker was a cache hit".into());
+    for (measurement, call) in &hit_calls {
+        if *measurement == Measurement::IdTokenEcho {
+            continue;
+        }
+        if call.call(&mut warm).await? {
+            return Err("the first request to a fresh broker was a cache hit".into());
+        }
     }
-    let after_warm = token_calls();
+    // The replay service answers what a cache hit of the broker answers.
+    if hit_calls
+        .iter()
+        .any(|(m, _)| *m == Measurement::IdTokenEcho)
+    {
+        let mut recorded = warm
+            .generate_id_token(GenerateIdTokenRequest {
+                audience: setup::AUDIENCE.to_owned(),
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        recorded.cache_hit = true;
+        let _ = world.echo.recorded_id_token.set(recorded);
+    }
+    let after_warm = upstream_calls();
     let hits_before = world.hit.service().cache().metrics();
 
     let mut echo = Vec::new();
-    let mut hit = Vec::new();
+    let mut hits: Vec<Vec<LoadResult>> = vec![Vec::new(); hit_calls.len()];
     let run_echo = cli.scenarios.contains(&Measurement::Echo);
-    let run_hit = cli.scenarios.contains(&Measurement::Hit);
     for &concurrency in &cli.concurrency {
         let channels = cli.channels.min(concurrency);
         let echo_channels = world.channels(world.echo_addr(), channels).await?;
         let hit_channels = world.channels(world.hit.addr(), channels).await?;
-        let (mut echo_slices, mut hit_slices) = (Vec::new(), Vec::new());
+        let mut echo_slices = Vec::new();
+        let mut hit_slices: Vec<Vec<load::Slice>> = hit_calls.iter().map(|_| Vec::new()).collect();
         // Alternating slices of the same concurrency; the warm-up precedes the first of each.
         for round in 0..cli.rounds {
             let slice = Timing {
@@ -198,10 +260,15 @@ async fn scenarios(cli: &Cli, timing: Timing, world: &World) -> Result<Report, E
             if run_echo {
                 echo_slices.push(load::run(&echo_channels, concurrency, slice, Target::echo).await);
             }
-            if run_hit {
-                hit_slices.push(
-                    load::run(&hit_channels, concurrency, slice, |channel| {
-                        Target::broker(channel, request.clone(), true)
+            for ((measurement, call), slices) in hit_calls.iter().zip(&mut hit_slices) {
+                let channels = if *measurement == Measurement::IdTokenEcho {
+                    &echo_channels
+                } else {
+                    &hit_channels
+                };
+                slices.push(
+                    load::run(channels, concurrency, slice, |channel| {
+                        Target::broker(channel, call.clone(), true)
                     })
                     .await,
                 );
@@ -210,11 +277,26 @@ async fn scenarios(cli: &Cli, timing: Timing, world: &World) -> Result<Report, E
         if run_echo {
             echo.push(LoadResult::merge(echo_slices));
         }
-        if run_hit {
-            hit.push(LoadResult::merge(hit_slices));
+        for (results, slices) in hits.iter_mut().zip(hit_slices) {
+            results.push(LoadResult::merge(slices));
         }
     }
-    let after_hits = token_calls();
+    let mut results: Vec<(Measurement, Vec<LoadResult>)> =
+        hit_calls.iter().map(|(m, _)| *m).zip(hits).collect();
+    let mut take = |wanted: Measurement| {
+        results
+            .iter()
+            .position(|(m, _)| *m == wanted)
+            .map(|i| results.swap_remove(i).1)
+            .unwrap_or_default()
+    };
+    let (hit, impersonate, id_token, id_token_echo) = (
+        take(Measurement::Hit),
+        take(Measurement::Impersonate),
+        take(Measurement::IdToken),
+        take(Measurement::IdTokenEcho),
+    );
+    let after_hits = upstream_calls();
     let hits_after = world.hit.service().cache().metrics();
 
     let mut cold = Vec::new();
@@ -227,7 +309,7 @@ async fn scenarios(cli: &Cli, timing: Timing, world: &World) -> Result<Report, E
                 .await?;
             let result = LoadResult::merge(vec![
                 load::run(&channels, concurrency, timing, |channel| {
-                    Target::broker(channel, request.clone(), false)
+                    Target::broker(channel, BrokerCall::AccessToken(request.clone()), false)
                 })
                 .await,
             ]);
@@ -256,7 +338,14 @@ async fn scenarios(cli: &Cli, timing: Timing, world: &World) -> Result<Report, E
 
     Ok(Report::new(
         cli_summary(cli, timing, cores),
-        Scenario { echo, hit, cold },
+        Scenario {
+            echo,
+            hit,
+            impersonate,
+            id_token,
+            id_token_echo,
+            cold,
+        },
         sign,
         Checks {
             warmup_token_calls: after_warm - before_warm,

@@ -18,6 +18,8 @@ use token_broker::transport::{self, Serving, TransportOptions};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::Error;
+use crate::replay::{Recorded, Replay};
+use broker_proto::tokenbroker::v1::token_broker_server::TokenBrokerServer;
 
 /// The SPIFFE ID of the load generator's client certificate.
 pub(crate) const CALLER: &str = "spiffe://example.org/ns/load/sa/broker-load";
@@ -33,10 +35,19 @@ name = "load"
 credential = "sa"
 default = true
 callers = [{ spiffe_id = "spiffe://example.org/ns/load/sa/broker-load" }]
+rpcs = ["GetAccessToken", "ImpersonateServiceAccount", "GenerateIdToken"]
 scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+service_accounts = ["reader@dev-project.iam.gserviceaccount.com"]
+audiences = ["https://load.example.com"]
 # The load generator is one caller doing tens of thousands of calls a second.
 rate_limit = { per_second = 1000000, burst = 1000000 }
 "#;
+
+/// The service account the impersonation scenario asks for (the emulator's `reader@`, on which
+/// `sa` holds Token Creator).
+pub(crate) const TARGET: &str = "reader@dev-project.iam.gserviceaccount.com";
+/// The audience of the ID-token scenario.
+pub(crate) const AUDIENCE: &str = "https://load.example.com";
 
 /// A unique temporary directory, removed on drop.
 #[derive(Debug)]
@@ -61,10 +72,13 @@ impl Drop for TempDir {
 pub(crate) struct EchoServer {
     addr: SocketAddr,
     serving: Serving,
+    /// What its replay service answers to GenerateIdToken.
+    pub(crate) recorded_id_token: Recorded,
 }
 
 impl EchoServer {
-    /// Serves tonic-health with the broker's TLS configuration and listener options.
+    /// Serves tonic-health, and the replay service, with the broker's TLS configuration and
+    /// listener options.
     async fn start(settings: &Settings) -> Result<Self, Error> {
         let config = tls::load(&settings.tls)?;
         // The broker's listener reads the configuration from a watch channel; this one never
@@ -74,13 +88,19 @@ impl EchoServer {
         let addr = listener.local_addr()?;
         // The "" service is registered as SERVING by the reporter.
         let (_reporter, health) = tonic_health::server::health_reporter();
+        let replay = Replay::default();
+        let recorded_id_token = Arc::clone(&replay.id_token);
         let serving = transport::serve(
             listener,
             receiver,
             TransportOptions::from(&settings.server),
-            tonic::service::Routes::new(health),
+            tonic::service::Routes::new(health).add_service(TokenBrokerServer::new(replay)),
         );
-        Ok(Self { addr, serving })
+        Ok(Self {
+            addr,
+            serving,
+            recorded_id_token,
+        })
     }
 
     async fn shutdown(self) {

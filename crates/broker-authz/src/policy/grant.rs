@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use broker_core::{AccessBoundary, AccessBoundaryRule, CredentialName};
 
-use super::request::{AccessRequest, Decision, DenialRule};
+use super::account::ServiceAccountPattern;
+use super::request::{AccessRequest, Decision, DenialRule, JwtClaims};
 use super::rpc::Rpc;
 use super::{Failure, Stage};
 use crate::identity::{CallerIdentity, CallerName, SpiffeId};
@@ -23,10 +24,63 @@ pub struct Grant {
     pub(super) scope_prefixes: Vec<String>,
     pub(super) subjects: Vec<String>,
     pub(super) subject_domains: Vec<String>,
+    pub(super) service_accounts: Vec<ServiceAccountPattern>,
+    pub(super) delegates: Vec<Vec<ServiceAccountPattern>>,
+    pub(super) audiences: Vec<String>,
+    pub(super) audience_prefixes: Vec<String>,
+    pub(super) sign_jwt: Option<SignJwtConstraints>,
     pub(super) max_lifetime: Option<Duration>,
     pub(super) access_boundary: Option<AccessBoundary>,
     pub(super) rate_limit: Option<RateLimit>,
     pub(super) distinct_keys: Option<u32>,
+}
+
+/// A grant's constraints on the claims of the JWTs its callers may have signed (SignJwt), the
+/// `[grants.sign_jwt]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignJwtConstraints {
+    pub(super) required_audiences: Vec<String>,
+    pub(super) max_expiry: Option<Duration>,
+}
+
+impl SignJwtConstraints {
+    /// The audiences a payload's `aud` may name, sorted; empty when unconstrained. When set, the
+    /// payload must have an `aud` and every value of it must be one of these.
+    pub fn required_audiences(&self) -> &[String] {
+        &self.required_audiences
+    }
+
+    /// How far after now the payload's `exp` may be; when set, `exp` is required.
+    pub fn max_expiry(&self) -> Option<Duration> {
+        self.max_expiry
+    }
+
+    /// The first claim of `claims` that these constraints refuse (`aud` is checked first).
+    fn check(&self, claims: &JwtClaims<'_>) -> Result<(), DenialRule> {
+        if !self.required_audiences.is_empty() {
+            let allowed = !claims.aud.is_empty()
+                && claims.aud.iter().all(|aud| {
+                    self.required_audiences
+                        .binary_search_by(|allowed| allowed.as_str().cmp(aud))
+                        .is_ok()
+                });
+            if !allowed {
+                return Err(DenialRule::JwtAudienceNotAllowed);
+            }
+        }
+        if let Some(max_expiry) = self.max_expiry {
+            match claims.expires_in {
+                Some(expires_in) if expires_in <= max_expiry => {}
+                expires_in => {
+                    return Err(DenialRule::JwtExpiryNotAllowed {
+                        max_expiry,
+                        missing: expires_in.is_none(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A token bucket: at most `burst` requests at once, refilled at a steady rate.
@@ -187,6 +241,32 @@ impl Grant {
         &self.subject_domains
     }
 
+    /// The service accounts it lets callers act as (impersonate, get ID tokens for, sign as),
+    /// sorted; empty allows none.
+    pub fn service_accounts(&self) -> &[ServiceAccountPattern] {
+        &self.service_accounts
+    }
+
+    /// The delegation chains it allows besides the empty one, in file order.
+    pub fn delegates(&self) -> &[Vec<ServiceAccountPattern>] {
+        &self.delegates
+    }
+
+    /// The ID-token audiences it allows exactly, sorted.
+    pub fn audiences(&self) -> &[String] {
+        &self.audiences
+    }
+
+    /// The ID-token audience prefixes it allows.
+    pub fn audience_prefixes(&self) -> &[String] {
+        &self.audience_prefixes
+    }
+
+    /// Its constraints on SignJwt payloads, if any.
+    pub fn sign_jwt(&self) -> Option<&SignJwtConstraints> {
+        self.sign_jwt.as_ref()
+    }
+
     /// The cap on token lifetimes.
     pub fn max_lifetime(&self) -> Option<Duration> {
         self.max_lifetime
@@ -231,14 +311,68 @@ impl Grant {
         }
     }
 
+    /// Whether the grant lets callers act as the service account `email`.
+    pub fn allows_service_account(&self, email: &str) -> bool {
+        self.service_accounts.iter().any(|p| p.matches(email))
+    }
+
+    /// Whether the grant allows the delegation chain `chain` (in order). The empty chain, direct
+    /// impersonation, is always allowed.
+    pub fn allows_delegates<S: AsRef<str>>(&self, chain: &[S]) -> bool {
+        chain.is_empty()
+            || self.delegates.iter().any(|allowed| {
+                allowed.len() == chain.len()
+                    && allowed
+                        .iter()
+                        .zip(chain)
+                        .all(|(pattern, email)| pattern.matches(email.as_ref()))
+            })
+    }
+
+    /// Whether the grant allows ID tokens for `audience`: one of its `audiences` exactly, or
+    /// starting with one of its `audience_prefixes` (compared byte for byte).
+    pub fn allows_audience(&self, audience: &str) -> bool {
+        self.audiences
+            .binary_search_by(|a| a.as_str().cmp(audience))
+            .is_ok()
+            || self
+                .audience_prefixes
+                .iter()
+                .any(|prefix| audience.starts_with(prefix.as_str()))
+    }
+
     /// Checks a request against this grant's limits; the caller and credential have matched.
+    /// The order, which is also the order of [`Stage`]: rpc, service account, delegates,
+    /// scopes, subject, audience, SignJwt claims, access boundary.
     pub(super) fn check(&self, request: &AccessRequest<'_>) -> Result<Decision, Failure> {
+        let fail = |stage, rule| Failure {
+            stage,
+            disallowed: 0,
+            rule,
+        };
         if !self.allows_rpc(request.rpc) {
-            return Err(Failure {
-                stage: Stage::Rpc,
-                disallowed: 0,
-                rule: DenialRule::RpcNotAllowed { rpc: request.rpc },
-            });
+            return Err(fail(
+                Stage::Rpc,
+                DenialRule::RpcNotAllowed { rpc: request.rpc },
+            ));
+        }
+        if let Some(email) = request.service_account
+            && !self.allows_service_account(email)
+        {
+            return Err(fail(
+                Stage::ServiceAccount,
+                DenialRule::ServiceAccountNotAllowed {
+                    service_account: email.to_owned(),
+                },
+            ));
+        }
+        if !self.allows_delegates(request.delegates) {
+            return Err(fail(
+                Stage::Delegates,
+                DenialRule::DelegatesNotAllowed {
+                    chain: request.delegates.join(","),
+                },
+            ));
         }
         let disallowed: Vec<String> = request
             .scopes
@@ -256,13 +390,29 @@ impl Grant {
         if let Some(subject) = request.subject
             && !self.allows_subject(subject)
         {
-            return Err(Failure {
-                stage: Stage::Subject,
-                disallowed: 0,
-                rule: DenialRule::SubjectNotAllowed {
+            return Err(fail(
+                Stage::Subject,
+                DenialRule::SubjectNotAllowed {
                     subject: subject.to_owned(),
                 },
-            });
+            ));
+        }
+        if let Some(audience) = request.audience
+            && !self.allows_audience(audience)
+        {
+            return Err(fail(
+                Stage::Audience,
+                DenialRule::AudienceNotAllowed {
+                    audience: audience.to_owned(),
+                },
+            ));
+        }
+        if let Some(constraints) = &self.sign_jwt
+            && request.rpc == Rpc::SignJwt
+        {
+            constraints
+                .check(&request.jwt_claims.unwrap_or_default())
+                .map_err(|rule| fail(Stage::JwtClaims, rule))?;
         }
         let boundary = match (request.boundary, &self.access_boundary) {
             (None, imposed) => imposed.clone(),
@@ -274,14 +424,13 @@ impl Grant {
                     .enumerate()
                     .find(|(_, rule)| !imposed.rules.iter().any(|outer| covers(outer, rule)))
                 {
-                    return Err(Failure {
-                        stage: Stage::Boundary,
-                        disallowed: 0,
-                        rule: DenialRule::BoundaryWider {
+                    return Err(fail(
+                        Stage::Boundary,
+                        DenialRule::BoundaryWider {
                             rule: index,
                             resource: rule.available_resource.clone(),
                         },
-                    });
+                    ));
                 }
                 Some(requested.clone())
             }

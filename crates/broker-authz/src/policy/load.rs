@@ -2,15 +2,17 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::time::Duration;
 
 use broker_core::{
     AccessBoundary, AccessBoundaryRule, AvailabilityCondition, CredentialName, ScopeError, ScopeSet,
 };
 use serde::Deserialize;
 
-use super::grant::{CallerMatcher, Grant, RateLimit};
+use super::account::ServiceAccountPattern;
+use super::grant::{CallerMatcher, Grant, RateLimit, SignJwtConstraints};
 use super::rpc::Rpc;
-use super::{MAX_MAX_LIFETIME, MIN_MAX_LIFETIME, Policy};
+use super::{MAX_DELEGATES, MAX_MAX_EXPIRY, MAX_MAX_LIFETIME, MIN_MAX_LIFETIME, Policy};
 use crate::identity::{SpiffeId, validate_trust_domain};
 
 /// A policy that cannot be loaded. `Display` gives the place and the problem, such as
@@ -80,6 +82,10 @@ const BROAD_SCOPES: [&str; 2] = [
     "https://www.googleapis.com/auth/cloud-platform.read-only",
 ];
 
+/// The longest audience a request may ask for (the proto's limit), and so the longest entry of
+/// `audiences`, `audience_prefixes` and `sign_jwt.required_audiences`.
+const MAX_AUDIENCE_LEN: usize = 2048;
+
 /// The largest `distinct_keys` a grant may set.
 pub(super) const MAX_DISTINCT_KEYS: u32 = 100_000;
 
@@ -107,11 +113,27 @@ struct RawGrant {
     subjects: Vec<String>,
     #[serde(default)]
     subject_domains: Vec<String>,
+    #[serde(default)]
+    service_accounts: Vec<String>,
+    #[serde(default)]
+    delegates: Vec<Vec<String>>,
+    #[serde(default)]
+    audiences: Vec<String>,
+    #[serde(default)]
+    audience_prefixes: Vec<String>,
+    sign_jwt: Option<RawSignJwt>,
     /// Parsed by hand rather than by humantime-serde, whose error does not say what is wrong.
     max_lifetime: Option<String>,
     rate_limit: Option<RawRateLimit>,
     distinct_keys: Option<u32>,
     access_boundary: Option<RawBoundary>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSignJwt {
+    required_audiences: Option<Vec<String>>,
+    max_expiry: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -308,28 +330,148 @@ impl RawGrant {
             subject_domains.push(domain.to_ascii_lowercase());
         }
 
-        let max_lifetime = match self.max_lifetime {
-            None => None,
-            Some(text) => {
-                let path = format!("{at}.max_lifetime");
-                let max = humantime::parse_duration(&text).map_err(|e| {
-                    PolicyError::at(
-                        &path,
-                        format!(
-                            "{:?} is not a duration such as \"15m\" or \"1h 30m\": {e}",
-                            truncate(&text, 80)
-                        ),
-                    )
-                })?;
-                if max.subsec_nanos() != 0 || !(MIN_MAX_LIFETIME..=MAX_MAX_LIFETIME).contains(&max)
+        let max_lifetime = self
+            .max_lifetime
+            .map(|text| {
+                parse_duration(
+                    &text,
+                    &format!("{at}.max_lifetime"),
+                    (MIN_MAX_LIFETIME, MAX_MAX_LIFETIME),
+                    "from 60s to 12h",
+                )
+            })
+            .transpose()?;
+
+        // The keys below are read only by some RPCs; on a grant that allows none of them they
+        // would be dead letters, so they are refused rather than silently ignored.
+        let acts_as_service_account = rpcs.iter().any(|rpc| {
+            matches!(
+                rpc,
+                Rpc::ImpersonateServiceAccount
+                    | Rpc::GenerateIdToken
+                    | Rpc::SignJwt
+                    | Rpc::SignBlob
+            )
+        });
+        let unused = |key: &str, needs: &str| {
+            PolicyError::at(
+                format!("{at}.{key}"),
+                format!(
+                    "has no effect: the grant allows none of the RPCs that use it ({needs}); add one to rpcs, or remove the key"
+                ),
+            )
+        };
+        const SA_RPCS: &str = "ImpersonateServiceAccount, GenerateIdToken, SignJwt, SignBlob";
+        if !acts_as_service_account {
+            if !self.service_accounts.is_empty() {
+                return Err(unused("service_accounts", SA_RPCS));
+            }
+            if !self.delegates.is_empty() {
+                return Err(unused("delegates", SA_RPCS));
+            }
+        }
+        if !rpcs.contains(&Rpc::GenerateIdToken) {
+            if !self.audiences.is_empty() {
+                return Err(unused("audiences", "GenerateIdToken"));
+            }
+            if !self.audience_prefixes.is_empty() {
+                return Err(unused("audience_prefixes", "GenerateIdToken"));
+            }
+        }
+        if self.sign_jwt.is_some() && !rpcs.contains(&Rpc::SignJwt) {
+            return Err(unused("sign_jwt", "SignJwt"));
+        }
+        // SignBlob signs any bytes, including a JWT that sign_jwt would refuse: on the same
+        // grant the constraints would be a promise the grant does not keep.
+        if self.sign_jwt.is_some() && rpcs.contains(&Rpc::SignBlob) {
+            return Err(PolicyError::at(
+                format!("{at}.sign_jwt"),
+                "the grant also allows SignBlob, which signs any bytes (a JWT too) without these constraints; move SignBlob to another grant, or drop it",
+            ));
+        }
+        // A boundary downscopes access tokens; ID tokens and signatures cannot be downscoped,
+        // so a grant that promises "every token is downscoped" cannot also hand them out.
+        if self.access_boundary.is_some()
+            && let Some(rpc) = rpcs
+                .iter()
+                .find(|rpc| matches!(rpc, Rpc::GenerateIdToken | Rpc::SignJwt | Rpc::SignBlob))
+        {
+            return Err(PolicyError::at(
+                format!("{at}.access_boundary"),
+                format!(
+                    "the grant also allows {}, whose results cannot be downscoped; put it in a grant without a boundary",
+                    rpc.name()
+                ),
+            ));
+        }
+
+        let mut service_accounts = Vec::with_capacity(self.service_accounts.len());
+        for (j, entry) in self.service_accounts.iter().enumerate() {
+            service_accounts.push(
+                ServiceAccountPattern::parse(entry)
+                    .map_err(|m| PolicyError::at(format!("{at}.service_accounts[{j}]"), m))?,
+            );
+        }
+        service_accounts.sort();
+        service_accounts.dedup();
+
+        let mut delegates: Vec<Vec<ServiceAccountPattern>> =
+            Vec::with_capacity(self.delegates.len());
+        for (j, raw_chain) in self.delegates.iter().enumerate() {
+            let path = format!("{at}.delegates[{j}]");
+            if raw_chain.is_empty() {
+                return Err(PolicyError::at(
+                    path,
+                    "an empty chain: direct impersonation (no delegates) is always allowed, so leave it out",
+                ));
+            }
+            if raw_chain.len() > MAX_DELEGATES {
+                return Err(PolicyError::at(
+                    path,
+                    format!("a chain has at most {MAX_DELEGATES} delegates, as requests do"),
+                ));
+            }
+            let mut chain = Vec::with_capacity(raw_chain.len());
+            for (k, entry) in raw_chain.iter().enumerate() {
+                let pattern = ServiceAccountPattern::parse(entry)
+                    .map_err(|m| PolicyError::at(format!("{path}[{k}]"), m))?;
+                if let ServiceAccountPattern::Email(_) = pattern
+                    && let Some(first) = chain.iter().position(|p| *p == pattern)
                 {
                     return Err(PolicyError::at(
-                        path,
-                        "must be whole seconds from 60s to 12h",
+                        format!("{path}[{k}]"),
+                        format!(
+                            "{pattern} is already delegates[{j}][{first}]: a request's chain never repeats an account"
+                        ),
                     ));
                 }
-                Some(max)
+                chain.push(pattern);
             }
+            if !delegates.contains(&chain) {
+                delegates.push(chain);
+            }
+        }
+
+        let mut audiences = Vec::with_capacity(self.audiences.len());
+        for (j, audience) in self.audiences.into_iter().enumerate() {
+            check_audience(&audience)
+                .map_err(|m| PolicyError::at(format!("{at}.audiences[{j}]"), m))?;
+            audiences.push(audience);
+        }
+        audiences.sort();
+        audiences.dedup();
+
+        let mut audience_prefixes = Vec::with_capacity(self.audience_prefixes.len());
+        for (j, prefix) in self.audience_prefixes.into_iter().enumerate() {
+            let path = format!("{at}.audience_prefixes[{j}]");
+            check_audience(&prefix).map_err(|m| PolicyError::at(&path, m))?;
+            check_audience_prefix(&prefix).map_err(|m| PolicyError::at(&path, m))?;
+            audience_prefixes.push(prefix);
+        }
+
+        let sign_jwt = match self.sign_jwt {
+            None => None,
+            Some(raw) => Some(raw.validate(&format!("{at}.sign_jwt"))?),
         };
 
         let access_boundary = match self.access_boundary {
@@ -353,10 +495,54 @@ impl RawGrant {
             scope_prefixes,
             subjects,
             subject_domains,
+            service_accounts,
+            delegates,
+            audiences,
+            audience_prefixes,
+            sign_jwt,
             max_lifetime,
             access_boundary,
             rate_limit,
             distinct_keys: self.distinct_keys,
+        })
+    }
+}
+
+impl RawSignJwt {
+    fn validate(self, at: &str) -> Result<SignJwtConstraints, PolicyError> {
+        if self.required_audiences.is_none() && self.max_expiry.is_none() {
+            return Err(PolicyError::at(
+                at,
+                "set required_audiences, max_expiry or both (an empty table constrains nothing)",
+            ));
+        }
+        if self.required_audiences.as_ref().is_some_and(Vec::is_empty) {
+            return Err(PolicyError::at(
+                format!("{at}.required_audiences"),
+                "list at least one audience, or leave required_audiences out",
+            ));
+        }
+        let mut required_audiences = self.required_audiences.unwrap_or_default();
+        for (j, audience) in required_audiences.iter().enumerate() {
+            check_audience(audience)
+                .map_err(|m| PolicyError::at(format!("{at}.required_audiences[{j}]"), m))?;
+        }
+        required_audiences.sort();
+        required_audiences.dedup();
+        let max_expiry = self
+            .max_expiry
+            .map(|text| {
+                parse_duration(
+                    &text,
+                    &format!("{at}.max_expiry"),
+                    (Duration::from_secs(1), MAX_MAX_EXPIRY),
+                    "from 1s to 12h",
+                )
+            })
+            .transpose()?;
+        Ok(SignJwtConstraints {
+            required_audiences,
+            max_expiry,
         })
     }
 }
@@ -446,6 +632,74 @@ impl RawBoundary {
     }
 }
 
+/// Parses a humantime duration (`"15m"`, `"1h 30m"`) of whole seconds within `min..=max`
+/// (which `range` says in words). Parsed by hand rather than by humantime-serde, whose error
+/// does not say what is wrong.
+fn parse_duration(
+    text: &str,
+    path: &str,
+    (min, max): (Duration, Duration),
+    range: &str,
+) -> Result<Duration, PolicyError> {
+    let value = humantime::parse_duration(text).map_err(|e| {
+        PolicyError::at(
+            path,
+            format!(
+                "{:?} is not a duration such as \"15m\" or \"1h 30m\": {e}",
+                truncate(text, 80)
+            ),
+        )
+    })?;
+    if value.subsec_nanos() != 0 || !(min..=max).contains(&value) {
+        return Err(PolicyError::at(
+            path,
+            format!("must be whole seconds {range}"),
+        ));
+    }
+    Ok(value)
+}
+
+/// Checks an audience as requests must give it: 1 to 2048 bytes of printable ASCII without
+/// spaces. The message does not repeat the index.
+fn check_audience(audience: &str) -> Result<(), String> {
+    if !(1..=MAX_AUDIENCE_LEN).contains(&audience.len())
+        || !audience.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(format!(
+            "{:?} is not an audience: 1 to {MAX_AUDIENCE_LEN} bytes of printable ASCII without spaces, such as https://hello-abc123-uc.a.run.app",
+            truncate(audience, 80)
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that an audience prefix cannot reach past what it names: a URL scheme followed by
+/// `://` (`https://`: every audience of that scheme), or such a URL with a host and a path
+/// ending with `/` (`https://api.example.com/`, `https://api.example.com/v1/`). A prefix must
+/// end with `/` because audiences are compared as strings: `https://example.com` would also
+/// match `https://example.com.evil.net` and `https://example.com@evil.net`, and
+/// `https://example.com/api` would match `https://example.com/api-admin`.
+fn check_audience_prefix(prefix: &str) -> Result<(), String> {
+    const HELP: &str = "an audience prefix must be a URL scheme such as https:// (every https audience) or a URL ending with '/' such as https://api.example.com/ (a prefix https://example.com would also match https://example.com.evil.net)";
+    let Some((scheme, rest)) = prefix.split_once("://") else {
+        return Err(HELP.to_owned());
+    };
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_lowercase())
+        && scheme.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'+' | b'-' | b'.')
+        });
+    let rest_ok = rest.is_empty()
+        || (rest.ends_with('/')
+            && rest
+                .split_once('/')
+                .is_some_and(|(host, _)| !host.is_empty()));
+    if scheme_ok && rest_ok {
+        Ok(())
+    } else {
+        Err(HELP.to_owned())
+    }
+}
+
 /// Checks one scope by the rules of [`ScopeSet`]; the message does not repeat the index.
 fn check_scope(scope: &str) -> Result<(), String> {
     match ScopeSet::parse([scope]) {
@@ -491,7 +745,7 @@ fn is_grant_name(name: &str) -> bool {
 
 /// A DNS name: at most 253 bytes of dot-separated labels of 1 to 63 ASCII letters, digits, `-`
 /// and `_`. No wildcard, no trailing dot.
-fn is_dns_name(name: &str) -> bool {
+pub(super) fn is_dns_name(name: &str) -> bool {
     (1..=253).contains(&name.len())
         && name.split('.').all(|label| {
             (1..=63).contains(&label.len())

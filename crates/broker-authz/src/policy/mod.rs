@@ -1,9 +1,11 @@
 //! The deny-by-default [`Policy`]: which callers may get which tokens, through which RPCs.
 //!
 //! The format, the loading rules and the authorization algorithm are documented on [`Policy`].
-//! One file per job: the grant model (`grant`), what is asked and what is answered
-//! (`request`), loading and load-time validation (`load`), and evaluation and explanation (here).
+//! One file per job: the grant model (`grant`), service-account entries (`account`), what is
+//! asked and what is answered (`request`), loading and load-time validation (`load`), and
+//! evaluation and explanation (here).
 
+mod account;
 mod grant;
 mod load;
 mod request;
@@ -14,10 +16,11 @@ use std::time::Duration;
 use crate::identity::CallerIdentity;
 use load::RawPolicy;
 
-pub use grant::{CallerMatcher, Grant, RateLimit};
+pub use account::ServiceAccountPattern;
+pub use grant::{CallerMatcher, Grant, RateLimit, SignJwtConstraints};
 pub use load::PolicyError;
 pub use request::{
-    AccessRequest, Decision, Denial, DenialRule, Explanation, GrantCheck, GrantOutcome,
+    AccessRequest, Decision, Denial, DenialRule, Explanation, GrantCheck, GrantOutcome, JwtClaims,
 };
 pub use rpc::{Rpc, RpcParseError};
 
@@ -25,6 +28,11 @@ pub use rpc::{Rpc, RpcParseError};
 pub const MIN_MAX_LIFETIME: Duration = Duration::from_secs(60);
 /// The longest `max_lifetime` a grant may set (the longest lifetime Google issues: 12 hours).
 pub const MAX_MAX_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+/// The longest `sign_jwt.max_expiry` a grant may set (the server refuses SignJwt payloads whose
+/// `exp` is further ahead anyway).
+pub const MAX_MAX_EXPIRY: Duration = Duration::from_secs(12 * 3600);
+/// The most delegates a chain may have, in a grant's `delegates` as in a request.
+pub const MAX_DELEGATES: usize = 10;
 
 /// The broker's authorization policy: a list of grants, and nothing is allowed that no grant
 /// allows.
@@ -73,13 +81,15 @@ pub const MAX_MAX_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// ## do not count. Without both, no request with a subject is allowed.
 /// subjects = ["alice@example.com"]
 /// subject_domains = ["example.com"]
-/// ## Optional. Caps requested lifetimes (a longer request is shortened, not denied). humantime
-/// ## syntax ("90s", "15m", "1h 30m"); whole seconds from 60 s to 12 h.
+/// ## Optional. Caps requested lifetimes (a longer request is shortened, not denied): of
+/// ## GetAccessToken and ImpersonateServiceAccount tokens. Where Google fixes the lifetime (about
+/// ## an hour) and this is shorter, the request is denied instead (rule `max_lifetime`).
+/// ## humantime syntax ("90s", "15m", "1h 30m"); whole seconds from 60 s to 12 h.
 /// max_lifetime = "1h"
 /// ## Optional. This grant's own limits for each caller, replacing the broker's `[limits]`
 /// ## defaults: a token bucket (requests per second on average, up to `burst` at once), and
-/// ## the most distinct cache keys (credential, scopes, subject, boundary, lifetime) one caller
-/// ## may create per window.
+/// ## the most distinct cache keys (credential, principal, scopes or audience, subject,
+/// ## delegates, boundary, lifetime) one caller may create per window.
 /// rate_limit = { per_second = 20, burst = 40 }
 /// distinct_keys = 32
 ///
@@ -95,9 +105,56 @@ pub const MAX_MAX_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// credential = "analytics-reader"
 /// callers = [{ cn = "legacy-batch" }]
 /// scopes = ["https://www.googleapis.com/auth/bigquery.readonly"]
+///
+/// ## Impersonation, ID tokens and signing, through the base credential `broker`.
+/// [[grants]]
+/// name = "app-service-accounts"
+/// credential = "broker"
+/// callers = [{ spiffe_id = "spiffe://example.org/app" }]
+/// ## SignBlob, which signs any bytes, goes in a grant of its own: see `sign_jwt` below.
+/// rpcs = ["ImpersonateServiceAccount", "GenerateIdToken", "SignJwt"]
+/// ## Scopes of ImpersonateServiceAccount tokens (its default is cloud-platform).
+/// scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+/// ## Optional. The service accounts callers may act as: the target of ImpersonateServiceAccount and of
+/// ## GenerateIdToken with target_service_account, the signer of SignJwt and SignBlob (rule
+/// ## `service_accounts`). An email (case-insensitive), or every account of one project written
+/// ## *@PROJECT.iam.gserviceaccount.com (no other wildcard). Without it, none.
+/// ## Needs one of those RPCs in `rpcs`.
+/// service_accounts = [
+///   "reader@my-project.iam.gserviceaccount.com",
+///   "*@batch-project.iam.gserviceaccount.com",
+/// ]
+/// ## Optional. The delegation chains allowed, each in order, elements as in service_accounts
+/// ## (rule `delegates`). Direct impersonation (no delegates) is always allowed; any other chain
+/// ## must be listed. Each chain has 1 to 10 elements. Needs one of those RPCs in `rpcs`.
+/// delegates = [
+///   ["hop@my-project.iam.gserviceaccount.com"],
+///   ["hop@my-project.iam.gserviceaccount.com", "*@batch-project.iam.gserviceaccount.com"],
+/// ]
+/// ## Optional. GenerateIdToken audiences (rule `audiences`): exact (compared byte for byte),
+/// ## or starting with one of `audience_prefixes`. A prefix is a URL scheme such as "https://"
+/// ## (every audience of that scheme) or a URL ending with '/': "https://example.com" would
+/// ## also match "https://example.com.evil.net". Without both, no ID token. Needs
+/// ## GenerateIdToken in `rpcs`.
+/// audiences = ["https://hello-abc123-uc.a.run.app"]
+/// audience_prefixes = ["https://api.example.com/"]
+///
+/// ## Optional. Constraints on the claims of SignJwt payloads (rule `jwt_claims`); without the
+/// ## table, any payload the server accepts (a JSON object whose exp, if any, is at most 12 h
+/// ## ahead). Needs SignJwt in `rpcs`, and not SignBlob (which would sign the same JWT
+/// ## unchecked); set at least one key. Unconstrained SignJwt and SignBlob are as strong as
+/// ## the account's key: a JWT-bearer assertion they sign is worth the account's tokens of any
+/// ## scope. Grant them as you would the key.
+/// [grants.sign_jwt]
+/// ## The payload must have an `aud` (a string or an array), and every value of it must be one
+/// ## of these: a JWT for these audiences and no other.
+/// required_audiences = ["https://api.example.com"]
+/// ## The payload must have an `exp` at most this far after now. humantime syntax; whole
+/// ## seconds from 1 s to 12 h.
+/// max_expiry = "15m"
 /// # "#;
 /// let policy = Policy::from_toml_str(text)?;
-/// assert_eq!(policy.grants().len(), 2);
+/// assert_eq!(policy.grants().len(), 3);
 /// # Ok::<(), broker_authz::PolicyError>(())
 /// ```
 ///
@@ -108,8 +165,14 @@ pub const MAX_MAX_LIFETIME: Duration = Duration::from_secs(12 * 3600);
 /// missing or mistyped values, grant names and duplicate grant names, credential names, caller
 /// entries (SPIFFE IDs and trust domains per the SPIFFE-ID specification, DNS names), RPC
 /// names, scopes (by the rules of [`ScopeSet`](broker_core::ScopeSet)), scope prefixes,
-/// subjects, `max_lifetime`, rate limits and access boundaries (by
-/// [`AccessBoundary::validate`](broker_core::AccessBoundary::validate)). Two `default = true` grants whose caller
+/// subjects, service accounts and delegation chains (such as `grants[0].delegates[1][0]`),
+/// audiences and audience prefixes, `sign_jwt`, `max_lifetime`, rate limits and access
+/// boundaries (by [`AccessBoundary::validate`](broker_core::AccessBoundary::validate)). A key
+/// that only some RPCs read (`service_accounts`, `delegates`, `audiences`,
+/// `audience_prefixes`, `sign_jwt`) on a grant that allows none of them is an error, not a
+/// limit silently ignored; so are `sign_jwt` next to SignBlob, and an `access_boundary` on a
+/// grant that allows GenerateIdToken, SignJwt or SignBlob (ID tokens and signatures cannot be
+/// downscoped). Two `default = true` grants whose caller
 /// entries are the same set are an error, since the second could never be anyone's default;
 /// default grants with different caller entries may both match some caller, and then the first
 /// in file order is that caller's default.
@@ -122,11 +185,19 @@ pub struct Policy {
     grants: Vec<Grant>,
 }
 
+/// The checks of [`Grant::check`], in the order they run. A grant that fails a later check came
+/// closer to allowing the request: the principal comes first (the service account, then the
+/// chain to it), then what is done with it, so that a grant for the right account that refuses
+/// a scope is named before a grant for another account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Stage {
     Rpc,
+    ServiceAccount,
+    Delegates,
     Scopes,
     Subject,
+    Audience,
+    JwtClaims,
     Boundary,
 }
 
@@ -177,18 +248,31 @@ impl Policy {
     /// 2. The candidates are the grants that match the caller (none: `no_grant`) and are for
     ///    that credential (none: `no_grant`).
     /// 3. The request is allowed if one candidate allows all of it, and the first such grant
-    ///    in file order makes the [`Decision`]. A candidate allows it if: it lists the RPC in
-    ///    its `rpcs` (rule `rpc`); every scope is one of its `scopes` or starts with one of its
-    ///    `scope_prefixes` (rule `scopes`); the subject,
-    ///    if any, is allowed (rule `subjects`); and the boundary is allowed (rule
-    ///    `access_boundary`). Lifetimes are never denied, only capped at `max_lifetime`.
+    ///    in file order makes the [`Decision`]. A candidate allows it if, in this order:
+    ///    - it lists the RPC in its `rpcs` (rule `rpc`);
+    ///    - the service account, if any, matches one of its `service_accounts` (rule
+    ///      `service_accounts`);
+    ///    - the delegation chain is empty or one of its `delegates`, element by element and in
+    ///      order (rule `delegates`);
+    ///    - every scope is one of its `scopes` or starts with one of its `scope_prefixes` (rule
+    ///      `scopes`; no scope asked, as for ID tokens and signing, passes);
+    ///    - the subject, if any, is allowed (rule `subjects`);
+    ///    - the ID-token audience, if any, is one of its `audiences` or starts with one of its
+    ///      `audience_prefixes` (rule `audiences`);
+    ///    - for SignJwt, the payload's claims meet its `sign_jwt` constraints, `aud` checked
+    ///      before `exp` (rule `jwt_claims`, value the claim's name);
+    ///    - and the boundary is allowed (rule `access_boundary`).
+    ///
+    ///    Lifetimes are never denied, only capped at `max_lifetime` (see
+    ///    [`Decision::lifetime_or`] and, where Google fixes the lifetime,
+    ///    [`Decision::check_fixed_lifetime`]).
     /// 4. Boundaries: the grant's boundary always applies. A request's boundary replaces it if
     ///    every rule of it is covered by a rule of the grant's boundary (same resource, a
     ///    subset of the roles, and the same condition expression unless the grant's rule has
     ///    no condition), which makes it at least as narrow; otherwise it is denied. Without a
     ///    grant boundary, the request's boundary (or none) is used.
-    /// 5. Otherwise the [`Denial`] names the candidate that came closest and the rule it
-    ///    failed.
+    /// 5. Otherwise the [`Denial`] names the candidate that came closest (the one that failed
+    ///    the latest check in the order above; see [`Denial::grant`]) and the rule it failed.
     pub fn authorize(
         &self,
         caller: &CallerIdentity,

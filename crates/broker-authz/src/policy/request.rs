@@ -11,13 +11,20 @@ use crate::identity::CallerIdentity;
 
 /// What a caller asks for, already validated and normalized by the server (step 4 of the request
 /// path).
+///
+/// Every field but `rpc` and `scopes` is optional, and a field that is unset (or empty) is not
+/// checked, except `jwt_claims` (see there): the server must set each field the RPC's request
+/// carries, as listed on the field. [`AccessRequest::new`] sets none of them, so a GetAccessToken
+/// request means what it always did.
 #[derive(Debug, Clone, Copy)]
 pub struct AccessRequest<'a> {
     /// The RPC being called.
     pub rpc: Rpc,
     /// The credential named in the request; `None` uses the caller's default grant.
     pub credential: Option<&'a CredentialName>,
-    /// The scopes, with the RPC's default already applied (an empty set asks for no scope).
+    /// The scopes asked for, with the RPC's default already applied: GetAccessToken and
+    /// ImpersonateServiceAccount. GenerateIdToken, SignJwt and SignBlob ask for none: an empty
+    /// set, which every grant allows.
     pub scopes: &'a ScopeSet,
     /// The domain-wide delegation subject.
     pub subject: Option<&'a str>,
@@ -25,6 +32,31 @@ pub struct AccessRequest<'a> {
     pub lifetime: Option<Duration>,
     /// The access boundary the request asks for.
     pub boundary: Option<&'a AccessBoundary>,
+    /// The service account the caller acts as, by email (rule `service_accounts`): the target
+    /// of ImpersonateServiceAccount and of GenerateIdToken with `target_service_account`, the
+    /// signer of SignJwt and SignBlob. `None` for GetAccessToken and for an ID token of the
+    /// credential's own identity.
+    pub service_account: Option<&'a str>,
+    /// The delegation chain to `service_account`, in order (rule `delegates`); empty for
+    /// direct impersonation, which every grant allows.
+    pub delegates: &'a [String],
+    /// The audience of the ID token asked for (GenerateIdToken; rule `audiences`).
+    pub audience: Option<&'a str>,
+    /// The claims of the payload to sign (SignJwt; rule `jwt_claims`). For SignJwt, `None` is
+    /// a payload without `aud` and `exp`.
+    pub jwt_claims: Option<JwtClaims<'a>>,
+}
+
+/// The claims of a SignJwt payload that a grant's `[grants.sign_jwt]` constraints check,
+/// already parsed by the server (which has checked that the payload is a JSON object whose
+/// `exp`, if any, is an integer in the future and at most 12 hours ahead).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JwtClaims<'a> {
+    /// The values of the payload's `aud`: one for a string, each element of an array; empty
+    /// when the payload has none.
+    pub aud: &'a [String],
+    /// The payload's `exp` minus now; `None` when it has no `exp`.
+    pub expires_in: Option<Duration>,
 }
 
 impl<'a> AccessRequest<'a> {
@@ -38,6 +70,10 @@ impl<'a> AccessRequest<'a> {
             subject: None,
             lifetime: None,
             boundary: None,
+            service_account: None,
+            delegates: &[],
+            audience: None,
+            jwt_claims: None,
         }
     }
 }
@@ -120,6 +156,33 @@ pub enum DenialRule {
         /// The subject asked for.
         subject: String,
     },
+    /// The service account is not among the grant's `service_accounts`. Rule
+    /// `service_accounts`.
+    ServiceAccountNotAllowed {
+        /// The service account's email, as the request named it.
+        service_account: String,
+    },
+    /// The delegation chain is not among the grant's `delegates`. Rule `delegates`.
+    DelegatesNotAllowed {
+        /// The chain's emails joined with `,`, as the request named them.
+        chain: String,
+    },
+    /// The ID-token audience is not allowed. Rule `audiences`.
+    AudienceNotAllowed {
+        /// The audience asked for.
+        audience: String,
+    },
+    /// The SignJwt payload's `aud` is missing or names an audience outside the grant's
+    /// `sign_jwt.required_audiences`. Rule `jwt_claims`, value `aud`.
+    JwtAudienceNotAllowed,
+    /// The SignJwt payload's `exp` is missing or later than the grant's `sign_jwt.max_expiry`
+    /// allows. Rule `jwt_claims`, value `exp`.
+    JwtExpiryNotAllowed {
+        /// The grant's `sign_jwt.max_expiry`.
+        max_expiry: Duration,
+        /// Whether the payload has no `exp` at all.
+        missing: bool,
+    },
     /// The request's access boundary is wider than the grant's. Rule `access_boundary`.
     BoundaryWider {
         /// The index of the first request rule that no grant rule covers.
@@ -140,29 +203,41 @@ pub enum DenialRule {
 
 impl DenialRule {
     /// The stable name of the rule, the `rule` metadata of ErrorInfo reason `POLICY_DENIED` in
-    /// `error_reason.proto`: `no_grant`, `default_grant`, `rpc`, `scopes`, `subjects`,
-    /// `access_boundary` or `max_lifetime`.
+    /// `error_reason.proto`: `no_grant`, `default_grant`, `rpc`, `service_accounts`,
+    /// `delegates`, `scopes`, `subjects`, `audiences`, `jwt_claims`, `access_boundary` or
+    /// `max_lifetime`.
     pub fn rule_name(&self) -> &'static str {
         match self {
             Self::NoGrantForCaller | Self::CredentialNotGranted { .. } => "no_grant",
             Self::NoDefaultGrant => "default_grant",
             Self::RpcNotAllowed { .. } => "rpc",
+            Self::ServiceAccountNotAllowed { .. } => "service_accounts",
+            Self::DelegatesNotAllowed { .. } => "delegates",
             Self::ScopeNotAllowed { .. } => "scopes",
             Self::SubjectNotAllowed { .. } => "subjects",
+            Self::AudienceNotAllowed { .. } => "audiences",
+            Self::JwtAudienceNotAllowed | Self::JwtExpiryNotAllowed { .. } => "jwt_claims",
             Self::BoundaryWider { .. } => "access_boundary",
             Self::LifetimeAboveMax { .. } => "max_lifetime",
         }
     }
 
-    /// The denied value, the `value` metadata of ErrorInfo: the credential, the RPC, the first
-    /// denied scope, the subject, or the resource of the boundary rule. None of them is secret.
+    /// The denied value, the `value` metadata of ErrorInfo: the credential, the RPC, the
+    /// service account's email, the delegation chain joined with `,`, the first denied scope,
+    /// the subject, the audience, the name of the SignJwt claim (`aud` or `exp`, never the
+    /// payload), or the resource of the boundary rule. None of them is secret.
     pub fn value(&self) -> Option<&str> {
         match self {
             Self::NoGrantForCaller | Self::NoDefaultGrant | Self::LifetimeAboveMax { .. } => None,
             Self::CredentialNotGranted { credential } => Some(credential.as_str()),
             Self::RpcNotAllowed { rpc } => Some(rpc.name()),
+            Self::ServiceAccountNotAllowed { service_account } => Some(service_account),
+            Self::DelegatesNotAllowed { chain } => Some(chain),
             Self::ScopeNotAllowed { scopes } => scopes.first().map(String::as_str),
             Self::SubjectNotAllowed { subject } => Some(subject),
+            Self::AudienceNotAllowed { audience } => Some(audience),
+            Self::JwtAudienceNotAllowed => Some("aud"),
+            Self::JwtExpiryNotAllowed { .. } => Some("exp"),
             Self::BoundaryWider { resource, .. } => Some(resource),
         }
     }
@@ -179,9 +254,10 @@ pub struct Denial {
     /// The caller, as [`CallerIdentity`]'s `Display` names it.
     pub caller: String,
     /// The grant that came closest: among the grants that match the caller and the credential,
-    /// the one whose check failed latest (rpc, then scopes, then subject, then boundary), ties
-    /// going to the one with fewer disallowed scopes, then to the first in the file. `None` for
-    /// `no_grant` and `default_grant`.
+    /// the one whose check failed latest (in the order of the checks: rpc, service account,
+    /// delegates, scopes, subject, audience, SignJwt claims, boundary), ties going to the one
+    /// with fewer disallowed scopes, then to the first in the file. `None` for `no_grant` and
+    /// `default_grant`.
     pub grant: Option<String>,
     /// Why.
     pub rule: DenialRule,
@@ -241,6 +317,37 @@ impl fmt::Display for Denial {
                 f,
                 "grant {grant} (the closest for caller {caller}) does not allow domain-wide delegation to {subject}"
             ),
+            DenialRule::ServiceAccountNotAllowed { service_account } => write!(
+                f,
+                "grant {grant} (the closest for caller {caller}) does not allow acting as service account {service_account}: the grant's service_accounts must list it"
+            ),
+            DenialRule::DelegatesNotAllowed { chain } => write!(
+                f,
+                "grant {grant} (the closest for caller {caller}) does not allow the delegation chain {chain}: the grant's delegates must list it, in this order"
+            ),
+            DenialRule::AudienceNotAllowed { audience } => write!(
+                f,
+                "grant {grant} (the closest for caller {caller}) does not allow ID tokens for audience {audience}"
+            ),
+            DenialRule::JwtAudienceNotAllowed => write!(
+                f,
+                "grant {grant} (the closest for caller {caller}) signs only JWTs whose aud names audiences of its sign_jwt.required_audiences, and only those: the payload's aud is missing or names another"
+            ),
+            DenialRule::JwtExpiryNotAllowed {
+                max_expiry,
+                missing,
+            } => {
+                let max = max_expiry.as_secs();
+                let problem = if *missing {
+                    "has no exp"
+                } else {
+                    "expires later"
+                };
+                write!(
+                    f,
+                    "grant {grant} (the closest for caller {caller}) signs only JWTs with an exp at most {max} s from now, and the payload {problem}"
+                )
+            }
             DenialRule::BoundaryWider { rule, resource } => write!(
                 f,
                 "grant {grant} (the closest for caller {caller}) imposes an access boundary, and rule {rule} of the requested boundary (resource {resource}) is wider than it"

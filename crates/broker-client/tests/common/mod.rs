@@ -6,7 +6,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -31,7 +31,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::{Code, Request, Response, Status};
-use tonic_types::{ErrorDetails, StatusExt as _};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt as _};
 
 /// The principal the fake broker says its tokens act as.
 pub(crate) const PRINCIPAL: &str = "deployer@my-project.iam.gserviceaccount.com";
@@ -174,9 +174,14 @@ pub(crate) fn whole_seconds_from_now(ahead: Duration) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(since_epoch.as_secs())
 }
 
-/// A fake broker: answers GetAccessToken from a script of errors, then with numbered tokens
-/// (`ya29.fake-1`, `ya29.fake-2`, ...) expiring at `expire_time`. Every other RPC is
-/// UNIMPLEMENTED. Callers without a verified client certificate get UNAUTHENTICATED.
+/// A fake broker. GetAccessToken answers with numbered tokens (`ya29.fake-1`,
+/// `ya29.fake-2`, ...) expiring at `expire_time`; ImpersonateServiceAccount, GenerateIdToken,
+/// SignJwt and SignBlob answer in kind (see [`FakeBroker::impersonated_token`] and friends),
+/// numbered from the same counter. ExchangeToken is UNIMPLEMENTED. Every request is recorded
+/// before it is answered; callers without a verified client certificate get UNAUTHENTICATED.
+///
+/// Like the broker, SignJwt refuses a payload that is not a JSON object and SignBlob an empty
+/// one (INVALID_ARGUMENT naming `payload`).
 #[derive(Debug)]
 pub(crate) struct FakeBroker {
     calls: AtomicUsize,
@@ -184,8 +189,16 @@ pub(crate) struct FakeBroker {
     script: Mutex<VecDeque<Status>>,
     expire_time: Mutex<SystemTime>,
     delay: Mutex<Duration>,
+    malformed: AtomicBool,
     requests: Mutex<Vec<GetAccessTokenRequest>>,
+    impersonate_requests: Mutex<Vec<ImpersonateServiceAccountRequest>>,
+    id_token_requests: Mutex<Vec<GenerateIdTokenRequest>>,
+    sign_jwt_requests: Mutex<Vec<SignJwtRequest>>,
+    sign_blob_requests: Mutex<Vec<SignBlobRequest>>,
 }
+
+/// The key ID of every fake signature.
+pub(crate) const KEY_ID: &str = "0123456789abcdef0123456789abcdef01234567";
 
 impl FakeBroker {
     pub(crate) fn new(expire_time: SystemTime) -> Arc<Self> {
@@ -195,7 +208,12 @@ impl FakeBroker {
             script: Mutex::new(VecDeque::new()),
             expire_time: Mutex::new(expire_time),
             delay: Mutex::new(Duration::ZERO),
+            malformed: AtomicBool::new(false),
             requests: Mutex::new(Vec::new()),
+            impersonate_requests: Mutex::new(Vec::new()),
+            id_token_requests: Mutex::new(Vec::new()),
+            sign_jwt_requests: Mutex::new(Vec::new()),
+            sign_blob_requests: Mutex::new(Vec::new()),
         })
     }
 
@@ -209,7 +227,39 @@ impl FakeBroker {
         self.requests.lock().expect("requests lock").clone()
     }
 
-    /// The next GetAccessToken calls fail with these statuses, in order.
+    /// The ImpersonateServiceAccount requests received so far.
+    pub(crate) fn impersonate_requests(&self) -> Vec<ImpersonateServiceAccountRequest> {
+        self.impersonate_requests
+            .lock()
+            .expect("requests lock")
+            .clone()
+    }
+
+    /// The GenerateIdToken requests received so far.
+    pub(crate) fn id_token_requests(&self) -> Vec<GenerateIdTokenRequest> {
+        self.id_token_requests
+            .lock()
+            .expect("requests lock")
+            .clone()
+    }
+
+    /// The SignJwt requests received so far.
+    pub(crate) fn sign_jwt_requests(&self) -> Vec<SignJwtRequest> {
+        self.sign_jwt_requests
+            .lock()
+            .expect("requests lock")
+            .clone()
+    }
+
+    /// The SignBlob requests received so far.
+    pub(crate) fn sign_blob_requests(&self) -> Vec<SignBlobRequest> {
+        self.sign_blob_requests
+            .lock()
+            .expect("requests lock")
+            .clone()
+    }
+
+    /// The next calls, of whichever RPC, fail with these statuses, in order.
     pub(crate) fn fail_with(&self, statuses: impl IntoIterator<Item = Status>) {
         self.script.lock().expect("script lock").extend(statuses);
     }
@@ -218,10 +268,114 @@ impl FakeBroker {
         *self.expire_time.lock().expect("expire lock") = expire_time;
     }
 
-    /// Every GetAccessToken call waits this long before answering.
+    /// Every call waits this long before answering.
     pub(crate) fn set_delay(&self, delay: Duration) {
         *self.delay.lock().expect("delay lock") = delay;
     }
+
+    /// From now on, answer with responses a client must refuse: no token, JWT or signature,
+    /// and no expiry.
+    pub(crate) fn set_malformed(&self, malformed: bool) {
+        self.malformed.store(malformed, Ordering::SeqCst);
+    }
+
+    /// The access token ImpersonateServiceAccount answers with as the `number`th token.
+    pub(crate) fn impersonated_token(number: usize) -> String {
+        format!("ya29.impersonated-{number}")
+    }
+
+    /// The ID token GenerateIdToken answers with as the `number`th token.
+    pub(crate) fn id_token(number: usize) -> String {
+        format!("eyJhbGciOiJSUzI1NiJ9.fake-id-token-{number}.c2lnbmF0dXJl")
+    }
+
+    /// The JWT SignJwt answers with as the `number`th token.
+    pub(crate) fn signed_jwt(number: usize) -> String {
+        format!("eyJhbGciOiJSUzI1NiJ9.fake-signed-jwt-{number}.c2lnbmF0dXJl")
+    }
+
+    /// The signature SignBlob answers with for `payload`: not a real one, but raw bytes that
+    /// are not UTF-8 and depend on the payload.
+    pub(crate) fn signature(payload: &[u8]) -> Vec<u8> {
+        let mut signature = b"\x00\xffsig:".to_vec();
+        signature.extend_from_slice(payload);
+        signature
+    }
+
+    /// The checks and bookkeeping every RPC shares: the client certificate, the delay, the
+    /// recording and the script. Returns the request and the token number to answer with.
+    async fn accept<T: Clone>(
+        &self,
+        request: Request<T>,
+        log: &Mutex<Vec<T>>,
+    ) -> Result<(T, usize), Status> {
+        check_client(&request)?;
+        let delay = *self.delay.lock().expect("delay lock");
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let request = request.into_inner();
+        log.lock().expect("requests lock").push(request.clone());
+        if let Some(status) = self.script.lock().expect("script lock").pop_front() {
+            return Err(status);
+        }
+        Ok((request, self.tokens.fetch_add(1, Ordering::SeqCst) + 1))
+    }
+
+    fn expire_time(&self) -> Option<prost_types::Timestamp> {
+        if self.malformed.load(Ordering::SeqCst) {
+            return None;
+        }
+        Some(prost_types::Timestamp::from(
+            *self.expire_time.lock().expect("expire lock"),
+        ))
+    }
+
+    /// `value`, or nothing when answering with malformed responses.
+    fn unless_malformed<T: Default>(&self, value: T) -> T {
+        if self.malformed.load(Ordering::SeqCst) {
+            T::default()
+        } else {
+            value
+        }
+    }
+}
+
+/// UNAUTHENTICATED unless the caller presented a verified client certificate.
+fn check_client<T>(request: &Request<T>) -> Result<(), Status> {
+    let has_client_cert = request
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(TlsConnectInfo::peer_certs)
+        .is_some_and(|certs| !certs.is_empty());
+    if has_client_cert {
+        Ok(())
+    } else {
+        Err(Status::unauthenticated("no client certificate"))
+    }
+}
+
+fn credential_or_default(credential: String) -> String {
+    if credential.is_empty() {
+        "default-credential".to_owned()
+    } else {
+        credential
+    }
+}
+
+/// INVALID_ARGUMENT with a BadRequest, as the broker sends it for a bad field.
+pub(crate) fn invalid_argument(field: &str, reason: &str, description: &str) -> Status {
+    let mut details = ErrorDetails::with_error_info(
+        reason,
+        ERROR_DOMAIN,
+        HashMap::from([("field".to_owned(), field.to_owned())]),
+    );
+    details.set_bad_request(vec![FieldViolation::new(field, description)]);
+    Status::with_error_details(
+        Code::InvalidArgument,
+        format!("invalid {field}: {description}"),
+        details,
+    )
 }
 
 /// PERMISSION_DENIED (POLICY_DENIED) as the broker sends it.
@@ -263,29 +417,9 @@ impl TokenBroker for FakeBroker {
         &self,
         request: Request<GetAccessTokenRequest>,
     ) -> Result<Response<GetAccessTokenResponse>, Status> {
-        let has_client_cert = request
-            .extensions()
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
-            .and_then(TlsConnectInfo::peer_certs)
-            .is_some_and(|certs| !certs.is_empty());
-        if !has_client_cert {
-            return Err(Status::unauthenticated("no client certificate"));
-        }
+        check_client(&request)?;
         self.calls.fetch_add(1, Ordering::SeqCst);
-        let delay = *self.delay.lock().expect("delay lock");
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        let request = request.into_inner();
-        self.requests
-            .lock()
-            .expect("requests lock")
-            .push(request.clone());
-        if let Some(status) = self.script.lock().expect("script lock").pop_front() {
-            return Err(status);
-        }
-        let number = self.tokens.fetch_add(1, Ordering::SeqCst) + 1;
-        let expire_time = *self.expire_time.lock().expect("expire lock");
+        let (request, number) = self.accept(request, &self.requests).await?;
         let mut scopes = if request.scopes.is_empty() {
             vec!["https://www.googleapis.com/auth/cloud-platform".to_owned()]
         } else {
@@ -294,18 +428,14 @@ impl TokenBroker for FakeBroker {
         scopes.sort();
         scopes.dedup();
         Ok(Response::new(GetAccessTokenResponse {
-            access_token: format!("ya29.fake-{number}"),
+            access_token: self.unless_malformed(format!("ya29.fake-{number}")),
             token_type: "Bearer".to_owned(),
-            expire_time: Some(prost_types::Timestamp::from(expire_time)),
+            expire_time: self.expire_time(),
             granted_scopes: scopes,
             principal: PRINCIPAL.to_owned(),
             cache_hit: number > 1,
             last_known_good: false,
-            credential: if request.credential.is_empty() {
-                "default-credential".to_owned()
-            } else {
-                request.credential
-            },
+            credential: credential_or_default(request.credential),
         }))
     }
 
@@ -318,30 +448,77 @@ impl TokenBroker for FakeBroker {
 
     async fn impersonate_service_account(
         &self,
-        _request: Request<ImpersonateServiceAccountRequest>,
+        request: Request<ImpersonateServiceAccountRequest>,
     ) -> Result<Response<ImpersonateServiceAccountResponse>, Status> {
-        unimplemented()
+        let (request, number) = self.accept(request, &self.impersonate_requests).await?;
+        Ok(Response::new(ImpersonateServiceAccountResponse {
+            access_token: self.unless_malformed(Self::impersonated_token(number)),
+            token_type: "Bearer".to_owned(),
+            expire_time: self.expire_time(),
+            principal: request.target_service_account,
+            cache_hit: number > 1,
+            credential: credential_or_default(request.credential),
+            last_known_good: false,
+        }))
     }
 
     async fn generate_id_token(
         &self,
-        _request: Request<GenerateIdTokenRequest>,
+        request: Request<GenerateIdTokenRequest>,
     ) -> Result<Response<GenerateIdTokenResponse>, Status> {
-        unimplemented()
+        let (request, number) = self.accept(request, &self.id_token_requests).await?;
+        Ok(Response::new(GenerateIdTokenResponse {
+            id_token: self.unless_malformed(Self::id_token(number)),
+            expire_time: self.expire_time(),
+            principal: if request.target_service_account.is_empty() {
+                PRINCIPAL.to_owned()
+            } else {
+                request.target_service_account
+            },
+            cache_hit: number > 1,
+            credential: credential_or_default(request.credential),
+            last_known_good: false,
+        }))
     }
 
     async fn sign_jwt(
         &self,
-        _request: Request<SignJwtRequest>,
+        request: Request<SignJwtRequest>,
     ) -> Result<Response<SignJwtResponse>, Status> {
-        unimplemented()
+        let (request, number) = self.accept(request, &self.sign_jwt_requests).await?;
+        if !serde_json::from_str::<serde_json::Value>(&request.payload)
+            .is_ok_and(|claims| claims.is_object())
+        {
+            return Err(invalid_argument(
+                "payload",
+                "INVALID_FIELD",
+                "must be a JSON object",
+            ));
+        }
+        Ok(Response::new(SignJwtResponse {
+            key_id: KEY_ID.to_owned(),
+            signed_jwt: self.unless_malformed(Self::signed_jwt(number)),
+            credential: credential_or_default(request.credential),
+        }))
     }
 
     async fn sign_blob(
         &self,
-        _request: Request<SignBlobRequest>,
+        request: Request<SignBlobRequest>,
     ) -> Result<Response<SignBlobResponse>, Status> {
-        unimplemented()
+        let (request, _) = self.accept(request, &self.sign_blob_requests).await?;
+        if request.payload.is_empty() {
+            return Err(invalid_argument(
+                "payload",
+                "INVALID_FIELD",
+                "must hold 1 to 65536 bytes",
+            ));
+        }
+        Ok(Response::new(SignBlobResponse {
+            key_id: KEY_ID.to_owned(),
+            signature: self.unless_malformed(Self::signature(&request.payload)),
+            credential: credential_or_default(request.credential),
+        }))
     }
 }
 

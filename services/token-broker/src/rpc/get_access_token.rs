@@ -5,45 +5,20 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use broker_authz::AccessRequest;
-use broker_core::{TokenKey, TokenRequest};
+use broker_core::{AccessTokenFetch, TokenKey, TokenRequest};
 use broker_proto::tokenbroker::v1 as pb;
 
-use super::{CallContext, Inner, denied, limited, validate};
+use super::{CallContext, Inner, denied, validate};
 use crate::status::RpcError;
 
-/// The longest `min_remaining_validity`.
-const MAX_MIN_REMAINING: Duration = Duration::from_secs(1800);
-/// The default `min_remaining_validity`: Python and Java clients treat 225 s or less as stale.
-const DEFAULT_MIN_REMAINING: Duration = Duration::from_secs(300);
 /// The shortest and longest `lifetime`.
-const MIN_LIFETIME: Duration = Duration::from_secs(60);
-const MAX_LIFETIME: Duration = Duration::from_secs(43_200);
+pub(super) const MIN_LIFETIME: Duration = Duration::from_secs(60);
+pub(super) const MAX_LIFETIME: Duration = Duration::from_secs(43_200);
 /// The lifetime Google gives tokens of flows that cannot choose it.
-const FIXED_LIFETIME: Duration = Duration::from_secs(3600);
+pub(super) const FIXED_LIFETIME: Duration = Duration::from_secs(3600);
 
-pub(super) async fn handle(
-    inner: &Inner,
-    context: &CallContext,
-    request: pb::GetAccessTokenRequest,
-) -> Result<pb::GetAccessTokenResponse, RpcError> {
-    let result = serve(inner, context, request).await;
-    if let Err(error) = &result {
-        let negative = matches!(&error, RpcError::Upstream { error, .. } if error.is_negative());
-        tracing::info!(
-            target: "audit",
-            rpc = context.rpc.name(),
-            caller = %context.caller,
-            outcome = "error",
-            reason = error.reason().unwrap_or("INTERNAL"),
-            negative_cache = negative,
-            error = %error,
-            latency_us = context.latency_us(),
-        );
-    }
-    result
-}
-
-async fn serve(
+/// Serves one call: the audit event of a failure is written by the caller.
+pub(super) async fn serve(
     inner: &Inner,
     context: &CallContext,
     request: pb::GetAccessTokenRequest,
@@ -52,29 +27,14 @@ async fn serve(
     let scopes = validate::scopes(&request.scopes)?;
     let credential = validate::credential(&request.credential)?;
     let subject = validate::subject("subject", &request.subject)?;
-    let min_remaining = validate::duration(
-        "min_remaining_validity",
-        request.min_remaining_validity.as_ref(),
-        Duration::ZERO,
-        MAX_MIN_REMAINING,
-    )?
-    .unwrap_or(DEFAULT_MIN_REMAINING);
+    let min_remaining = validate::min_remaining(request.min_remaining_validity.as_ref())?;
     let lifetime = validate::duration(
         "lifetime",
         request.lifetime.as_ref(),
         MIN_LIFETIME,
         MAX_LIFETIME,
     )?;
-    if let Some(lifetime) = lifetime
-        && lifetime <= min_remaining
-    {
-        return Err(RpcError::InvalidField {
-            reason: "INVALID_LIFETIME",
-            field: "lifetime".to_owned(),
-            description: "must be longer than min_remaining_validity".to_owned(),
-            max_seconds: Some(MAX_LIFETIME.as_secs()),
-        });
-    }
+    validate::lifetime_above(lifetime, min_remaining, MAX_LIFETIME)?;
     let boundary = validate::access_boundary(request.access_boundary.as_ref())?;
 
     // Policy, before anything about the credential is revealed.
@@ -83,23 +43,29 @@ async fn serve(
         .authorize(
             &context.caller,
             &AccessRequest {
-                rpc: context.rpc,
                 credential: credential.as_ref(),
-                scopes: &scopes,
                 subject: subject.as_deref(),
                 lifetime,
                 boundary: boundary.as_ref(),
+                ..AccessRequest::new(context.rpc, &scopes)
             },
         )
         .map_err(denied)?;
 
     // The credential: configured, and able to do what is asked.
-    let configured = inner
-        .credentials
-        .get(&decision.credential)
-        .ok_or_else(|| RpcError::CredentialNotFound(decision.credential.to_string()))?;
-    configured.check_flows(&decision.credential, subject.is_some(), lifetime)?;
-    if !configured.chooses_lifetime {
+    let configured = inner.credential(&decision.credential)?;
+    configured.check_flows(
+        &decision.credential,
+        super::Asks {
+            subject: subject.is_some(),
+            lifetime,
+            boundary: decision.boundary.is_some(),
+            ..super::Asks::default()
+        },
+    )?;
+    let chooses_lifetime =
+        super::chooses_lifetime(configured.source.capabilities(), subject.is_some());
+    if !chooses_lifetime {
         decision
             .check_fixed_lifetime(&context.caller, FIXED_LIFETIME)
             .map_err(denied)?;
@@ -109,9 +75,7 @@ async fn serve(
     let token_request = TokenRequest {
         scopes,
         subject,
-        lifetime: configured
-            .chooses_lifetime
-            .then(|| decision.lifetime_or(FIXED_LIFETIME)),
+        lifetime: chooses_lifetime.then(|| decision.lifetime_or(FIXED_LIFETIME)),
         boundary: decision.boundary.clone(),
     };
     let key = TokenKey::new(
@@ -119,17 +83,7 @@ async fn serve(
         Arc::clone(&configured.principal),
         &token_request,
     );
-    inner
-        .limits
-        .admit(
-            &context.caller,
-            &decision.grant,
-            decision.rate_limit,
-            decision.distinct_keys,
-            Some(&key),
-            context.now,
-        )
-        .map_err(|l| limited(&context.caller, &decision.grant, l))?;
+    inner.admit(context, &decision, Some(&key))?;
     let subject_shown = token_request.subject.clone();
     let cached = context
         .bounded(&configured.upstream, async {
@@ -137,21 +91,23 @@ async fn serve(
                 .cache
                 .get(
                     key,
-                    configured.source.clone(),
-                    token_request,
+                    Arc::new(AccessTokenFetch {
+                        source: Arc::clone(&configured.source),
+                        request: token_request,
+                    }),
                     min_remaining,
                     // The fetch is shared: it gets the broker's maximum, not this caller's
                     // deadline (which `bounded` applies to this caller's wait).
                     Some(context.fetch_deadline),
                 )
                 .await
-                .map_err(|error| RpcError::Upstream {
-                    error,
-                    credential: decision.credential.to_string(),
-                    kind: configured.kind,
-                    upstream: configured.upstream.clone(),
-                    deadline: context.deadline_source,
-                    timeout: context.timeout,
+                .map_err(|error| {
+                    context.upstream_error(
+                        error,
+                        &decision.credential,
+                        configured.source.kind(),
+                        &configured.upstream,
+                    )
                 })
         })
         .await?;

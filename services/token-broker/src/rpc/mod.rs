@@ -9,7 +9,12 @@
 //! caller's deadline or the broker's `rpc_timeout`, and end with `DEADLINE_EXCEEDED` (the
 //! caller's) or `UNAVAILABLE` with `RetryInfo` (the broker's), never `CANCELLED`.
 
+mod generate_id_token;
 mod get_access_token;
+mod impersonate_service_account;
+mod impersonation;
+mod sign_blob;
+mod sign_jwt;
 mod validate;
 
 use std::collections::HashMap;
@@ -17,62 +22,91 @@ use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
-use broker_authz::{CallerIdentity, Denial, Policy, Rpc};
-use broker_cache::TokenCache;
-use broker_core::{Clock, CredentialName, TokenSource};
+use broker_authz::{CallerIdentity, Decision, Denial, Policy, Rpc};
+use broker_backends::{GoogleEndpoints, HttpClient, IamCredentials, upstream_host};
+use broker_cache::{CacheError, TokenCache};
+use broker_core::{Capabilities, Clock, CredentialName, SourceError, TokenKey, TokenSource};
 use broker_proto::tokenbroker::v1 as pb;
 use tokio::sync::{Semaphore, SemaphorePermit, watch};
 use tonic::{Request, Response, Status};
 
+use self::impersonation::Impersonation;
 use crate::limits::{CallerLimits, Limited};
 use crate::status::{DeadlineSource, RpcError};
 use crate::tls::ConnectionInfo;
 
-/// A configured credential: its token source and what it is.
+/// A configured credential: its token source, and the same source seen through the cache.
 #[derive(Debug, Clone)]
 pub struct Credential {
-    /// Where its tokens come from.
+    /// Where its tokens come from (it reports its own kind and capabilities).
     pub source: Arc<dyn TokenSource>,
+    /// The same source with its access tokens served through the cache: the base of
+    /// impersonation and of IAM signing calls, so that these share one cached token.
+    pub cached: Arc<dyn TokenSource>,
     /// The source's principal, shared by every cache key of this credential.
     pub principal: Arc<str>,
-    /// Its kind, as in configuration (`service_account`, …).
-    pub kind: &'static str,
     /// The Google host its tokens come from, for errors and audit.
     pub upstream: String,
-    /// Whether its flow lets the caller choose the token lifetime.
-    pub chooses_lifetime: bool,
-    /// Whether it can do domain-wide delegation (`subject`).
-    pub delegates_domain: bool,
+}
+
+/// What a request asks a credential's flow to do.
+#[derive(Debug, Clone, Copy, Default)]
+struct Asks {
+    subject: bool,
+    lifetime: Option<Duration>,
+    boundary: bool,
+    id_token: bool,
 }
 
 impl Credential {
-    /// FAILED_PRECONDITION when the credential's flow cannot do what the request asks.
-    fn check_flows(
-        &self,
-        name: &CredentialName,
-        subject: bool,
-        lifetime: Option<Duration>,
-    ) -> Result<(), RpcError> {
+    /// FAILED_PRECONDITION when the credential's flow cannot do what the request asks; the
+    /// source says what it can do.
+    fn check_flows(&self, name: &CredentialName, asks: Asks) -> Result<(), RpcError> {
+        let can = self.source.capabilities();
         let unsupported = |flow: &'static str, message: &str| RpcError::FlowUnsupported {
             credential: name.to_string(),
-            kind: self.kind,
+            kind: self.source.kind(),
             flow,
             message: message.to_owned(),
         };
-        if subject && !self.delegates_domain {
+        if asks.subject && !can.domain_wide_delegation {
             return Err(unsupported(
                 "domain_wide_delegation",
                 "this kind of credential cannot act for a Workspace user",
             ));
         }
-        if lifetime.is_some_and(|l| l > Duration::from_secs(3600)) && !self.chooses_lifetime {
+        if asks.lifetime.is_some_and(|l| l > Duration::from_secs(3600))
+            && !chooses_lifetime(can, asks.subject)
+        {
             return Err(unsupported(
                 "extended_lifetime",
-                "Google gives this kind of credential 1-hour tokens; only impersonation can mint longer ones",
+                if asks.subject {
+                    "domain-wide delegation tokens come from the JWT-bearer grant, which gives 1-hour tokens"
+                } else {
+                    "Google gives this kind of credential 1-hour tokens; only impersonation can mint longer ones"
+                },
+            ));
+        }
+        if asks.boundary && !can.downscoping {
+            return Err(unsupported(
+                "access_boundary",
+                "Google does not downscope this kind of credential's tokens",
+            ));
+        }
+        if asks.id_token && !can.id_tokens {
+            return Err(unsupported(
+                "id_token",
+                "Google mints ID tokens for arbitrary audiences only for service accounts; name a target_service_account to impersonate",
             ));
         }
         Ok(())
     }
+}
+
+/// Whether the flow that serves a request can mint a token of a chosen lifetime: domain-wide
+/// delegation is always the JWT-bearer grant (an hour), even through impersonation.
+fn chooses_lifetime(can: Capabilities, subject: bool) -> bool {
+    can.chooses_lifetime && !subject
 }
 
 /// What the service is made of.
@@ -92,6 +126,10 @@ pub struct ServiceParts {
     pub max_concurrent_rpcs: usize,
     /// The longest any RPC may take.
     pub rpc_timeout: Duration,
+    /// Google's endpoints (IAM Credentials for impersonation and signing).
+    pub google: GoogleEndpoints,
+    /// The HTTP client of every call to Google.
+    pub http: HttpClient,
 }
 
 /// The service implementation, shared by every connection.
@@ -109,22 +147,41 @@ struct Inner {
     clock: Arc<dyn Clock>,
     in_flight: Semaphore,
     rpc_timeout: Duration,
+    /// IAM Credentials, for SignJwt and SignBlob.
+    iam: IamCredentials,
+    /// Impersonation by the RPCs that name a target service account.
+    impersonation: Arc<Impersonation>,
+    /// The IAM Credentials host, for errors and audit.
+    iam_upstream: String,
 }
 
 impl TokenBrokerService {
     /// A service made of `parts`.
-    pub fn new(parts: ServiceParts) -> Self {
-        Self {
+    ///
+    /// # Errors
+    ///
+    /// The IAM Credentials endpoint URL is unusable.
+    pub fn new(parts: ServiceParts) -> Result<Self, broker_backends::BackendError> {
+        let iam = IamCredentials::new(&parts.google, parts.http.clone())?;
+        let iam_upstream = upstream_host(&parts.google.iam_credentials_url);
+        Ok(Self {
             inner: Arc::new(Inner {
                 policy: parts.policy,
                 credentials: parts.credentials,
                 cache: parts.cache,
                 limits: parts.limits,
-                clock: parts.clock,
                 in_flight: Semaphore::new(parts.max_concurrent_rpcs),
                 rpc_timeout: parts.rpc_timeout,
+                iam,
+                impersonation: Arc::new(Impersonation::new(
+                    parts.google,
+                    parts.http,
+                    Arc::clone(&parts.clock),
+                )),
+                iam_upstream,
+                clock: parts.clock,
             }),
-        }
+        })
     }
 
     /// The cache (for metrics).
@@ -215,6 +272,64 @@ impl CallContext {
     fn latency_us(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
     }
+
+    /// The audit event of a call that failed after it started.
+    fn audit_error(&self, error: &RpcError) {
+        let negative = matches!(error, RpcError::Upstream { error, .. } if error.is_negative());
+        tracing::info!(
+            target: "audit",
+            rpc = self.rpc.name(),
+            caller = %self.caller,
+            outcome = "error",
+            reason = error.reason().unwrap_or("INTERNAL"),
+            negative_cache = negative,
+            error = %error,
+            latency_us = self.latency_us(),
+        );
+    }
+
+    /// The error of a failed fetch (through the cache or straight from a source) made with
+    /// the credential `name`, of `kind`, waiting on `upstream`.
+    fn upstream_error(
+        &self,
+        error: CacheError,
+        name: &CredentialName,
+        kind: &'static str,
+        upstream: &str,
+    ) -> RpcError {
+        RpcError::Upstream {
+            error,
+            credential: name.to_string(),
+            kind,
+            upstream: upstream.to_owned(),
+            deadline: self.deadline_source,
+            timeout: self.timeout,
+        }
+    }
+
+    /// [`CallContext::upstream_error`] of a source's own error (a call that is not cached).
+    fn source_error(
+        &self,
+        error: SourceError,
+        name: &CredentialName,
+        kind: &'static str,
+        upstream: &str,
+    ) -> RpcError {
+        self.upstream_error(CacheError::Source(Arc::new(error)), name, kind, upstream)
+    }
+}
+
+/// Runs a call's `work`, and writes the audit event of its failure (a success writes its own,
+/// with what it served).
+async fn audited<T>(
+    context: &CallContext,
+    work: impl Future<Output = Result<T, RpcError>>,
+) -> Result<T, RpcError> {
+    let result = work.await;
+    if let Err(error) = &result {
+        context.audit_error(error);
+    }
+    result
 }
 
 /// The caller's deadline from the `grpc-timeout` header.
@@ -275,6 +390,34 @@ fn limited(caller: &CallerIdentity, grant: &str, limited: Limited) -> RpcError {
 }
 
 impl Inner {
+    /// The configured credential `name` the policy decided on (NOT_FOUND if it is not
+    /// configured: told only to callers whose grant names it).
+    fn credential(&self, name: &CredentialName) -> Result<&Credential, RpcError> {
+        self.credentials
+            .get(name)
+            .ok_or_else(|| RpcError::CredentialNotFound(name.to_string()))
+    }
+
+    /// Counts the call against the caller's limits under the grant that allowed it (and, for
+    /// a cached RPC, the distinct tokens it asks for): RESOURCE_EXHAUSTED when over.
+    fn admit(
+        &self,
+        context: &CallContext,
+        decision: &Decision,
+        key: Option<&TokenKey>,
+    ) -> Result<(), RpcError> {
+        self.limits
+            .admit(
+                &context.caller,
+                &decision.grant,
+                decision.rate_limit,
+                decision.distinct_keys,
+                key,
+                context.now,
+            )
+            .map_err(|l| limited(&context.caller, &decision.grant, l))
+    }
+
     /// Starts a call of `rpc`: the caller's certificate first (expired or no longer trusted:
     /// UNAUTHENTICATED), then a slot among the RPCs in flight (or OVERLOADED). A refusal here
     /// is audited like any other.
@@ -328,10 +471,13 @@ impl pb::token_broker_server::TokenBroker for TokenBrokerService {
     ) -> Result<Response<pb::GetAccessTokenResponse>, Status> {
         let inner = &self.inner;
         let (context, _permit) = inner.begin(Rpc::GetAccessToken, &request)?;
-        get_access_token::handle(inner, &context, request.into_inner())
-            .await
-            .map(Response::new)
-            .map_err(Status::from)
+        audited(
+            &context,
+            get_access_token::serve(inner, &context, request.into_inner()),
+        )
+        .await
+        .map(Response::new)
+        .map_err(Status::from)
     }
 
     async fn exchange_token(
@@ -345,28 +491,59 @@ impl pb::token_broker_server::TokenBroker for TokenBrokerService {
         &self,
         request: Request<pb::ImpersonateServiceAccountRequest>,
     ) -> Result<Response<pb::ImpersonateServiceAccountResponse>, Status> {
-        self.inner
-            .unimplemented(Rpc::ImpersonateServiceAccount, &request)
+        let inner = &self.inner;
+        let (context, _permit) = inner.begin(Rpc::ImpersonateServiceAccount, &request)?;
+        audited(
+            &context,
+            impersonate_service_account::serve(inner, &context, request.into_inner()),
+        )
+        .await
+        .map(Response::new)
+        .map_err(Status::from)
     }
 
     async fn generate_id_token(
         &self,
         request: Request<pb::GenerateIdTokenRequest>,
     ) -> Result<Response<pb::GenerateIdTokenResponse>, Status> {
-        self.inner.unimplemented(Rpc::GenerateIdToken, &request)
+        let inner = &self.inner;
+        let (context, _permit) = inner.begin(Rpc::GenerateIdToken, &request)?;
+        audited(
+            &context,
+            generate_id_token::serve(inner, &context, request.into_inner()),
+        )
+        .await
+        .map(Response::new)
+        .map_err(Status::from)
     }
 
     async fn sign_jwt(
         &self,
         request: Request<pb::SignJwtRequest>,
     ) -> Result<Response<pb::SignJwtResponse>, Status> {
-        self.inner.unimplemented(Rpc::SignJwt, &request)
+        let inner = &self.inner;
+        let (context, _permit) = inner.begin(Rpc::SignJwt, &request)?;
+        audited(
+            &context,
+            sign_jwt::serve(inner, &context, request.into_inner()),
+        )
+        .await
+        .map(Response::new)
+        .map_err(Status::from)
     }
 
     async fn sign_blob(
         &self,
         request: Request<pb::SignBlobRequest>,
     ) -> Result<Response<pb::SignBlobResponse>, Status> {
-        self.inner.unimplemented(Rpc::SignBlob, &request)
+        let inner = &self.inner;
+        let (context, _permit) = inner.begin(Rpc::SignBlob, &request)?;
+        audited(
+            &context,
+            sign_blob::serve(inner, &context, request.into_inner()),
+        )
+        .await
+        .map(Response::new)
+        .map_err(Status::from)
     }
 }

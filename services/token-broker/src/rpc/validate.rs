@@ -54,6 +54,241 @@ pub(crate) fn subject(field: &str, value: &str) -> Result<Option<String>, RpcErr
     Ok(email(field, value)?.map(|address| address.to_ascii_lowercase()))
 }
 
+/// The most delegates a chain may have.
+const MAX_DELEGATES: usize = 10;
+/// The longest ID-token audience.
+const MAX_AUDIENCE_LEN: usize = 2048;
+/// The largest SignJwt payload and SignBlob payload, bytes.
+pub(crate) const MAX_PAYLOAD: usize = 64 * 1024;
+/// How far ahead a signed JWT's `exp` may be (Google's limit).
+const MAX_JWT_HORIZON: i64 = 12 * 3600;
+
+/// A service account by email (a target, a signer): lowercased, since Google treats emails
+/// case-insensitively; `required` says whether empty is an error.
+pub(crate) fn service_account(
+    field: &str,
+    value: &str,
+    required: bool,
+) -> Result<Option<String>, RpcError> {
+    if value.is_empty() && required {
+        return Err(invalid(
+            "INVALID_FIELD",
+            field,
+            "is required: a service account's email address",
+        ));
+    }
+    // Only the characters of service-account emails (Google's and user-created): no resource
+    // names (`projects/-/serviceAccounts/...`), unique IDs or other addresses.
+    let plain = value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'@' | b'.' | b'-' | b'_' | b'+'));
+    if !plain {
+        return Err(invalid(
+            "INVALID_FIELD",
+            field,
+            format!(
+                "must be a service account's email address of at most {MAX_EMAIL_LEN} bytes, such as deployer@my-project.iam.gserviceaccount.com (not a resource name or a unique ID)"
+            ),
+        ));
+    }
+    subject(field, value)
+}
+
+/// A delegation chain: at most 10 service-account emails, in order, no duplicates,
+/// lowercased. Only allowed with a target (`has_target`).
+pub(crate) fn delegates(values: &[String], has_target: bool) -> Result<Vec<String>, RpcError> {
+    if values.is_empty() {
+        return Ok(Vec::new());
+    }
+    if !has_target {
+        return Err(invalid(
+            "INVALID_FIELD",
+            "delegates",
+            "a delegation chain needs target_service_account",
+        ));
+    }
+    if values.len() > MAX_DELEGATES {
+        return Err(invalid(
+            "INVALID_FIELD",
+            "delegates",
+            format!("at most {MAX_DELEGATES} delegates"),
+        ));
+    }
+    let mut chain: Vec<String> = Vec::with_capacity(values.len());
+    for (i, value) in values.iter().enumerate() {
+        let field = format!("delegates[{i}]");
+        let email = service_account(&field, value, true)?.unwrap_or_default();
+        if chain.contains(&email) {
+            return Err(invalid(
+                "INVALID_FIELD",
+                field,
+                "appears twice in the chain",
+            ));
+        }
+        chain.push(email);
+    }
+    Ok(chain)
+}
+
+/// An ID token's audience: 1 to 2048 bytes of printable ASCII without spaces.
+pub(crate) fn audience(value: &str) -> Result<String, RpcError> {
+    let valid = (1..=MAX_AUDIENCE_LEN).contains(&value.len())
+        && value.bytes().all(|b| b.is_ascii_graphic());
+    if valid {
+        Ok(value.to_owned())
+    } else {
+        Err(invalid(
+            "INVALID_FIELD",
+            "audience",
+            format!(
+                "must be 1 to {MAX_AUDIENCE_LEN} bytes of printable ASCII without spaces, such as https://my-service-abc123-uc.a.run.app"
+            ),
+        ))
+    }
+}
+
+/// The claims of a SignJwt payload the broker looks at: its audiences and its expiry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct JwtClaims {
+    /// The `aud` values (a string or an array of strings in the payload).
+    pub(crate) audiences: Vec<String>,
+    /// `exp` as seconds from `now`, when present.
+    pub(crate) expires_in: Option<i64>,
+}
+
+/// A SignJwt payload: 2 to 65536 bytes of a JSON object; an `exp` claim, if any, an integer
+/// not in the past and at most 12 hours ahead of `now` (seconds since the epoch), as Google
+/// requires. The payload itself is passed to Google unchanged.
+pub(crate) fn jwt_payload(payload: &str, now: i64) -> Result<JwtClaims, RpcError> {
+    let bad = |why: &str| invalid("INVALID_FIELD", "payload", why);
+    if !(2..=MAX_PAYLOAD).contains(&payload.len()) {
+        return Err(bad("must be 2 to 65536 bytes of JSON"));
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(payload).map_err(|_| bad("must be a JSON object of claims"))?;
+    let Some(claims) = value.as_object() else {
+        return Err(bad("must be a JSON object of claims"));
+    };
+    // A claim given twice means what its reader decides (the first value, or the last): the
+    // grant's checks and Google's verifiers could read different `aud`s or `exp`s.
+    serde_json::from_str::<DistinctClaims>(payload).map_err(|e| {
+        let message = e.to_string();
+        bad(message.split(" at line ").next().unwrap_or(&message))
+    })?;
+    let audiences = match claims.get("aud") {
+        None => Vec::new(),
+        Some(serde_json::Value::String(aud)) => vec![aud.clone()],
+        Some(serde_json::Value::Array(values)) => values
+            .iter()
+            .map(|v| v.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| bad("aud must be a string or an array of strings"))?,
+        Some(_) => return Err(bad("aud must be a string or an array of strings")),
+    };
+    let expires_in = match claims.get("exp") {
+        None => None,
+        Some(exp) => {
+            let exp = exp
+                .as_i64()
+                .ok_or_else(|| bad("exp must be an integer number of seconds since the epoch"))?;
+            let left = exp.saturating_sub(now);
+            if left < 0 {
+                return Err(bad("exp is in the past"));
+            }
+            if left > MAX_JWT_HORIZON {
+                return Err(bad("exp is more than 12 hours ahead"));
+            }
+            Some(left)
+        }
+    };
+    Ok(JwtClaims {
+        audiences,
+        expires_in,
+    })
+}
+
+/// A JSON object whose top-level keys are all different.
+struct DistinctClaims;
+
+impl<'de> serde::Deserialize<'de> for DistinctClaims {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Keys;
+        impl<'de> serde::de::Visitor<'de> for Keys {
+            type Value = DistinctClaims;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object of claims")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<DistinctClaims, A::Error> {
+                let mut seen = std::collections::HashSet::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                    if seen.contains(&key) {
+                        let shown: String = key.chars().take(64).collect();
+                        return Err(serde::de::Error::custom(format!(
+                            "the claim {shown:?} appears twice"
+                        )));
+                    }
+                    seen.insert(key);
+                }
+                Ok(DistinctClaims)
+            }
+        }
+        deserializer.deserialize_map(Keys)
+    }
+}
+
+/// A SignBlob payload: 1 to 65536 bytes.
+pub(crate) fn blob(payload: &[u8]) -> Result<(), RpcError> {
+    if (1..=MAX_PAYLOAD).contains(&payload.len()) {
+        Ok(())
+    } else {
+        Err(invalid(
+            "INVALID_FIELD",
+            "payload",
+            "must be 1 to 65536 bytes",
+        ))
+    }
+}
+
+/// The longest `min_remaining_validity`.
+const MAX_MIN_REMAINING: Duration = Duration::from_secs(1800);
+/// The default `min_remaining_validity`: Python and Java clients treat 225 s or less as stale.
+const DEFAULT_MIN_REMAINING: Duration = Duration::from_secs(300);
+
+/// `min_remaining_validity`: whole seconds up to 30 minutes; 5 minutes when unset.
+pub(crate) fn min_remaining(value: Option<&prost_types::Duration>) -> Result<Duration, RpcError> {
+    Ok(duration(
+        "min_remaining_validity",
+        value,
+        Duration::ZERO,
+        MAX_MIN_REMAINING,
+    )?
+    .unwrap_or(DEFAULT_MIN_REMAINING))
+}
+
+/// A requested `lifetime` must be longer than the `min_remaining_validity` it is asked with
+/// (else no token could ever satisfy the request).
+pub(crate) fn lifetime_above(
+    lifetime: Option<Duration>,
+    min_remaining: Duration,
+    max: Duration,
+) -> Result<(), RpcError> {
+    match lifetime {
+        Some(lifetime) if lifetime <= min_remaining => Err(RpcError::InvalidField {
+            reason: "INVALID_LIFETIME",
+            field: "lifetime".to_owned(),
+            description: "must be longer than min_remaining_validity".to_owned(),
+            max_seconds: Some(max.as_secs()),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// An email address field (`subject`, service accounts): empty means unset.
 pub(crate) fn email(field: &str, value: &str) -> Result<Option<String>, RpcError> {
     if value.is_empty() {
@@ -62,6 +297,7 @@ pub(crate) fn email(field: &str, value: &str) -> Result<Option<String>, RpcError
     let valid = value.len() <= MAX_EMAIL_LEN
         && matches!(value.split_once('@'), Some((local, domain))
             if !local.is_empty()
+                && !domain.contains('@')
                 && domain.contains('.')
                 && !domain.starts_with('.')
                 && !domain.ends_with('.')
@@ -205,6 +441,86 @@ mod tests {
                 }
             ));
         }
+    }
+
+    #[test]
+    fn service_accounts_chains_audiences_and_payloads() {
+        assert_eq!(
+            service_account(
+                "target_service_account",
+                "Reader@P.iam.gserviceaccount.com",
+                true
+            )
+            .expect("valid"),
+            Some("reader@p.iam.gserviceaccount.com".to_owned())
+        );
+        assert_eq!(
+            field(service_account("service_account", "", true).expect_err("required")).0,
+            "service_account"
+        );
+        for bad in [
+            "projects/-/serviceAccounts/reader@p.iam.gserviceaccount.com",
+            "a/b@p.iam.gserviceaccount.com",
+            "reader@p@iam.gserviceaccount.com",
+            "123456789012345678901",
+        ] {
+            assert_eq!(
+                field(service_account("target_service_account", bad, true).expect_err(bad)).0,
+                "target_service_account"
+            );
+        }
+        let sa = |n: usize| format!("sa{n}@p.iam.gserviceaccount.com");
+        assert_eq!(
+            delegates(&[sa(1), sa(2)], true).expect("valid"),
+            vec![sa(1), sa(2)]
+        );
+        assert_eq!(
+            field(delegates(&[sa(1)], false).expect_err("no target")).0,
+            "delegates"
+        );
+        assert_eq!(
+            field(delegates(&[sa(1), sa(1).to_uppercase()], true).expect_err("twice")).0,
+            "delegates[1]"
+        );
+        let eleven: Vec<String> = (0..11).map(sa).collect();
+        assert_eq!(
+            field(delegates(&eleven, true).expect_err("too long")).0,
+            "delegates"
+        );
+        assert!(audience("https://hello-abc-uc.a.run.app").is_ok());
+        for bad in ["", "has space", &"a".repeat(2049), "caf\u{e9}"] {
+            assert_eq!(field(audience(bad).expect_err(bad)).0, "audience");
+        }
+        let now = 1_800_000_000;
+        let claims = jwt_payload(r#"{"aud":["a","b"],"exp":1800000600}"#, now).expect("valid");
+        assert_eq!(claims.audiences, ["a", "b"]);
+        assert_eq!(claims.expires_in, Some(600));
+        assert_eq!(
+            jwt_payload(r#"{"sub":"x"}"#, now)
+                .expect("no exp")
+                .expires_in,
+            None
+        );
+        for bad in [
+            "[]",
+            "{",
+            "1",
+            r#"{"exp":"soon"}"#,
+            r#"{"exp":1.5e9}"#,
+            r#"{"exp":1799999999}"#,
+            r#"{"exp":1800043201}"#,
+            r#"{"aud":7}"#,
+            r#"{"aud":"https://evil.example.com","aud":"https://api.example.com"}"#,
+            r#"{"exp":1800039600,"sub":"x","exp":1800000600}"#,
+        ] {
+            assert_eq!(
+                field(jwt_payload(bad, now).expect_err(bad)).0,
+                "payload",
+                "{bad}"
+            );
+        }
+        assert!(blob(b"x").is_ok());
+        assert!(blob(b"").is_err() && blob(&vec![0; MAX_PAYLOAD + 1]).is_err());
     }
 
     #[test]

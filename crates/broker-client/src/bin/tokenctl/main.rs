@@ -1,31 +1,40 @@
 //! `tokenctl`: command-line client of the token broker.
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use broker_client::{
-    AccessToken, ClientError, Code, ConnectOptions, ProviderOptions, RetryPolicy, TlsFiles,
-    TokenProvider, TokenRequest, connect, split_scopes, whole_seconds_ceil,
+    AccessToken, BlobSigningRequest, CallOptions, ClientError, Code, ConnectOptions, IdToken,
+    IdTokenRequest, ImpersonationRequest, JwtSigningRequest, RetryPolicy, SignedBlob, SignedJwt,
+    TlsFiles, TokenRequest, connect, generate_id_token, get_access_token, impersonate, sign_blob,
+    sign_jwt, split_scopes, whole_seconds_ceil,
 };
+use clap::error::ErrorKind;
 use clap::{ArgAction, Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 
 const LONG_ABOUT: &str = "\
 Command-line client of the token broker. It authenticates with a TLS client certificate and
-prints short-lived Google credentials.
+prints short-lived Google credentials: access tokens (also of impersonated service accounts),
+ID tokens, and JWTs and signatures made with a service account's Google-managed key, as
+gcloud's print-access-token, print-identity-token, sign-jwt and sign-blob do.
 
 The broker's address and the client's TLS files come from flags or from the environment
 (TOKEN_BROKER_ADDR, TOKEN_BROKER_CA, TOKEN_BROKER_CERT, TOKEN_BROKER_KEY).
 
 Exit codes:
   0  success
-  1  any other error (TLS files, TLS handshake, NOT_FOUND, FAILED_PRECONDITION, ...)
-  2  usage error (bad flags or settings)
+  1  any other error (TLS files, TLS handshake, NOT_FOUND, FAILED_PRECONDITION, an invalid
+     response, an output file that cannot be written, ...)
+  2  usage error (bad flags or settings, an input file that cannot be read)
   3  permission denied: PERMISSION_DENIED or UNAUTHENTICATED
-  4  invalid argument: INVALID_ARGUMENT
+  4  invalid argument: INVALID_ARGUMENT (a field, a JWT payload, a blob the broker refused)
   5  unavailable, retry later: UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, or the
      broker could not be reached";
+
+/// The help heading of the flags every command takes.
+const GLOBAL: &str = "Connection options";
 
 /// Exit code of any error without a more specific one.
 const EXIT_GENERIC: u8 = 1;
@@ -47,28 +56,28 @@ const EXIT_UNAVAILABLE: u8 = 5;
 )]
 struct Cli {
     /// The broker's address: https://host:port or host:port.
-    #[arg(long, env = "TOKEN_BROKER_ADDR", global = true, value_name = "ADDR")]
+    #[arg(long, env = "TOKEN_BROKER_ADDR", global = true, value_name = "ADDR", help_heading = GLOBAL)]
     addr: Option<String>,
 
     /// PEM file with the CA certificate(s) that verify the broker's certificate.
-    #[arg(long, env = "TOKEN_BROKER_CA", global = true, value_name = "FILE")]
+    #[arg(long, env = "TOKEN_BROKER_CA", global = true, value_name = "FILE", help_heading = GLOBAL)]
     ca: Option<PathBuf>,
 
     /// PEM file with the client certificate (chain).
-    #[arg(long, env = "TOKEN_BROKER_CERT", global = true, value_name = "FILE")]
+    #[arg(long, env = "TOKEN_BROKER_CERT", global = true, value_name = "FILE", help_heading = GLOBAL)]
     cert: Option<PathBuf>,
 
     /// PEM file with the client certificate's private key.
-    #[arg(long, env = "TOKEN_BROKER_KEY", global = true, value_name = "FILE")]
+    #[arg(long, env = "TOKEN_BROKER_KEY", global = true, value_name = "FILE", help_heading = GLOBAL)]
     key: Option<PathBuf>,
 
     /// Bound on connecting, and on the request including its retries (for example 10s, 1m).
-    #[arg(long, global = true, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    #[arg(long, global = true, default_value = "10s", value_parser = parse_duration, value_name = "DURATION", help_heading = GLOBAL)]
     timeout: Duration,
 
     /// Fail at once on UNAVAILABLE or RESOURCE_EXHAUSTED instead of retrying after the
     /// broker's RetryInfo delay (for scripts that retry themselves).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     no_retry: bool,
 
     #[command(subcommand)]
@@ -79,6 +88,51 @@ struct Cli {
 enum Command {
     /// Print a Google OAuth 2.0 access token (like `gcloud auth print-access-token`).
     PrintAccessToken(PrintAccessToken),
+    /// Print a Google-signed ID token for an audience (like `gcloud auth print-identity-token`).
+    #[command(long_about = "\
+Print a Google-signed OpenID Connect ID token for an audience, like `gcloud auth
+print-identity-token`: send it as `Authorization: Bearer` to a Cloud Run service, a Cloud
+Function or anything else that verifies Google ID tokens.
+
+The token identifies the credential's own identity, or with --impersonate-service-account a
+service account the credential impersonates (IAM generateIdToken). With --format text only the
+JWT is printed.")]
+    PrintIdentityToken(PrintIdentityToken),
+    /// Print an access token of another service account, by impersonation (IAM
+    /// generateAccessToken).
+    #[command(long_about = "\
+Print an OAuth 2.0 access token of another service account, minted by IAM generateAccessToken
+with the identity of the broker credential (like `gcloud auth print-access-token
+--impersonate-service-account`). The credential's identity needs the Service Account Token
+Creator role on the first delegate, each delegate on the next, and the last (or the
+credential itself, without delegates) on the target.
+
+With --format text only the token is printed.")]
+    Impersonate(Impersonate),
+    /// Sign JWT claims with a service account's Google-managed key (like `gcloud iam
+    /// service-accounts sign-jwt`).
+    #[command(long_about = "\
+Sign JWT claims with a service account's Google-managed key (IAM signJwt), like `gcloud iam
+service-accounts sign-jwt`. The claims are a JSON object read from PAYLOAD_FILE, or from
+standard input when it is absent or `-`; the broker checks them (a JSON object of at most
+64 KiB whose `exp`, if any, is at most 12 hours ahead) and answers INVALID_ARGUMENT (exit 4)
+otherwise.
+
+With --format text only the signed JWT is printed; with --format json, also the ID of the key
+that signed (the JWT's `kid`).")]
+    SignJwt(SignJwt),
+    /// Sign bytes with a service account's Google-managed key (like `gcloud iam
+    /// service-accounts sign-blob`).
+    #[command(long_about = "\
+Sign bytes with a service account's Google-managed key (IAM signBlob: RSA-SHA256, PKCS#1 v1.5),
+like `gcloud iam service-accounts sign-blob`. The bytes (1 byte to 64 KiB) are read from
+INPUT_FILE, or from standard input when it is absent or `-`.
+
+With --format text the signature is printed in base64, or written as raw bytes to --output;
+with --format json, a JSON object with the key ID and the base64 signature is printed (and
+--output still receives the raw bytes). The certificate of the key is at
+https://www.googleapis.com/service_accounts/v1/metadata/x509/SERVICE_ACCOUNT_EMAIL.")]
+    SignBlob(SignBlob),
 }
 
 #[derive(Debug, Args)]
@@ -109,11 +163,143 @@ struct PrintAccessToken {
     format: Format,
 }
 
+#[derive(Debug, Args)]
+struct PrintIdentityToken {
+    /// The audience of the token (its `aud` claim): usually the URL of the receiving service,
+    /// for example https://hello-abc123-uc.a.run.app.
+    #[arg(long = "audiences", alias = "audience", value_name = "AUDIENCE")]
+    audience: String,
+
+    /// Ask for the `email` and `email_verified` claims (always present without
+    /// impersonation).
+    #[arg(long)]
+    include_email: bool,
+
+    /// The service account to get the token for, by impersonation. A comma-separated list is a
+    /// delegation chain, as in gcloud: the last entry is the target and the ones before it are
+    /// the delegates.
+    #[arg(long, value_name = "EMAIL[,EMAIL...]")]
+    impersonate_service_account: Option<String>,
+
+    /// The delegation chain to the impersonated service account, in order; repeat the flag or
+    /// separate with commas. Needs --impersonate-service-account.
+    #[arg(
+        long,
+        action = ArgAction::Append,
+        requires = "impersonate_service_account",
+        value_name = "EMAIL[,EMAIL...]"
+    )]
+    delegates: Vec<String>,
+
+    /// The broker credential to use (the base credential when impersonating). Default: the
+    /// credential of the caller's default grant.
+    #[arg(long, value_name = "NAME")]
+    credential: Option<String>,
+
+    /// Output format: `text` prints only the ID token; `json` prints it with its metadata.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Debug, Args)]
+struct Impersonate {
+    /// The email of the service account to impersonate.
+    #[arg(
+        long = "target",
+        alias = "target-service-account",
+        value_name = "EMAIL"
+    )]
+    target: String,
+
+    /// The delegation chain to the target, in order; repeat the flag or separate with commas.
+    #[arg(long, action = ArgAction::Append, value_name = "EMAIL[,EMAIL...]")]
+    delegates: Vec<String>,
+
+    /// OAuth 2.0 scopes; repeat the flag or separate with commas. Default:
+    /// https://www.googleapis.com/auth/cloud-platform.
+    #[arg(long = "scopes", alias = "scope", action = ArgAction::Append, value_name = "SCOPE[,SCOPE...]")]
+    scopes: Vec<String>,
+
+    /// Lifetime of a newly minted token, in whole seconds, at most 12h (broker default 1h;
+    /// more than 1h only where the organization policy allows it).
+    #[arg(long, value_parser = parse_whole_seconds, value_name = "DURATION")]
+    lifetime: Option<Duration>,
+
+    /// The least validity the token must have left (broker default 5m).
+    #[arg(long = "min-remaining", value_parser = parse_whole_seconds, value_name = "DURATION")]
+    min_remaining: Option<Duration>,
+
+    /// The base credential, whose identity impersonates. Default: the credential of the
+    /// caller's default grant.
+    #[arg(long, value_name = "NAME")]
+    credential: Option<String>,
+
+    /// Output format: `text` prints only the token; `json` prints it with its metadata.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Debug, Args)]
+struct SignJwt {
+    /// The email of the service account whose Google-managed key signs.
+    #[arg(long = "service-account", alias = "iam-account", value_name = "EMAIL")]
+    service_account: String,
+
+    /// The delegation chain to the service account, in order; repeat the flag or separate
+    /// with commas.
+    #[arg(long, action = ArgAction::Append, value_name = "EMAIL[,EMAIL...]")]
+    delegates: Vec<String>,
+
+    /// The broker credential whose identity calls IAM. Default: the credential of the
+    /// caller's default grant.
+    #[arg(long, value_name = "NAME")]
+    credential: Option<String>,
+
+    /// The file with the JWT claims (a JSON object). Default, or `-`: standard input.
+    #[arg(value_name = "PAYLOAD_FILE")]
+    payload_file: Option<PathBuf>,
+
+    /// Output format: `text` prints only the signed JWT; `json` prints it with the key ID.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Debug, Args)]
+struct SignBlob {
+    /// The email of the service account whose Google-managed key signs.
+    #[arg(long = "service-account", alias = "iam-account", value_name = "EMAIL")]
+    service_account: String,
+
+    /// The delegation chain to the service account, in order; repeat the flag or separate
+    /// with commas.
+    #[arg(long, action = ArgAction::Append, value_name = "EMAIL[,EMAIL...]")]
+    delegates: Vec<String>,
+
+    /// The broker credential whose identity calls IAM. Default: the credential of the
+    /// caller's default grant.
+    #[arg(long, value_name = "NAME")]
+    credential: Option<String>,
+
+    /// The file with the bytes to sign. Default, or `-`: standard input.
+    #[arg(value_name = "INPUT_FILE")]
+    input_file: Option<PathBuf>,
+
+    /// Write the raw signature bytes to this file (`-`: standard output) instead of printing
+    /// it in base64.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+
+    /// Output format: `text` prints only the base64 signature (nothing with --output); `json`
+    /// prints it with the key ID.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
-    /// Only the token and a newline.
+    /// Only the credential (token, JWT or base64 signature) and a newline.
     Text,
-    /// A JSON object with the token, its expiry, principal and scopes.
+    /// A JSON object with the credential and its metadata (expiry, principal, key ID, ...).
     Json,
 }
 
@@ -127,6 +313,22 @@ fn parse_whole_seconds(value: &str) -> Result<Duration, String> {
         return Err("must be whole seconds".to_owned());
     }
     Ok(duration)
+}
+
+/// The entries of repeatable, comma-separated flags, trimmed, in order. Duplicates are kept:
+/// a delegation chain is the caller's to get right, and the broker names a bad entry.
+fn split_list(values: &[String]) -> Vec<String> {
+    values
+        .iter()
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+fn non_empty(value: Option<&String>) -> Option<String> {
+    value.filter(|value| !value.is_empty()).cloned()
 }
 
 /// The connection settings, once every required one is present.
@@ -173,19 +375,187 @@ impl Cli {
     }
 }
 
+/// A usage error found after parsing: exit code 2.
+#[derive(Debug, PartialEq, Eq)]
+enum UsageError {
+    /// A bad combination of flags, reported the way clap reports its own.
+    Flags(ErrorKind, String),
+    /// An input that cannot be read or used, reported on one line.
+    Input(String),
+}
+
+/// A request, ready to send: flags checked, input read.
+#[derive(Debug)]
+enum Prepared {
+    AccessToken(TokenRequest),
+    IdToken(IdTokenRequest),
+    Impersonate(ImpersonationRequest),
+    SignJwt(JwtSigningRequest),
+    SignBlob(BlobSigningRequest),
+}
+
+/// What the broker answered.
+#[derive(Debug)]
+enum Outcome {
+    AccessToken(AccessToken),
+    IdToken(IdToken),
+    Impersonated(AccessToken),
+    SignedJwt(SignedJwt),
+    SignedBlob(SignedBlob),
+}
+
 impl PrintAccessToken {
     fn request(&self) -> TokenRequest {
         TokenRequest {
             scopes: split_scopes(&self.scopes),
-            credential: self.credential.clone().filter(|c| !c.is_empty()),
-            subject: self.subject.clone().filter(|s| !s.is_empty()),
+            credential: non_empty(self.credential.as_ref()),
+            subject: non_empty(self.subject.as_ref()),
             lifetime: self.lifetime,
             min_remaining_validity: self.min_remaining,
         }
     }
 }
 
-/// The JSON output of `print-access-token --format json`.
+impl PrintIdentityToken {
+    fn request(&self) -> Result<IdTokenRequest, UsageError> {
+        let mut chain = self
+            .impersonate_service_account
+            .as_ref()
+            .map(|value| split_list(std::slice::from_ref(value)))
+            .unwrap_or_default();
+        let target = chain.pop();
+        if self.impersonate_service_account.is_some() && target.is_none() {
+            return Err(UsageError::Flags(
+                ErrorKind::InvalidValue,
+                "--impersonate-service-account needs a service-account email".to_owned(),
+            ));
+        }
+        let mut delegates = split_list(&self.delegates);
+        if !chain.is_empty() {
+            if !delegates.is_empty() {
+                return Err(UsageError::Flags(
+                    ErrorKind::ArgumentConflict,
+                    "give the delegation chain either with --delegates or as a comma-separated \
+                     --impersonate-service-account, not both"
+                        .to_owned(),
+                ));
+            }
+            delegates = chain;
+        }
+        if target.is_none() && !delegates.is_empty() {
+            return Err(UsageError::Flags(
+                ErrorKind::MissingRequiredArgument,
+                "--delegates needs --impersonate-service-account".to_owned(),
+            ));
+        }
+        Ok(IdTokenRequest {
+            audience: self.audience.clone(),
+            include_email: self.include_email,
+            target_service_account: target,
+            delegates,
+            credential: non_empty(self.credential.as_ref()),
+            min_remaining_validity: None,
+        })
+    }
+}
+
+impl Impersonate {
+    fn request(&self) -> ImpersonationRequest {
+        ImpersonationRequest {
+            target_service_account: self.target.trim().to_owned(),
+            delegates: split_list(&self.delegates),
+            scopes: split_scopes(&self.scopes),
+            lifetime: self.lifetime,
+            min_remaining_validity: self.min_remaining,
+            credential: non_empty(self.credential.as_ref()),
+        }
+    }
+}
+
+impl SignJwt {
+    fn request(&self, stdin: &mut dyn std::io::Read) -> Result<JwtSigningRequest, UsageError> {
+        let (bytes, source) = read_input(self.payload_file.as_deref(), stdin)?;
+        let payload = String::from_utf8(bytes).map_err(|error| {
+            UsageError::Input(format!(
+                "the JWT payload in {source} is not UTF-8 text ({error}); it must be a JSON object"
+            ))
+        })?;
+        Ok(JwtSigningRequest {
+            service_account: self.service_account.trim().to_owned(),
+            payload,
+            delegates: split_list(&self.delegates),
+            credential: non_empty(self.credential.as_ref()),
+        })
+    }
+}
+
+impl SignBlob {
+    fn request(&self, stdin: &mut dyn std::io::Read) -> Result<BlobSigningRequest, UsageError> {
+        if self.format == Format::Json && self.output.as_deref() == Some(Path::new("-")) {
+            return Err(UsageError::Flags(
+                ErrorKind::ArgumentConflict,
+                "--output - (raw signature bytes on standard output) cannot be combined with \
+                 --format json"
+                    .to_owned(),
+            ));
+        }
+        let (payload, _) = read_input(self.input_file.as_deref(), stdin)?;
+        Ok(BlobSigningRequest {
+            service_account: self.service_account.trim().to_owned(),
+            payload,
+            delegates: split_list(&self.delegates),
+            credential: non_empty(self.credential.as_ref()),
+        })
+    }
+}
+
+/// Reads a whole input file, or standard input for `None` and `-`. Returns the bytes and a name
+/// of where they came from, for messages.
+fn read_input(
+    path: Option<&Path>,
+    stdin: &mut dyn std::io::Read,
+) -> Result<(Vec<u8>, String), UsageError> {
+    match path {
+        None => read_stdin(stdin),
+        Some(path) if path == Path::new("-") => read_stdin(stdin),
+        Some(path) => std::fs::read(path)
+            .map(|bytes| (bytes, path.display().to_string()))
+            .map_err(|error| UsageError::Input(format!("cannot read {}: {error}", path.display()))),
+    }
+}
+
+fn read_stdin(stdin: &mut dyn std::io::Read) -> Result<(Vec<u8>, String), UsageError> {
+    let mut bytes = Vec::new();
+    stdin
+        .read_to_end(&mut bytes)
+        .map(|_| (bytes, "standard input".to_owned()))
+        .map_err(|error| UsageError::Input(format!("cannot read standard input: {error}")))
+}
+
+impl Command {
+    /// Checks the flags and reads the input, before anything is sent.
+    fn prepare(&self, stdin: &mut dyn std::io::Read) -> Result<Prepared, UsageError> {
+        Ok(match self {
+            Self::PrintAccessToken(args) => Prepared::AccessToken(args.request()),
+            Self::PrintIdentityToken(args) => Prepared::IdToken(args.request()?),
+            Self::Impersonate(args) => Prepared::Impersonate(args.request()),
+            Self::SignJwt(args) => Prepared::SignJwt(args.request(stdin)?),
+            Self::SignBlob(args) => Prepared::SignBlob(args.request(stdin)?),
+        })
+    }
+
+    fn format(&self) -> Format {
+        match self {
+            Self::PrintAccessToken(args) => args.format,
+            Self::PrintIdentityToken(args) => args.format,
+            Self::Impersonate(args) => args.format,
+            Self::SignJwt(args) => args.format,
+            Self::SignBlob(args) => args.format,
+        }
+    }
+}
+
+/// The JSON output of `print-access-token` and `impersonate`.
 #[derive(Debug, serde::Serialize)]
 struct TokenJson<'a> {
     access_token: &'a str,
@@ -193,7 +563,9 @@ struct TokenJson<'a> {
     expire_time: String,
     expires_in: u64,
     principal: &'a str,
-    granted_scopes: &'a [String],
+    /// Not for `impersonate`: the broker does not list the scopes of impersonated tokens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    granted_scopes: Option<&'a [String]>,
     credential: &'a str,
     cache_hit: bool,
     last_known_good: bool,
@@ -203,14 +575,53 @@ fn token_json(token: &AccessToken, now: SystemTime) -> TokenJson<'_> {
     TokenJson {
         access_token: token.secret(),
         token_type: &token.token_type,
-        expire_time: humantime::format_rfc3339_seconds(token.expire_time).to_string(),
+        expire_time: rfc3339(token.expire_time),
         expires_in: token.expires_in(now).as_secs(),
         principal: &token.principal,
-        granted_scopes: &token.scopes,
+        granted_scopes: Some(&token.scopes),
         credential: &token.credential,
         cache_hit: token.cache_hit,
         last_known_good: token.last_known_good,
     }
+}
+
+/// The JSON output of `print-identity-token`.
+#[derive(Debug, serde::Serialize)]
+struct IdTokenJson<'a> {
+    id_token: &'a str,
+    expire_time: String,
+    expires_in: u64,
+    audience: &'a str,
+    principal: &'a str,
+    credential: &'a str,
+    cache_hit: bool,
+    last_known_good: bool,
+}
+
+/// The JSON output of `sign-jwt`.
+#[derive(Debug, serde::Serialize)]
+struct SignedJwtJson<'a> {
+    key_id: &'a str,
+    signed_jwt: &'a str,
+    credential: &'a str,
+}
+
+/// The JSON output of `sign-blob`.
+#[derive(Debug, serde::Serialize)]
+struct SignedBlobJson<'a> {
+    key_id: &'a str,
+    /// Standard base64 with padding.
+    signature: String,
+    credential: &'a str,
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+fn write_json(out: &mut impl std::io::Write, value: &impl serde::Serialize) -> std::io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, value)?;
+    writeln!(out)
 }
 
 fn write_token(
@@ -220,12 +631,90 @@ fn write_token(
 ) -> std::io::Result<()> {
     match format {
         Format::Text => writeln!(out, "{}", token.secret())?,
-        Format::Json => {
-            serde_json::to_writer_pretty(&mut *out, &token_json(token, SystemTime::now()))?;
-            writeln!(out)?;
-        }
+        Format::Json => write_json(out, &token_json(token, SystemTime::now()))?,
     }
     out.flush()
+}
+
+/// Writes the outcome of `prepared` to `out` (standard output) in `format`. A sign-blob
+/// `--output` is the caller's: see [`write_signature_file`].
+fn write_outcome(
+    out: &mut impl std::io::Write,
+    prepared: &Prepared,
+    outcome: &Outcome,
+    format: Format,
+    signature_to_file: bool,
+) -> std::io::Result<()> {
+    let now = SystemTime::now();
+    match (outcome, format) {
+        (Outcome::AccessToken(token), _) => return write_token(out, token, format),
+        (Outcome::Impersonated(token), Format::Text) => writeln!(out, "{}", token.secret())?,
+        (Outcome::Impersonated(token), Format::Json) => {
+            let mut json = token_json(token, now);
+            json.granted_scopes = None;
+            write_json(out, &json)?;
+        }
+        (Outcome::IdToken(token), Format::Text) => writeln!(out, "{}", token.secret())?,
+        (Outcome::IdToken(token), Format::Json) => {
+            let audience = match prepared {
+                Prepared::IdToken(request) => request.audience.as_str(),
+                _ => "",
+            };
+            write_json(
+                out,
+                &IdTokenJson {
+                    id_token: token.secret(),
+                    expire_time: rfc3339(token.expire_time),
+                    expires_in: token.expires_in(now).as_secs(),
+                    audience,
+                    principal: &token.principal,
+                    credential: &token.credential,
+                    cache_hit: token.cache_hit,
+                    last_known_good: token.last_known_good,
+                },
+            )?;
+        }
+        (Outcome::SignedJwt(jwt), Format::Text) => writeln!(out, "{}", jwt.secret())?,
+        (Outcome::SignedJwt(jwt), Format::Json) => write_json(
+            out,
+            &SignedJwtJson {
+                key_id: &jwt.key_id,
+                signed_jwt: jwt.secret(),
+                credential: &jwt.credential,
+            },
+        )?,
+        (Outcome::SignedBlob(_), Format::Text) if signature_to_file => {}
+        (Outcome::SignedBlob(blob), Format::Text) => writeln!(out, "{}", blob.signature_base64())?,
+        (Outcome::SignedBlob(blob), Format::Json) => write_json(
+            out,
+            &SignedBlobJson {
+                key_id: &blob.key_id,
+                signature: blob.signature_base64(),
+                credential: &blob.credential,
+            },
+        )?,
+    }
+    out.flush()
+}
+
+/// Writes the raw signature to `path` (`-`: standard output).
+fn write_signature_file(path: &Path, blob: &SignedBlob) -> Result<(), String> {
+    let result = if path == Path::new("-") {
+        let mut stdout = std::io::stdout().lock();
+        stdout
+            .write_all(&blob.signature)
+            .and_then(|()| stdout.flush())
+    } else {
+        std::fs::write(path, &blob.signature)
+    };
+    result.map_err(|error| {
+        let name = if path == Path::new("-") {
+            "standard output".to_owned()
+        } else {
+            path.display().to_string()
+        };
+        format!("cannot write the signature to {name}: {error}")
+    })
 }
 
 /// The exit code for an error; see `LONG_ABOUT`.
@@ -287,26 +776,43 @@ fn render_error(error: &ClientError) -> String {
     text
 }
 
-async fn print_access_token(
-    target: Target,
-    args: &PrintAccessToken,
-) -> Result<AccessToken, ClientError> {
+/// Connects and sends the request, retrying per the global flags.
+async fn run(target: Target, prepared: &Prepared) -> Result<Outcome, ClientError> {
     let mut connect_options = ConnectOptions::default();
     connect_options.connect_timeout = target.timeout;
     connect_options.timeout = Some(target.timeout);
     let client = connect(&target.addr, &target.files, &connect_options).await?;
 
-    let mut retry = if target.retry {
+    let mut options = CallOptions::default();
+    options.call_timeout = Some(target.timeout);
+    options.retry = if target.retry {
         RetryPolicy::default()
     } else {
         RetryPolicy::never()
     };
-    retry.deadline = target.timeout;
-    let mut options = ProviderOptions::default();
-    options.call_timeout = Some(target.timeout);
-    options.retry = retry;
-    let provider = TokenProvider::with_options(client, args.request(), options)?;
-    provider.token().await
+    options.retry.deadline = target.timeout;
+    Ok(match prepared {
+        Prepared::AccessToken(request) => {
+            Outcome::AccessToken(get_access_token(&client, request, &options).await?)
+        }
+        Prepared::IdToken(request) => {
+            Outcome::IdToken(generate_id_token(&client, request, &options).await?)
+        }
+        Prepared::Impersonate(request) => {
+            Outcome::Impersonated(impersonate(&client, request, &options).await?)
+        }
+        Prepared::SignJwt(request) => {
+            Outcome::SignedJwt(sign_jwt(&client, request, &options).await?)
+        }
+        Prepared::SignBlob(request) => {
+            Outcome::SignedBlob(sign_blob(&client, request, &options).await?)
+        }
+    })
+}
+
+fn fail(message: &str, code: u8) -> ExitCode {
+    let _ = writeln!(std::io::stderr(), "tokenctl: {message}");
+    ExitCode::from(code)
 }
 
 fn main() -> ExitCode {
@@ -314,44 +820,50 @@ fn main() -> ExitCode {
     let target = match cli.target() {
         Ok(target) => target,
         Err(message) => Cli::command()
-            .error(clap::error::ErrorKind::MissingRequiredArgument, message)
+            .error(ErrorKind::MissingRequiredArgument, message)
             .exit(),
+    };
+    let prepared = match cli.command.prepare(&mut std::io::stdin().lock()) {
+        Ok(prepared) => prepared,
+        Err(UsageError::Flags(kind, message)) => Cli::command().error(kind, message).exit(),
+        Err(UsageError::Input(message)) => return fail(&message, EXIT_USAGE),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(runtime) => runtime,
+        Err(error) => return fail(&format!("cannot start the runtime: {error}"), EXIT_GENERIC),
+    };
+    let outcome = match runtime.block_on(run(target, &prepared)) {
+        Ok(outcome) => outcome,
         Err(error) => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "tokenctl: cannot start the runtime: {error}"
-            );
-            return ExitCode::from(EXIT_GENERIC);
+            let _ = std::io::stderr().write_all(render_error(&error).as_bytes());
+            return ExitCode::from(exit_code(&error));
         }
     };
-    match &cli.command {
-        Command::PrintAccessToken(args) => {
-            match runtime.block_on(print_access_token(target, args)) {
-                Ok(token) => {
-                    let mut stdout = std::io::stdout().lock();
-                    match write_token(&mut stdout, &token, args.format) {
-                        Ok(()) => ExitCode::SUCCESS,
-                        Err(error) => {
-                            let _ = writeln!(
-                                std::io::stderr(),
-                                "tokenctl: cannot write the token to stdout: {error}"
-                            );
-                            ExitCode::from(EXIT_GENERIC)
-                        }
-                    }
-                }
-                Err(error) => {
-                    let _ = std::io::stderr().write_all(render_error(&error).as_bytes());
-                    ExitCode::from(exit_code(&error))
-                }
-            }
-        }
+    let output_file = match &cli.command {
+        Command::SignBlob(args) => args.output.as_deref(),
+        _ => None,
+    };
+    if let (Some(path), Outcome::SignedBlob(blob)) = (output_file, &outcome)
+        && let Err(message) = write_signature_file(path, blob)
+    {
+        return fail(&message, EXIT_GENERIC);
+    }
+    let mut stdout = std::io::stdout().lock();
+    match write_outcome(
+        &mut stdout,
+        &prepared,
+        &outcome,
+        cli.command.format(),
+        output_file.is_some(),
+    ) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => fail(
+            &format!("cannot write to standard output: {error}"),
+            EXIT_GENERIC,
+        ),
     }
 }
 
@@ -360,7 +872,9 @@ mod tests {
     use std::collections::HashMap;
 
     use broker_client::{ERROR_DOMAIN, Secret};
-    use broker_proto::tokenbroker::v1::GetAccessTokenResponse;
+    use broker_proto::tokenbroker::v1::{
+        GenerateIdTokenResponse, GetAccessTokenResponse, SignBlobResponse, SignJwtResponse,
+    };
     use tonic_types::{ErrorDetails, FieldViolation, StatusExt as _};
 
     use super::*;
@@ -407,7 +921,9 @@ mod tests {
         let Some(cli) = cli else {
             panic!("the arguments should parse");
         };
-        let Command::PrintAccessToken(args) = &cli.command;
+        let Command::PrintAccessToken(args) = &cli.command else {
+            panic!("print-access-token");
+        };
         let request = args.request();
         assert_eq!(request.scopes, vec!["https://a", "https://b", "https://c"]);
         assert_eq!(request.credential.as_deref(), Some("prod"));
@@ -433,7 +949,9 @@ mod tests {
             panic!("no flags is fine for the parser");
         };
         assert_eq!(cli.timeout, Duration::from_secs(10));
-        let Command::PrintAccessToken(args) = &cli.command;
+        let Command::PrintAccessToken(args) = &cli.command else {
+            panic!("print-access-token");
+        };
         assert_eq!(args.format, Format::Text);
         assert!(args.request().scopes.is_empty());
         // Unless the environment provides them, the connection settings are missing.
@@ -569,6 +1087,402 @@ mod tests {
         assert_eq!(value["token_type"], "Bearer");
         assert_eq!(value["granted_scopes"][0], "https://s");
         assert_eq!(Secret::new("x").expose(), "x");
+    }
+
+    fn command(args: &[&str]) -> Command {
+        match parse(args) {
+            Ok(cli) => cli.command,
+            Err(error) => panic!("{args:?} should parse: {error}"),
+        }
+    }
+
+    fn prepare(args: &[&str], stdin: &[u8]) -> Result<Prepared, UsageError> {
+        command(args).prepare(&mut std::io::Cursor::new(stdin.to_vec()))
+    }
+
+    #[test]
+    fn parses_print_identity_token_and_its_impersonation_chain() {
+        let prepared = prepare(
+            &[
+                "print-identity-token",
+                "--audiences",
+                "https://hello.a.run.app",
+                "--include-email",
+                "--impersonate-service-account",
+                "target@p.iam.gserviceaccount.com",
+                "--delegates",
+                "d1@p.iam.gserviceaccount.com,d2@p.iam.gserviceaccount.com",
+                "--delegates",
+                "d3@p.iam.gserviceaccount.com",
+                "--credential",
+                "base",
+            ],
+            b"",
+        );
+        let Ok(Prepared::IdToken(request)) = prepared else {
+            panic!("an ID-token request: {prepared:?}");
+        };
+        assert_eq!(request.audience, "https://hello.a.run.app");
+        assert!(request.include_email);
+        assert_eq!(
+            request.target_service_account.as_deref(),
+            Some("target@p.iam.gserviceaccount.com")
+        );
+        assert_eq!(
+            request.delegates,
+            vec![
+                "d1@p.iam.gserviceaccount.com",
+                "d2@p.iam.gserviceaccount.com",
+                "d3@p.iam.gserviceaccount.com"
+            ]
+        );
+        assert_eq!(request.credential.as_deref(), Some("base"));
+
+        // gcloud's form: a comma-separated chain whose last entry is the target.
+        let prepared = prepare(
+            &[
+                "print-identity-token",
+                "--audience",
+                "aud",
+                "--impersonate-service-account",
+                "d1@p,d2@p,target@p",
+            ],
+            b"",
+        );
+        let Ok(Prepared::IdToken(request)) = prepared else {
+            panic!("an ID-token request: {prepared:?}");
+        };
+        assert_eq!(request.target_service_account.as_deref(), Some("target@p"));
+        assert_eq!(request.delegates, vec!["d1@p", "d2@p"]);
+        assert!(!request.include_email);
+        assert_eq!(request.credential, None);
+
+        // Without impersonation: the credential's own identity.
+        let prepared = prepare(&["print-identity-token", "--audiences", "aud"], b"");
+        let Ok(Prepared::IdToken(request)) = prepared else {
+            panic!("an ID-token request: {prepared:?}");
+        };
+        assert_eq!(request.target_service_account, None);
+        assert!(request.delegates.is_empty());
+    }
+
+    #[test]
+    fn bad_flag_combinations_are_usage_errors() {
+        let usage = |args: &[&str]| parse(args).err().map(|e| e.exit_code());
+        // --delegates without an impersonation target.
+        assert_eq!(
+            usage(&[
+                "print-identity-token",
+                "--audiences",
+                "a",
+                "--delegates",
+                "d@p"
+            ]),
+            Some(2)
+        );
+        assert_eq!(usage(&["print-identity-token"]), Some(2), "no audience");
+        assert_eq!(usage(&["impersonate"]), Some(2), "no target");
+        assert_eq!(
+            usage(&["impersonate", "--target", "t@p", "--lifetime", "1.5s"]),
+            Some(2)
+        );
+        assert_eq!(usage(&["sign-jwt"]), Some(2), "no service account");
+        assert_eq!(
+            usage(&["sign-blob", "--format", "yaml", "--service-account", "s"]),
+            Some(2)
+        );
+        assert_eq!(
+            usage(&["sign-jwt", "--service-account", "s", "a", "b"]),
+            Some(2)
+        );
+
+        // Both forms of a chain at once.
+        let error = prepare(
+            &[
+                "print-identity-token",
+                "--audiences",
+                "a",
+                "--impersonate-service-account",
+                "d1@p,t@p",
+                "--delegates",
+                "d0@p",
+            ],
+            b"",
+        );
+        assert!(
+            matches!(
+                error,
+                Err(UsageError::Flags(ErrorKind::ArgumentConflict, _))
+            ),
+            "{error:?}"
+        );
+        let error = prepare(
+            &[
+                "print-identity-token",
+                "--audiences",
+                "a",
+                "--impersonate-service-account",
+                ",",
+            ],
+            b"",
+        );
+        assert!(
+            matches!(error, Err(UsageError::Flags(ErrorKind::InvalidValue, _))),
+            "{error:?}"
+        );
+        // Raw signature bytes and JSON cannot share standard output.
+        let error = prepare(
+            &[
+                "sign-blob",
+                "--service-account",
+                "s@p",
+                "--output",
+                "-",
+                "--format",
+                "json",
+            ],
+            b"x",
+        );
+        assert!(
+            matches!(
+                error,
+                Err(UsageError::Flags(ErrorKind::ArgumentConflict, _))
+            ),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn parses_impersonate() {
+        let prepared = prepare(
+            &[
+                "impersonate",
+                "--target",
+                "reader@p.iam.gserviceaccount.com",
+                "--delegates",
+                "d2@p, d1@p",
+                "--scopes",
+                "https://a,https://b",
+                "--scopes",
+                "https://a",
+                "--lifetime",
+                "2h",
+                "--min-remaining",
+                "10m",
+                "--credential",
+                "dev",
+                "--format",
+                "json",
+            ],
+            b"",
+        );
+        let Ok(Prepared::Impersonate(request)) = prepared else {
+            panic!("an impersonation request: {prepared:?}");
+        };
+        assert_eq!(
+            request.target_service_account,
+            "reader@p.iam.gserviceaccount.com"
+        );
+        assert_eq!(request.delegates, vec!["d2@p", "d1@p"], "the order is kept");
+        assert_eq!(request.scopes, vec!["https://a", "https://b"]);
+        assert_eq!(request.lifetime, Some(Duration::from_secs(7200)));
+        assert_eq!(
+            request.min_remaining_validity,
+            Some(Duration::from_secs(600))
+        );
+        assert_eq!(request.credential.as_deref(), Some("dev"));
+        assert_eq!(
+            command(&[
+                "impersonate",
+                "--target-service-account",
+                "t@p",
+                "--format",
+                "json"
+            ])
+            .format(),
+            Format::Json
+        );
+    }
+
+    #[test]
+    fn sign_commands_read_stdin_or_a_file() {
+        let prepared = prepare(
+            &[
+                "sign-jwt",
+                "--iam-account",
+                "s@p",
+                "--delegates",
+                "d@p",
+                "--credential",
+                "c",
+            ],
+            br#"{"aud":"x"}"#,
+        );
+        let Ok(Prepared::SignJwt(request)) = prepared else {
+            panic!("a SignJwt request: {prepared:?}");
+        };
+        assert_eq!(request.service_account, "s@p");
+        assert_eq!(request.payload, r#"{"aud":"x"}"#);
+        assert_eq!(request.delegates, vec!["d@p"]);
+        assert_eq!(request.credential.as_deref(), Some("c"));
+
+        // `-` is standard input too; the broker, not tokenctl, validates the claims.
+        let prepared = prepare(&["sign-jwt", "--service-account", "s@p", "-"], b"not json");
+        let Ok(Prepared::SignJwt(request)) = prepared else {
+            panic!("a SignJwt request: {prepared:?}");
+        };
+        assert_eq!(request.payload, "not json");
+
+        let error = prepare(&["sign-jwt", "--service-account", "s@p"], b"\xff\xfe");
+        let Err(UsageError::Input(message)) = error else {
+            panic!("invalid UTF-8 is refused: {error:?}");
+        };
+        assert!(message.contains("standard input is not UTF-8"), "{message}");
+
+        let prepared = prepare(&["sign-blob", "--service-account", "s@p"], b"\x00\xffbytes");
+        let Ok(Prepared::SignBlob(request)) = prepared else {
+            panic!("a SignBlob request: {prepared:?}");
+        };
+        assert_eq!(request.payload, b"\x00\xffbytes");
+        assert_eq!(request.credential, None);
+
+        let dir = std::env::temp_dir().join(format!("tokenctl-unit-{}", std::process::id()));
+        assert!(std::fs::create_dir_all(&dir).is_ok());
+        let file = dir.join("blob.bin");
+        assert!(std::fs::write(&file, b"from a file").is_ok());
+        let path = file.to_string_lossy().into_owned();
+        let prepared = prepare(&["sign-blob", "--service-account", "s@p", &path], b"stdin");
+        let Ok(Prepared::SignBlob(request)) = prepared else {
+            panic!("a SignBlob request: {prepared:?}");
+        };
+        assert_eq!(request.payload, b"from a file");
+        let _ = std::fs::remove_dir_all(&dir);
+
+        let missing = dir.join("missing.json");
+        let missing = missing.to_string_lossy().into_owned();
+        let error = prepare(&["sign-jwt", "--service-account", "s@p", &missing], b"");
+        let Err(UsageError::Input(message)) = error else {
+            panic!("a missing file is refused: {error:?}");
+        };
+        assert!(
+            message.starts_with(&format!("cannot read {missing}: ")),
+            "{message}"
+        );
+    }
+
+    fn outcome_text(prepared: &Prepared, outcome: &Outcome, format: Format) -> String {
+        let mut out = Vec::new();
+        assert!(write_outcome(&mut out, prepared, outcome, format, false).is_ok());
+        String::from_utf8(out).unwrap_or_default()
+    }
+
+    #[test]
+    fn writes_the_new_outcomes_as_text_and_json() {
+        let expire_time = Some(prost_types::Timestamp {
+            seconds: 1_800_003_600,
+            nanos: 0,
+        });
+        let prepared = Prepared::IdToken(IdTokenRequest {
+            audience: "https://hello".to_owned(),
+            ..IdTokenRequest::default()
+        });
+        let Ok(id_token) = IdToken::from_response(GenerateIdTokenResponse {
+            id_token: "eyJ.id.sig".to_owned(),
+            expire_time,
+            principal: "sa@p".to_owned(),
+            cache_hit: false,
+            credential: "dev".to_owned(),
+            last_known_good: false,
+        }) else {
+            panic!("valid response");
+        };
+        let outcome = Outcome::IdToken(id_token);
+        assert_eq!(
+            outcome_text(&prepared, &outcome, Format::Text),
+            "eyJ.id.sig\n"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&outcome_text(&prepared, &outcome, Format::Json))
+                .unwrap_or_default();
+        assert_eq!(json["id_token"], "eyJ.id.sig");
+        assert_eq!(json["audience"], "https://hello");
+        assert_eq!(json["expire_time"], "2027-01-15T09:00:00Z");
+        assert_eq!(json["principal"], "sa@p");
+
+        let prepared = Prepared::SignJwt(JwtSigningRequest::default());
+        let Ok(jwt) = SignedJwt::from_response(SignJwtResponse {
+            key_id: "k1".to_owned(),
+            signed_jwt: "eyJ.claims.sig".to_owned(),
+            credential: "dev".to_owned(),
+        }) else {
+            panic!("valid response");
+        };
+        let outcome = Outcome::SignedJwt(jwt);
+        assert_eq!(
+            outcome_text(&prepared, &outcome, Format::Text),
+            "eyJ.claims.sig\n"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&outcome_text(&prepared, &outcome, Format::Json))
+                .unwrap_or_default();
+        assert_eq!(
+            json,
+            serde_json::json!({"key_id": "k1", "signed_jwt": "eyJ.claims.sig", "credential": "dev"})
+        );
+
+        let prepared = Prepared::SignBlob(BlobSigningRequest::default());
+        let Ok(blob) = SignedBlob::from_response(SignBlobResponse {
+            key_id: "k1".to_owned(),
+            signature: b"foobar".to_vec(),
+            credential: "dev".to_owned(),
+        }) else {
+            panic!("valid response");
+        };
+        let outcome = Outcome::SignedBlob(blob);
+        assert_eq!(
+            outcome_text(&prepared, &outcome, Format::Text),
+            "Zm9vYmFy\n"
+        );
+        let mut out = Vec::new();
+        assert!(write_outcome(&mut out, &prepared, &outcome, Format::Text, true).is_ok());
+        assert!(out.is_empty(), "with --output, text mode prints nothing");
+        let json: serde_json::Value =
+            serde_json::from_str(&outcome_text(&prepared, &outcome, Format::Json))
+                .unwrap_or_default();
+        assert_eq!(
+            json,
+            serde_json::json!({"key_id": "k1", "signature": "Zm9vYmFy", "credential": "dev"})
+        );
+
+        let Ok(token) = AccessToken::from_response(broker_proto_response()) else {
+            panic!("valid response");
+        };
+        let prepared = Prepared::Impersonate(ImpersonationRequest::default());
+        let outcome = Outcome::Impersonated(token);
+        assert_eq!(
+            outcome_text(&prepared, &outcome, Format::Text),
+            "ya29.token\n"
+        );
+        let json: serde_json::Value =
+            serde_json::from_str(&outcome_text(&prepared, &outcome, Format::Json))
+                .unwrap_or_default();
+        assert_eq!(json["access_token"], "ya29.token");
+        assert!(json.get("granted_scopes").is_none(), "{json}");
+    }
+
+    #[test]
+    fn help_lists_every_command() {
+        let help = Cli::command().render_long_help().to_string();
+        for needle in [
+            "print-access-token",
+            "print-identity-token",
+            "impersonate",
+            "sign-jwt",
+            "sign-blob",
+            "2  usage error",
+        ] {
+            assert!(help.contains(needle), "{needle:?} missing from:\n{help}");
+        }
     }
 
     fn broker_proto_response() -> GetAccessTokenResponse {

@@ -1,161 +1,22 @@
-//! The backends against the real emulator (`services/gcp-emulator`) over HTTP on 127.0.0.1:
-//! the emulator is the oracle, and `tokeninfo` says what the minted tokens really are.
+//! The service-account key flow: the JWT-bearer grant for access tokens (plain, domain-wide
+//! delegation, downscoped) and ID tokens, and everything the shared HTTP client does with
+//! Google's failures.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use broker_backends::{
     BackendError, GoogleEndpoints, HttpClient, HttpConfig, RetryPolicy, ServiceAccountKey,
     ServiceAccountSource, upstream_host,
 };
 use broker_core::{
-    AccessBoundary, AccessBoundaryRule, Clock, ManualClock, Rejection, ScopeSet, Secret,
-    SourceError, Token, TokenRequest, TokenSource, UpstreamRejection, UpstreamStatus,
+    AccessBoundary, Clock, IdTokenRequest, Rejection, ScopeSet, SourceError, TokenRequest,
+    TokenSource, UpstreamStatus,
 };
-use gcp_emulator::{Emulator, Endpoint, Fault, RunningEmulator, World};
+use gcp_emulator::{Emulator, Endpoint, World};
 use serde_json::{Value, json};
 
-const BROKER: &str = "broker@dev-project.iam.gserviceaccount.com";
-const CLOUD_PLATFORM: &str = "https://www.googleapis.com/auth/cloud-platform";
-const STORAGE_RO: &str = "https://www.googleapis.com/auth/devstorage.read_only";
-/// Google's (and the emulator's) `expires_in` for JWT-bearer tokens.
-const EXPIRES_IN: Duration = Duration::from_secs(3599);
-
-/// A retry policy for tests: quick backoffs.
-fn policy(max_attempts: u32) -> RetryPolicy {
-    RetryPolicy {
-        max_attempts,
-        initial_backoff: Duration::from_millis(10),
-        max_backoff: Duration::from_millis(50),
-        default_budget: Duration::from_secs(20),
-    }
-}
-
-fn http_with(retry: RetryPolicy, request_timeout: Duration) -> HttpClient {
-    HttpClient::new(HttpConfig {
-        connect_timeout: Duration::from_secs(2),
-        request_timeout,
-        no_proxy: true,
-        max_retry_after: Duration::from_secs(60),
-        retry,
-    })
-    .expect("http client")
-}
-
-fn http() -> HttpClient {
-    http_with(policy(4), Duration::from_secs(5))
-}
-
-/// A manual clock standing at the real time, so assertions are valid for the emulator and
-/// expiries are exact.
-fn clock() -> ManualClock {
-    ManualClock::new(SystemTime::now())
-}
-
-async fn emulator() -> RunningEmulator {
-    Emulator::builder().start().await.expect("emulator")
-}
-
-fn key_file(emulator: &RunningEmulator, email: &str) -> Value {
-    emulator.key_file(email).expect("the account has a key")
-}
-
-fn key(file: &Value) -> ServiceAccountKey {
-    ServiceAccountKey::from_json(&file.to_string()).expect("key file")
-}
-
-fn source_with(
-    emulator: &RunningEmulator,
-    file: &Value,
-    http: HttpClient,
-    clock: &ManualClock,
-) -> ServiceAccountSource {
-    ServiceAccountSource::new(key(file), GoogleEndpoints::emulator(emulator.url()), http)
-        .expect("source")
-        .with_clock(Arc::new(clock.clone()))
-}
-
-fn source(
-    emulator: &RunningEmulator,
-    http: HttpClient,
-    clock: &ManualClock,
-) -> ServiceAccountSource {
-    source_with(emulator, &key_file(emulator, BROKER), http, clock)
-}
-
-fn request(scopes: &[&str]) -> TokenRequest {
-    TokenRequest::new(ScopeSet::parse(scopes).expect("scopes"))
-}
-
-fn fault(value: Value) -> Fault {
-    serde_json::from_value(value).expect("fault")
-}
-
-fn inject(emulator: &RunningEmulator, value: Value) {
-    emulator.inject_fault(fault(value)).expect("valid fault");
-}
-
-async fn tokeninfo(emulator: &RunningEmulator, token: &Secret) -> Value {
-    let response = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client")
-        .post(format!("{}/tokeninfo", emulator.url()))
-        .form(&[("access_token", token.expose())])
-        .send()
-        .await
-        .expect("tokeninfo");
-    assert_eq!(response.status(), 200, "tokeninfo refused the token");
-    response.json().await.expect("json")
-}
-
-fn unix(time: SystemTime) -> i64 {
-    i64::try_from(
-        time.duration_since(SystemTime::UNIX_EPOCH)
-            .expect("after 1970")
-            .as_secs(),
-    )
-    .expect("fits")
-}
-
-/// The emulator's `exp` (a string of Unix seconds) is the token's expiry to within a second
-/// or two of processing.
-fn assert_expiry_matches(info: &Value, token: &Token) {
-    let exp: i64 = info["exp"]
-        .as_str()
-        .expect("exp")
-        .parse()
-        .expect("numeric exp");
-    let ours = unix(token.expires_at);
-    assert!((exp - ours).abs() <= 2, "emulator exp {exp}, ours {ours}");
-}
-
-fn rejection(result: Result<Token, SourceError>) -> UpstreamRejection {
-    match result {
-        Err(SourceError::Rejected(rejection)) => *rejection,
-        other => panic!("expected a rejection, got {other:?}"),
-    }
-}
-
-/// The emulator's host as errors name it: `127.0.0.1:PORT`.
-fn host(emulator: &RunningEmulator) -> String {
-    format!("127.0.0.1:{}", emulator.addr().port())
-}
-
-fn boundary() -> AccessBoundary {
-    AccessBoundary {
-        rules: vec![AccessBoundaryRule {
-            available_resource: "//storage.googleapis.com/projects/_/buckets/reports".into(),
-            available_permissions: vec!["inRole:roles/storage.objectViewer".into()],
-            availability_condition: Some(broker_core::AvailabilityCondition {
-                expression: "resource.name.startsWith('projects/_/buckets/reports/objects/2026')"
-                    .into(),
-                title: Some("2026 only".into()),
-                description: None,
-            }),
-        }],
-    }
-}
+use crate::support::*;
 
 #[tokio::test]
 async fn happy_path_token_is_what_tokeninfo_says() {
@@ -949,24 +810,6 @@ async fn debug_output_never_shows_the_key() {
     emulator.shutdown().await;
 }
 
-/// A tracing writer into a shared buffer.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Capture {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn logs_carry_fingerprints_never_secrets() {
     let capture = Capture::default();
@@ -1000,4 +843,109 @@ async fn logs_carry_fingerprints_never_secrets() {
     assert!(!logs.contains("eyJ"), "{logs}");
     let pem = file["private_key"].as_str().expect("pem");
     assert!(!logs.contains(pem.lines().nth(5).expect("line")), "{logs}");
+}
+
+#[tokio::test]
+async fn a_key_reports_its_kind_and_capabilities() {
+    let emulator = emulator().await;
+    let source = source(&emulator, http(), &clock());
+    assert_eq!(source.kind(), "service_account");
+    let capabilities = source.capabilities();
+    assert!(capabilities.domain_wide_delegation);
+    assert!(capabilities.id_tokens);
+    assert!(capabilities.downscoping);
+    assert!(!capabilities.chooses_lifetime);
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_id_token_comes_from_the_jwt_bearer_grant_with_target_audience() {
+    let emulator = emulator().await;
+    let source = source(&emulator, http(), &clock());
+    for include_email in [false, true] {
+        let request = IdTokenRequest {
+            audience: emulator.function_url(),
+            include_email,
+        };
+        let token = source
+            .fetch_id_token(&request, None)
+            .await
+            .expect("ID token");
+        assert_eq!(&*token.principal, BROKER);
+        assert_id_token_expiry(&token);
+        let claims = claims(token.secret.expose());
+        assert_eq!(claims["aud"], emulator.function_url());
+        assert_eq!(claims["iss"], GOOGLE_ISSUER);
+        // The key flow always includes the email, whatever was asked.
+        assert_eq!(claims["email"], BROKER);
+        assert_eq!(claims["email_verified"], true);
+
+        // The ID-token-protected function accepts it, as Cloud Run would.
+        let called = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client")
+            .get(emulator.function_url())
+            .bearer_auth(token.secret.expose())
+            .send()
+            .await
+            .expect("function");
+        assert_eq!(called.status(), 200);
+    }
+    assert_eq!(emulator.count(Endpoint::OAuth2Token), 2);
+    emulator.shutdown().await;
+}
+
+#[tokio::test]
+async fn id_token_refusals_and_failures_are_classified() {
+    let emulator = emulator().await;
+    let source = source(&emulator, http(), &clock());
+    let id = |audience: &str| IdTokenRequest {
+        audience: audience.to_owned(),
+        include_email: false,
+    };
+
+    // An empty audience: Google's invalid_scope, blamed on the audience.
+    let refused = rejection(source.fetch_id_token(&id(""), None).await);
+    assert_eq!(refused.rejection, Rejection::InvalidArgument);
+    assert_eq!(refused.field.as_deref(), Some("audience"));
+    assert_eq!(
+        (refused.error.as_str(), refused.status),
+        ("invalid_scope", 400)
+    );
+
+    // A rejected key, transient failures, a malformed answer.
+    inject(
+        &emulator,
+        json!({"endpoint": "oauth2.token", "status": 400, "error": "invalid_grant",
+               "error_description": "Invalid JWT Signature.", "times": 1}),
+    );
+    let refused = rejection(source.fetch_id_token(&id("https://a.example"), None).await);
+    assert_eq!(refused.rejection, Rejection::CredentialRejected);
+    assert_eq!(refused.upstream, host(&emulator));
+
+    inject(
+        &emulator,
+        json!({"endpoint": "oauth2.token", "status": 503, "times": 2}),
+    );
+    let before = emulator.count(Endpoint::OAuth2Token);
+    source
+        .fetch_id_token(&id("https://a.example"), None)
+        .await
+        .expect("ID token after retries");
+    assert_eq!(emulator.count(Endpoint::OAuth2Token) - before, 3);
+
+    inject(
+        &emulator,
+        json!({"endpoint": "oauth2.token", "malformed_body": true, "times": 1}),
+    );
+    let error = source
+        .fetch_id_token(&id("https://a.example"), None)
+        .await
+        .expect_err("malformed");
+    assert!(
+        matches!(&error, SourceError::Malformed { upstream, .. } if *upstream == host(&emulator)),
+        "{error:?}"
+    );
+    emulator.shutdown().await;
 }
