@@ -554,6 +554,7 @@ fn every_way_to_pass_and_fail() {
             service_account: None,
             delegates: &[],
             audience: None,
+            subject_token_type: None,
             jwt_claims: None,
         };
         let result = policy.authorize(&case.caller, &request);
@@ -973,7 +974,7 @@ fn denial_messages_name_what_failed() {
                 },
             ),
             "audiences",
-            "ID tokens for audience https://x.example.com",
+            "does not allow audience https://x.example.com",
         ),
         (
             deny(Some("g"), DenialRule::JwtAudienceNotAllowed),
@@ -1170,7 +1171,9 @@ fn loaded_grants_are_normalized() {
     assert_eq!(grant.subject_domains(), ["example.com"]);
     assert_eq!(grant.max_lifetime(), Some(Duration::from_secs(5400)));
     assert!(!grant.is_default());
-    assert_eq!(grant.credential().as_str(), "c");
+    assert_eq!(grant.credential().map(CredentialName::as_str), Some("c"));
+    assert!(!grant.is_plain_exchange());
+    assert!(grant.subject_token_types().is_empty());
     assert!(grant.access_boundary().is_none());
     assert!(grant.scope_prefixes().is_empty());
     assert_eq!(grant.rpcs(), [Rpc::GetAccessToken], "the default");
@@ -2575,4 +2578,985 @@ fn new_keys_are_normalized() {
     assert!(plain.audiences().is_empty() && plain.audience_prefixes().is_empty());
     assert!(!plain.allows_service_account(READER));
     assert!(!plain.allows_audience(API));
+}
+
+// ---------------------------------------------------------------------------------------------
+// ExchangeToken: exchanges with a credential, plain exchanges (federation and downscoping),
+// plain-exchange grants and subject-token types.
+
+const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+const ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
+const SAML: &str = "urn:ietf:params:oauth:token-type:saml2";
+const AWS: &str = "urn:ietf:params:aws:token-type:aws4_request";
+const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+const POOL: &str = "//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/ci/";
+const GITHUB: &str =
+    "//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/ci/providers/github";
+const OTHER_POOL: &str = "//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/ci-2/providers/github";
+const WORKFORCE: &str = "//iam.googleapis.com/locations/global/workforcePools/staff/providers/okta";
+const AWS_PROVIDER: &str =
+    "//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/aws/providers/aws";
+const RUNNER: &str = "spiffe://example.org/ci/runner";
+const DEPLOYER: &str = "spiffe://example.org/ci/deployer";
+const APP_DNS: &str = "app.example.org";
+
+fn exchange_policy() -> Policy {
+    load(&format!(
+        r#"
+        # The default grant of ci/ callers also allows ExchangeToken with its credential: a plain
+        # exchange must never use it.
+        [[grants]]
+        name = "tokens"
+        credential = "prod"
+        default = true
+        callers = [{{ spiffe_prefix = "spiffe://example.org/ci/" }}, {{ dns = "{APP_DNS}" }}]
+        rpcs = ["GetAccessToken", "ExchangeToken"]
+        scopes = ["{CP}"]
+        subject_token_types = ["{JWT}"]
+        audiences = ["{GITHUB}"]
+
+        [[grants]]
+        name = "federation"
+        callers = [{{ spiffe_prefix = "spiffe://example.org/ci/" }}]
+        rpcs = ["ExchangeToken"]
+        audiences = ["{WORKFORCE}"]
+        audience_prefixes = ["{POOL}"]
+        subject_token_types = ["{SAML}", "{JWT}", "{SAML}"]
+        scopes = ["{CP}", "{GCS_RO}"]
+
+        [[grants]]
+        name = "downscope"
+        callers = [{{ spiffe_id = "{DEPLOYER}" }}]
+        rpcs = ["ExchangeToken"]
+        subject_token_types = ["{ACCESS_TOKEN}"]
+        [[grants.access_boundary.rules]]
+        available_resource = "{BUCKET}"
+        available_permissions = ["{VIEWER}", "{CREATOR}"]
+
+        [[grants]]
+        name = "wif"
+        credential = "wif-github"
+        callers = [{{ spiffe_prefix = "spiffe://example.org/ci/" }}]
+        rpcs = ["ExchangeToken"]
+        subject_token_types = ["{ID_TOKEN}"]
+        scopes = ["{CP}"]
+        max_lifetime = "30m"
+
+        [[grants]]
+        name = "aws"
+        callers = [{{ cn = "batch" }}]
+        rpcs = ["ExchangeToken"]
+        audiences = ["{AWS_PROVIDER}"]
+        subject_token_types = ["{AWS}"]
+        scopes = ["{CP}"]
+        rate_limit = {{ per_second = 2, burst = 4 }}
+        distinct_keys = 3
+        "#
+    ))
+}
+
+/// An ExchangeToken request, and what [`Policy::authorize_exchange`] should answer: the grant
+/// and credential, or the closest grant, the rule and its value.
+#[derive(Clone)]
+struct ExchangeCase<'a> {
+    what: &'a str,
+    caller: CallerIdentity,
+    credential: Option<&'a str>,
+    subject_token_type: Option<&'a str>,
+    audience: Option<&'a str>,
+    scopes: &'a [&'a str],
+    boundary: Option<AccessBoundary>,
+    expected: Result<ExchangeAllowed<'a>, ExchangeDenied<'a>>,
+}
+
+/// The grant and the credential.
+type ExchangeAllowed<'a> = (&'a str, Option<&'a str>);
+/// The closest grant, the rule and its value.
+type ExchangeDenied<'a> = (Option<&'a str>, &'a str, Option<&'a str>);
+
+fn exchange_request<'a>(
+    credential: Option<&'a CredentialName>,
+    scopes: &'a ScopeSet,
+    subject_token_type: Option<&'a str>,
+    audience: Option<&'a str>,
+    boundary: Option<&'a AccessBoundary>,
+) -> AccessRequest<'a> {
+    AccessRequest {
+        credential,
+        subject_token_type,
+        audience,
+        boundary,
+        ..AccessRequest::new(Rpc::ExchangeToken, scopes)
+    }
+}
+
+fn check_exchange_cases(policy: &Policy, cases: &[ExchangeCase<'_>]) {
+    for case in cases {
+        let credential = case.credential.map(name);
+        let scopes = scopes(case.scopes);
+        let request = exchange_request(
+            credential.as_ref(),
+            &scopes,
+            case.subject_token_type,
+            case.audience,
+            case.boundary.as_ref(),
+        );
+        let what = case.what;
+        match (
+            case.expected,
+            policy.authorize_exchange(&case.caller, &request),
+        ) {
+            (Ok((grant, credential)), Ok(decision)) => {
+                assert_eq!(decision.grant, grant, "{what}");
+                assert_eq!(
+                    decision.credential.as_ref().map(CredentialName::as_str),
+                    credential,
+                    "{what}"
+                );
+            }
+            (Err((grant, rule, value)), Err(denial)) => {
+                assert_eq!(denial.grant.as_deref(), grant, "{what}: {denial}");
+                assert_eq!(denial.rule_name(), rule, "{what}: {denial}");
+                assert_eq!(denial.value(), value, "{what}: {denial}");
+                if let Some(value) = value {
+                    assert!(denial.to_string().contains(value), "{what}: {denial}");
+                }
+            }
+            (expected, result) => panic!("{what}: expected {expected:?}, got {result:?}"),
+        }
+        // `authorize` agrees on every exchange naming a credential, and never allows a plain
+        // one.
+        let authorized = policy.authorize(&case.caller, &request);
+        if request.is_plain_exchange() {
+            let denial = authorized.expect_err(what);
+            assert_eq!(denial.rule_name(), "no_grant", "{what}: {denial}");
+        } else {
+            assert_eq!(
+                authorized.map(|d| (d.grant, d.credential.as_str().to_owned())),
+                policy.authorize_exchange(&case.caller, &request).map(|d| (
+                    d.grant,
+                    d.credential.expect("credential").as_str().to_owned()
+                )),
+                "{what}"
+            );
+        }
+    }
+}
+
+#[test]
+fn plain_exchanges_pass_and_fail() {
+    let policy = exchange_policy();
+    let base = ExchangeCase {
+        what: "",
+        caller: spiffe(RUNNER),
+        credential: None,
+        subject_token_type: Some(JWT),
+        audience: Some(GITHUB),
+        scopes: &[CP],
+        boundary: None,
+        expected: Ok(("federation", None)),
+    };
+    let cases = [
+        ExchangeCase {
+            what: "a provider below the pool prefix, a JWT",
+            ..base.clone()
+        },
+        ExchangeCase {
+            what: "a SAML assertion, two scopes",
+            subject_token_type: Some(SAML),
+            scopes: &[CP, GCS_RO],
+            ..base.clone()
+        },
+        ExchangeCase {
+            what: "an exact workforce provider",
+            audience: Some(WORKFORCE),
+            ..base.clone()
+        },
+        ExchangeCase {
+            what: "a boundary, without a grant boundary, is the request's",
+            boundary: Some(boundary(vec![rule(BUCKET, &[VIEWER], None)])),
+            ..base.clone()
+        },
+        ExchangeCase {
+            what: "a provider of another pool that shares the pool's name as a prefix",
+            audience: Some(OTHER_POOL),
+            expected: Err((Some("federation"), "audiences", Some(OTHER_POOL))),
+            ..base.clone()
+        },
+        ExchangeCase {
+            what: "the pool itself is not below the prefix",
+            audience: Some(POOL.trim_end_matches('/')),
+            expected: Err((
+                Some("federation"),
+                "audiences",
+                Some(POOL.trim_end_matches('/')),
+            )),
+            ..base.clone()
+        },
+        ExchangeCase {
+            what: "a type the grant does not list",
+            subject_token_type: Some(ID_TOKEN),
+            expected: Err((Some("federation"), "subject_token_types", Some(ID_TOKEN))),
+            ..base.clone()
+        },
+        ExchangeCase {
+            what: "no type at all",
+            subject_token_type: None,
+            expected: Err((Some("federation"), "subject_token_types", None)),
+            ..base.clone()
+        },
+        ExchangeCase {
+            what: "a scope the grant does not list",
+            scopes: &[CP, BQ],
+            expected: Err((Some("federation"), "scopes", Some(BQ))),
+            ..base.clone()
+        },
+        ExchangeCase {
+            what: "a caller no grant matches",
+            caller: spiffe("spiffe://example.org/web"),
+            expected: Err((None, "no_grant", None)),
+            ..base.clone()
+        },
+        ExchangeCase {
+            what: "a caller whose only grants have credentials (its default grant would allow it)",
+            caller: dns(&[APP_DNS]),
+            expected: Err((None, "no_grant", None)),
+            ..base.clone()
+        },
+        ExchangeCase {
+            what: "AWS for the plain-exchange grant of a CN caller",
+            caller: cn("batch"),
+            subject_token_type: Some(AWS),
+            audience: Some(AWS_PROVIDER),
+            expected: Ok(("aws", None)),
+            ..base.clone()
+        },
+        ExchangeCase {
+            what: "AWS elsewhere",
+            caller: cn("batch"),
+            subject_token_type: Some(AWS),
+            audience: Some(GITHUB),
+            expected: Err((Some("aws"), "audiences", Some(GITHUB))),
+            ..base.clone()
+        },
+    ];
+    check_exchange_cases(&policy, &cases);
+}
+
+#[test]
+fn downscoping_is_a_plain_exchange_within_the_grants_boundary() {
+    let policy = exchange_policy();
+    let narrow = boundary(vec![rule(
+        BUCKET,
+        &[VIEWER],
+        Some("resource.name.startsWith('x')"),
+    )]);
+    let base = ExchangeCase {
+        what: "",
+        caller: spiffe(DEPLOYER),
+        credential: None,
+        subject_token_type: Some(ACCESS_TOKEN),
+        audience: None,
+        scopes: &[],
+        boundary: Some(narrow.clone()),
+        expected: Ok(("downscope", None)),
+    };
+    let cases = [
+        ExchangeCase {
+            what: "a narrower boundary",
+            ..base.clone()
+        },
+        ExchangeCase {
+            what: "the grant's own boundary",
+            boundary: Some(boundary(vec![rule(BUCKET, &[CREATOR, VIEWER], None)])),
+            ..base.clone()
+        },
+        ExchangeCase {
+            what: "a role the grant's boundary does not give",
+            boundary: Some(boundary(vec![rule(
+                BUCKET,
+                &[VIEWER, "inRole:roles/storage.admin"],
+                None,
+            )])),
+            expected: Err((Some("downscope"), "access_boundary", Some(BUCKET))),
+            ..base.clone()
+        },
+        ExchangeCase {
+            what: "another bucket (the second rule)",
+            boundary: Some(boundary(vec![
+                rule(BUCKET, &[VIEWER], None),
+                rule(
+                    "//storage.googleapis.com/projects/_/buckets/other",
+                    &[VIEWER],
+                    None,
+                ),
+            ])),
+            expected: Err((
+                Some("downscope"),
+                "access_boundary",
+                Some("//storage.googleapis.com/projects/_/buckets/other"),
+            )),
+            ..base.clone()
+        },
+        ExchangeCase {
+            what: "a caller without the downscoping grant: federation names the type",
+            caller: spiffe(RUNNER),
+            expected: Err((
+                Some("federation"),
+                "subject_token_types",
+                Some(ACCESS_TOKEN),
+            )),
+            ..base.clone()
+        },
+        ExchangeCase {
+            what: "downscoping with a scope the downscoping grant does not allow",
+            scopes: &[CP],
+            expected: Err((Some("downscope"), "scopes", Some(CP))),
+            ..base.clone()
+        },
+    ];
+    check_exchange_cases(&policy, &cases);
+
+    // The decision carries the boundary to apply: the request's if it is narrower, or else the
+    // grant's.
+    let none = scopes(&[]);
+    let caller = spiffe(DEPLOYER);
+    let decision = policy
+        .authorize_exchange(
+            &caller,
+            &exchange_request(None, &none, Some(ACCESS_TOKEN), None, Some(&narrow)),
+        )
+        .expect("allowed");
+    assert_eq!(decision.boundary.as_ref(), Some(&narrow));
+    assert_eq!(decision.credential, None);
+    let decision = policy
+        .authorize_exchange(
+            &caller,
+            &exchange_request(None, &none, Some(ACCESS_TOKEN), None, None),
+        )
+        .expect("allowed");
+    assert_eq!(
+        decision.boundary,
+        Some(boundary(vec![rule(BUCKET, &[VIEWER, CREATOR], None)]))
+    );
+}
+
+#[test]
+fn exchanges_with_a_credential_use_the_grants_for_it() {
+    let policy = exchange_policy();
+    let base = ExchangeCase {
+        what: "",
+        caller: spiffe(RUNNER),
+        credential: Some("wif-github"),
+        subject_token_type: Some(ID_TOKEN),
+        audience: None,
+        scopes: &[CP],
+        boundary: None,
+        expected: Ok(("wif", Some("wif-github"))),
+    };
+    let cases = [
+        ExchangeCase {
+            what: "an ID token with the credential",
+            ..base.clone()
+        },
+        ExchangeCase {
+            what: "a type the credential's grant does not list",
+            subject_token_type: Some(JWT),
+            expected: Err((Some("wif"), "subject_token_types", Some(JWT))),
+            ..base.clone()
+        },
+        ExchangeCase {
+            what: "an audience the credential's grant does not list (plain-exchange grants are no candidates)",
+            subject_token_type: Some(SAML),
+            audience: Some(GITHUB),
+            expected: Err((Some("wif"), "audiences", Some(GITHUB))),
+            ..base.clone()
+        },
+        ExchangeCase {
+            what: "the default grant's credential, named, allows ExchangeToken",
+            credential: Some("prod"),
+            subject_token_type: Some(JWT),
+            expected: Ok(("tokens", Some("prod"))),
+            ..base.clone()
+        },
+        ExchangeCase {
+            what: "an audience on the default grant's credential",
+            credential: Some("prod"),
+            subject_token_type: Some(JWT),
+            audience: Some(GITHUB),
+            expected: Ok(("tokens", Some("prod"))),
+            ..base.clone()
+        },
+        ExchangeCase {
+            what: "the DNS caller names its credential",
+            caller: dns(&[APP_DNS]),
+            credential: Some("prod"),
+            subject_token_type: Some(JWT),
+            expected: Ok(("tokens", Some("prod"))),
+            ..base.clone()
+        },
+        ExchangeCase {
+            what: "a credential no grant names",
+            credential: Some("nope"),
+            expected: Err((None, "no_grant", Some("nope"))),
+            ..base.clone()
+        },
+        ExchangeCase {
+            what: "a caller with only a plain-exchange grant names a credential",
+            caller: cn("batch"),
+            credential: Some("prod"),
+            subject_token_type: Some(AWS),
+            audience: Some(AWS_PROVIDER),
+            expected: Err((None, "no_grant", Some("prod"))),
+            ..base.clone()
+        },
+    ];
+    check_exchange_cases(&policy, &cases);
+
+    // The decision carries the grant's limits.
+    let caller = spiffe(RUNNER);
+    let cp = scopes(&[CP]);
+    let wif = name("wif-github");
+    let decision = policy
+        .authorize_exchange(
+            &caller,
+            &exchange_request(Some(&wif), &cp, Some(ID_TOKEN), None, None),
+        )
+        .expect("allowed");
+    assert_eq!(decision.max_lifetime, Some(Duration::from_secs(1800)));
+    let denial = decision
+        .check_fixed_lifetime(&caller, Duration::from_secs(3600))
+        .expect_err("Google's hour is longer");
+    assert_eq!(denial.rule_name(), "max_lifetime");
+    assert_eq!(denial.grant.as_deref(), Some("wif"));
+    assert!(
+        decision
+            .check_fixed_lifetime(&caller, Duration::from_secs(1800))
+            .is_ok()
+    );
+    let batch = cn("batch");
+    let decision = policy
+        .authorize_exchange(
+            &batch,
+            &exchange_request(None, &cp, Some(AWS), Some(AWS_PROVIDER), None),
+        )
+        .expect("allowed");
+    assert_eq!(decision.rate_limit.map(|l| l.burst()), Some(4));
+    assert_eq!(decision.distinct_keys, Some(3));
+    assert_eq!(decision.max_lifetime, None);
+    assert!(
+        decision
+            .check_fixed_lifetime(&batch, Duration::from_secs(3600))
+            .is_ok()
+    );
+}
+
+#[test]
+fn a_plain_exchange_never_falls_back_to_the_default_grant() {
+    let policy = exchange_policy();
+    let cp = scopes(&[CP]);
+    // The DNS caller's default grant is for `prod`, lists ExchangeToken and allows this
+    // audience and type: with the credential named, it allows the exchange.
+    let caller = dns(&[APP_DNS]);
+    assert_eq!(
+        policy.default_grant(&caller).map(|g| g.name()),
+        Some("tokens")
+    );
+    let prod = name("prod");
+    let named = exchange_request(Some(&prod), &cp, Some(JWT), Some(GITHUB), None);
+    assert!(!named.is_plain_exchange());
+    assert_eq!(
+        policy
+            .authorize_exchange(&caller, &named)
+            .expect("allowed")
+            .grant,
+        "tokens"
+    );
+    // Without it, a plain exchange: no plain-exchange grant matches the caller.
+    let plain = exchange_request(None, &cp, Some(JWT), Some(GITHUB), None);
+    assert!(plain.is_plain_exchange());
+    for denial in [
+        policy
+            .authorize_exchange(&caller, &plain)
+            .expect_err("plain"),
+        policy.authorize(&caller, &plain).expect_err("plain"),
+    ] {
+        assert_eq!(denial.rule, DenialRule::NoPlainExchangeGrant);
+        assert_eq!(denial.rule_name(), "no_grant");
+        assert_eq!(denial.grant, None);
+        assert_eq!(denial.value(), None);
+        assert_eq!(
+            denial.to_string(),
+            "no policy grant lets caller app.example.org exchange tokens without a credential (a plain exchange)"
+        );
+    }
+    // A ci/ caller has both: the plain exchange goes to the plain-exchange grant, not to its
+    // default grant (which is before it in the file and would also allow it).
+    let runner = spiffe(RUNNER);
+    let decision = policy.authorize_exchange(&runner, &plain).expect("allowed");
+    assert_eq!(decision.grant, "federation");
+    assert_eq!(decision.credential, None);
+    // `authorize` has no decision without a credential: it denies plain exchanges.
+    let denial = policy
+        .authorize(&runner, &plain)
+        .expect_err("no credential");
+    assert_eq!(denial.rule, DenialRule::NoPlainExchangeGrant);
+    let explanation = policy.explain(&runner, &plain);
+    assert_eq!(explanation.result, Err(denial));
+    assert!(
+        explanation
+            .grants
+            .iter()
+            .all(|check| check.outcome != GrantOutcome::Allowed)
+    );
+}
+
+#[test]
+fn plain_exchange_grants_serve_no_other_rpc() {
+    let policy = exchange_policy();
+    let batch = cn("batch");
+    let prod = name("prod");
+    let none = scopes(&[]);
+    for rpc in Rpc::ALL
+        .into_iter()
+        .filter(|rpc| *rpc != Rpc::ExchangeToken)
+    {
+        // Without a credential: the plain-exchange grant is not a default grant.
+        let denial = policy
+            .authorize(&batch, &AccessRequest::new(rpc, &none))
+            .expect_err("no default grant");
+        assert_eq!(denial.rule, DenialRule::NoDefaultGrant, "{rpc}");
+        assert_eq!(denial.grant, None, "{rpc}");
+        // With one: the plain-exchange grant is for none.
+        let request = AccessRequest {
+            credential: Some(&prod),
+            ..AccessRequest::new(rpc, &none)
+        };
+        let denial = policy.authorize(&batch, &request).expect_err("no grant");
+        assert_eq!(
+            denial.rule,
+            DenialRule::CredentialNotGranted {
+                credential: prod.clone()
+            },
+            "{rpc}"
+        );
+        // Nor does authorize_exchange answer other RPCs differently.
+        assert_eq!(
+            policy
+                .authorize_exchange(&batch, &request)
+                .expect_err("no grant"),
+            denial,
+            "{rpc}"
+        );
+        let explanation = policy.explain(&batch, &request);
+        assert_eq!(
+            explanation
+                .grants
+                .iter()
+                .find(|check| check.grant == "aws")
+                .map(|check| &check.outcome),
+            Some(&GrantOutcome::CredentialNotMatched),
+            "{rpc}"
+        );
+    }
+    // A ci/ caller's GetAccessToken without credential goes to its default grant, never to a
+    // plain-exchange grant.
+    let cp = scopes(&[CP]);
+    let decision = policy
+        .authorize(
+            &spiffe(RUNNER),
+            &AccessRequest::new(Rpc::GetAccessToken, &cp),
+        )
+        .expect("allowed");
+    assert_eq!(decision.grant, "tokens");
+    assert_eq!(decision.credential.as_str(), "prod");
+    // A subject-token type set on another RPC is checked too.
+    let denial = policy
+        .authorize(
+            &spiffe(RUNNER),
+            &AccessRequest {
+                subject_token_type: Some(SAML),
+                ..AccessRequest::new(Rpc::GetAccessToken, &cp)
+            },
+        )
+        .expect_err("not an exchange");
+    assert_eq!(denial.rule_name(), "subject_token_types");
+    assert_eq!(denial.value(), Some(SAML));
+}
+
+#[test]
+fn explain_exchange_reports_every_grant() {
+    let policy = exchange_policy();
+    let cp = scopes(&[CP]);
+    let request = exchange_request(None, &cp, Some(ID_TOKEN), Some(GITHUB), None);
+    let explanation = policy.explain_exchange(&spiffe(DEPLOYER), &request);
+    let outcomes: Vec<(&str, &GrantOutcome)> = explanation
+        .grants
+        .iter()
+        .map(|check| (check.grant.as_str(), &check.outcome))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            ("tokens", &GrantOutcome::CredentialNotMatched),
+            (
+                "federation",
+                &GrantOutcome::Denied(DenialRule::SubjectTokenTypeNotAllowed {
+                    subject_token_type: Some(ID_TOKEN.to_owned())
+                })
+            ),
+            (
+                "downscope",
+                &GrantOutcome::Denied(DenialRule::AudienceNotAllowed {
+                    audience: GITHUB.to_owned()
+                })
+            ),
+            ("wif", &GrantOutcome::CredentialNotMatched),
+            ("aws", &GrantOutcome::CallerNotMatched),
+        ]
+    );
+    // The closest is the grant for the provider that refuses the type.
+    let denial = explanation.result.expect_err("denied");
+    assert_eq!(denial.grant.as_deref(), Some("federation"));
+    assert_eq!(
+        denial.to_string(),
+        format!(
+            "grant federation (the closest for caller spiffe://example.org/ci/deployer) does not allow exchanging subject tokens of type {ID_TOKEN}: the grant's subject_token_types must list it"
+        )
+    );
+    assert_eq!(
+        policy.authorize_exchange(&spiffe(DEPLOYER), &request),
+        Err(denial)
+    );
+
+    let allowed = exchange_request(None, &cp, Some(JWT), Some(GITHUB), None);
+    let explanation = policy.explain_exchange(&spiffe(DEPLOYER), &allowed);
+    assert_eq!(
+        explanation.result.map(|d| (d.grant, d.credential)),
+        Ok(("federation".to_owned(), None))
+    );
+    assert_eq!(
+        explanation.grants.len(),
+        5,
+        "every grant, even after one allows"
+    );
+}
+
+#[test]
+fn the_closest_grant_is_named_for_exchanges() {
+    // The identity provider, then the token's type: a grant for the right provider that
+    // refuses the type is closer than a grant for another provider.
+    let policy = load(&format!(
+        r#"
+        [[grants]]
+        name = "github"
+        callers = [{{ cn = "x" }}]
+        rpcs = ["ExchangeToken"]
+        audiences = ["{GITHUB}"]
+        subject_token_types = ["{JWT}"]
+
+        [[grants]]
+        name = "okta"
+        callers = [{{ cn = "x" }}]
+        rpcs = ["ExchangeToken"]
+        audiences = ["{WORKFORCE}"]
+        subject_token_types = ["{SAML}"]
+        "#
+    ));
+    let cp = scopes(&[CP]);
+    let caller = cn("x");
+    let denial = policy
+        .authorize_exchange(
+            &caller,
+            &exchange_request(None, &cp, Some(JWT), Some(WORKFORCE), None),
+        )
+        .expect_err("wrong type for okta");
+    assert_eq!(denial.grant.as_deref(), Some("okta"));
+    assert_eq!(denial.rule_name(), "subject_token_types");
+    assert_eq!(denial.value(), Some(JWT));
+    let denial = policy
+        .authorize_exchange(
+            &caller,
+            &exchange_request(None, &cp, Some(SAML), Some(GITHUB), None),
+        )
+        .expect_err("wrong type for github");
+    assert_eq!(denial.grant.as_deref(), Some("github"));
+    // A provider neither allows: the first grant, at `audiences`.
+    let denial = policy
+        .authorize_exchange(
+            &caller,
+            &exchange_request(None, &cp, Some(SAML), Some(OTHER_POOL), None),
+        )
+        .expect_err("no grant for the provider");
+    assert_eq!(denial.grant.as_deref(), Some("github"));
+    assert_eq!(denial.rule_name(), "audiences");
+    assert_eq!(
+        denial.to_string(),
+        format!(
+            "grant github (the closest for caller x) does not allow audience {OTHER_POOL}: the grant's audiences or audience_prefixes must allow it"
+        )
+    );
+    // The provider before the scopes: a grant for another provider is not closer than the
+    // grant for this one that refuses a scope.
+    let policy = load(&format!(
+        r#"
+        [[grants]]
+        name = "github"
+        callers = [{{ cn = "x" }}]
+        rpcs = ["ExchangeToken"]
+        audiences = ["{GITHUB}"]
+        subject_token_types = ["{JWT}"]
+        scopes = ["{CP}"]
+
+        [[grants]]
+        name = "other-pool"
+        callers = [{{ cn = "x" }}]
+        rpcs = ["ExchangeToken"]
+        audiences = ["{OTHER_POOL}"]
+        subject_token_types = ["{JWT}"]
+        scopes = ["{GCS_RO}"]
+        "#
+    ));
+    let denial = policy
+        .authorize_exchange(
+            &caller,
+            &exchange_request(None, &cp, Some(JWT), Some(OTHER_POOL), None),
+        )
+        .expect_err("scope");
+    assert_eq!(denial.grant.as_deref(), Some("other-pool"));
+    assert_eq!(denial.rule_name(), "scopes");
+    assert_eq!(denial.value(), Some(CP));
+
+    // A grant listing ExchangeToken without subject_token_types allows no exchange.
+    let policy = load(&format!(
+        "[[grants]]\nname = \"g\"\ncredential = \"c\"\ncallers = [{{ cn = \"x\" }}]\nrpcs = [\"ExchangeToken\"]\nscopes = [\"{CP}\"]"
+    ));
+    let c = name("c");
+    for token_type in [JWT, ID_TOKEN, SAML, AWS, ACCESS_TOKEN] {
+        let denial = policy
+            .authorize_exchange(
+                &caller,
+                &exchange_request(Some(&c), &cp, Some(token_type), None, None),
+            )
+            .expect_err("no type allowed");
+        assert_eq!(denial.rule_name(), "subject_token_types");
+    }
+}
+
+#[test]
+fn load_errors_name_their_place_for_exchange_grants() {
+    // A plain-exchange grant (no credential), and a grant with a credential that lists
+    // ExchangeToken.
+    let plain =
+        |extra: &str| format!("[[grants]]\nname = \"p\"\ncallers = [{{ cn = \"x\" }}]\n{extra}\n");
+    let exchange = |extra: &str| {
+        format!(
+            "[[grants]]\nname = \"e\"\ncredential = \"c\"\ncallers = [{{ cn = \"x\" }}]\nrpcs = [\"ExchangeToken\"]\n{extra}\n"
+        )
+    };
+    let tokens = |extra: &str| {
+        format!(
+            "[[grants]]\nname = \"t\"\ncredential = \"c\"\ncallers = [{{ cn = \"x\" }}]\n{extra}\n"
+        )
+    };
+    let cases: Vec<(String, &str, &str)> = vec![
+        // a grant without credential
+        (plain(""), "grants[0]", "missing field `credential`"),
+        (plain(""), "grants[0]", "this grant allows GetAccessToken"),
+        (
+            plain("rpcs = [\"ExchangeToken\", \"GetAccessToken\"]"),
+            "grants[0]",
+            "allows GetAccessToken, ExchangeToken",
+        ),
+        (
+            plain("rpcs = [\"SignBlob\"]"),
+            "grants[0]",
+            "exactly [\"ExchangeToken\"]",
+        ),
+        (
+            format!(
+                "{}{}",
+                tokens(""),
+                plain("rpcs = [\"ExchangeToken\", \"ImpersonateServiceAccount\"]")
+            ),
+            "grants[1]",
+            "missing field `credential`",
+        ),
+        (
+            plain("rpcs = [\"ExchangeToken\"]\ndefault = true"),
+            "grants[0].default",
+            "cannot be a default grant",
+        ),
+        (
+            plain("rpcs = [\"ExchangeToken\"]")
+                .replace("name = \"p\"", "name = \"p\"\ncredential = \"\""),
+            "grants[0].credential",
+            "invalid credential name",
+        ),
+        (
+            plain(
+                "rpcs = [\"ExchangeToken\"]\nservice_accounts = [\"a@my-project.iam.gserviceaccount.com\"]",
+            ),
+            "grants[0].service_accounts",
+            "has no effect",
+        ),
+        // subject_token_types
+        (
+            plain(
+                "rpcs = [\"ExchangeToken\"]\nsubject_token_types = [\"urn:ietf:params:oauth:token-type:mtls\"]",
+            ),
+            "grants[0].subject_token_types[0]",
+            "not a subject-token type the broker exchanges",
+        ),
+        (
+            exchange(&format!(
+                "subject_token_types = [\"{JWT}\", \"URN:IETF:PARAMS:OAUTH:TOKEN-TYPE:JWT\"]"
+            )),
+            "grants[0].subject_token_types[1]",
+            "urn:ietf:params:aws:token-type:aws4_request",
+        ),
+        (
+            exchange("subject_token_types = [\"jwt\"]"),
+            "grants[0].subject_token_types[0]",
+            "\"jwt\" is not a subject-token type",
+        ),
+        (
+            exchange("subject_token_types = [\"\"]"),
+            "grants[0].subject_token_types[0]",
+            "not a subject-token type",
+        ),
+        (
+            exchange(&format!("subject_token_types = \"{JWT}\"")),
+            "grants[0].subject_token_types",
+            "invalid type",
+        ),
+        (
+            tokens(&format!("subject_token_types = [\"{JWT}\"]")),
+            "grants[0].subject_token_types",
+            "has no effect: the grant allows none of the RPCs that use it (ExchangeToken)",
+        ),
+        (
+            tokens(&format!(
+                "rpcs = [\"GenerateIdToken\"]\nsubject_token_types = [\"{JWT}\"]"
+            )),
+            "grants[0].subject_token_types",
+            "has no effect",
+        ),
+        // audiences for providers
+        (
+            tokens(&format!("audiences = [\"{GITHUB}\"]")),
+            "grants[0].audiences",
+            "GenerateIdToken, ExchangeToken",
+        ),
+        (
+            tokens(&format!("audience_prefixes = [\"{POOL}\"]")),
+            "grants[0].audience_prefixes",
+            "GenerateIdToken, ExchangeToken",
+        ),
+        (
+            exchange(&format!(
+                "audience_prefixes = [\"{}\"]",
+                POOL.trim_end_matches('/')
+            )),
+            "grants[0].audience_prefixes[0]",
+            "a resource name ending with '/'",
+        ),
+        (
+            exchange("audience_prefixes = [\"//iam.googleapis.com\"]"),
+            "grants[0].audience_prefixes[0]",
+            "audience prefix must be",
+        ),
+        (
+            exchange("audience_prefixes = [\"//\"]"),
+            "grants[0].audience_prefixes[0]",
+            "audience prefix must be",
+        ),
+        (
+            exchange("audience_prefixes = [\"///\"]"),
+            "grants[0].audience_prefixes[0]",
+            "audience prefix must be",
+        ),
+        (
+            exchange("audience_prefixes = [\"///projects/\"]"),
+            "grants[0].audience_prefixes[0]",
+            "audience prefix must be",
+        ),
+        (
+            exchange("audience_prefixes = [\"//iam.googleapis.com:443/projects/\"]"),
+            "grants[0].audience_prefixes[0]",
+            "audience prefix must be",
+        ),
+        (
+            exchange("audience_prefixes = [\"//*.googleapis.com/\"]"),
+            "grants[0].audience_prefixes[0]",
+            "audience prefix must be",
+        ),
+        (
+            exchange("audiences = [\"//iam.googleapis.com/projects/1/a b\"]"),
+            "grants[0].audiences[0]",
+            "not an audience",
+        ),
+    ];
+    for (text, path, message) in cases {
+        let error = Policy::from_toml_str(&text).expect_err(&text);
+        assert_eq!(error.path(), path, "{text}\n=> {error}");
+        assert!(error.message().contains(message), "{text}\n=> {error}");
+        assert!(error.to_string().starts_with("policy: "), "{error}");
+    }
+    // The good forms load.
+    let boundary_table = format!(
+        "[[grants.access_boundary.rules]]\navailable_resource = \"{BUCKET}\"\navailable_permissions = [\"{VIEWER}\"]"
+    );
+    for good in [
+        plain("rpcs = [\"ExchangeToken\"]"),
+        plain("rpcs = [\"ExchangeToken\", \"ExchangeToken\"]"),
+        plain(&format!(
+            "rpcs = [\"ExchangeToken\"]\nsubject_token_types = [\"{JWT}\", \"{ID_TOKEN}\", \"{SAML}\", \"{AWS}\", \"{ACCESS_TOKEN}\"]\naudiences = [\"{GITHUB}\"]\naudience_prefixes = [\"//iam.googleapis.com/\", \"{POOL}\", \"//iam.googleapis.com/locations/global/workforcePools/staff/providers/\", \"https://\"]\nscopes = [\"{CP}\"]\nmax_lifetime = \"1h\"\nrate_limit = {{ per_second = 1, burst = 1 }}\ndistinct_keys = 5"
+        )),
+        plain(&format!(
+            "rpcs = [\"ExchangeToken\"]\nsubject_token_types = [\"{ACCESS_TOKEN}\"]\n{boundary_table}"
+        )),
+        exchange(&format!(
+            "subject_token_types = [\"{JWT}\"]\naudiences = [\"{GITHUB}\"]\n{boundary_table}"
+        )),
+        exchange("subject_token_types = []"),
+        tokens(&format!(
+            "rpcs = [\"GenerateIdToken\"]\naudience_prefixes = [\"{POOL}\"]"
+        )),
+        format!(
+            "{}{}",
+            plain("rpcs = [\"ExchangeToken\"]"),
+            tokens("default = true").replace("{ cn = \"x\" }", "{ cn = \"x\" }, { cn = \"y\" }")
+        ),
+    ] {
+        if let Err(error) = Policy::from_toml_str(&good) {
+            panic!("{good}: {error}");
+        }
+    }
+}
+
+#[test]
+fn exchange_grants_are_normalized() {
+    let policy = exchange_policy();
+    let federation = policy.grant("federation").expect("grant");
+    assert_eq!(federation.credential(), None);
+    assert!(federation.is_plain_exchange());
+    assert!(!federation.is_default());
+    assert_eq!(federation.rpcs(), [Rpc::ExchangeToken]);
+    assert_eq!(federation.subject_token_types(), [JWT, SAML]);
+    assert!(federation.allows_subject_token_type(SAML));
+    assert!(!federation.allows_subject_token_type(ACCESS_TOKEN));
+    assert!(!federation.allows_subject_token_type("urn:ietf:params:oauth:token-type:JWT"));
+    assert_eq!(federation.audience_prefixes(), [POOL]);
+    assert!(federation.allows_audience(GITHUB));
+    assert!(federation.allows_audience(WORKFORCE));
+    assert!(!federation.allows_audience(OTHER_POOL));
+    let tokens = policy.grant("tokens").expect("grant");
+    assert_eq!(tokens.credential(), Some(&name("prod")));
+    assert!(!tokens.is_plain_exchange());
+    assert_eq!(tokens.subject_token_types(), [JWT]);
+    assert_eq!(broker_authz::SUBJECT_TOKEN_TYPES.len(), 5);
+    for token_type in broker_authz::SUBJECT_TOKEN_TYPES {
+        assert!(token_type.starts_with("urn:ietf:params:"), "{token_type}");
+    }
 }

@@ -97,9 +97,9 @@ pub struct ApplicationDefaultCredentials {
 /// Finds the Application Default Credentials, in Google's order, and builds their source:
 ///
 /// 1. the file `GOOGLE_APPLICATION_CREDENTIALS` names, when set: a `service_account`,
-///    `authorized_user` or `impersonated_service_account` file (see [`CredentialFile`]). A
-///    broken, missing or unsupported one (`external_account` is not supported yet) is an
-///    error: the search does not go on;
+///    `authorized_user`, `impersonated_service_account` or `external_account` file (see
+///    [`CredentialFile`]; an `executable` source is refused). A broken, missing or
+///    unsupported one is an error: the search does not go on;
 /// 2. gcloud's well-known file, `$CLOUDSDK_CONFIG/application_default_credentials.json`, else
 ///    `$HOME/.config/gcloud/application_default_credentials.json`, when it exists;
 /// 3. the metadata server, unless `NO_GCE_CHECK=true`: at [`metadata_base_url`] (so
@@ -194,6 +194,7 @@ async fn load(
             &options.endpoints,
             &options.http,
             options.wrap_base.as_ref(),
+            &options.env,
         )
         .await?;
     Ok(found(source, origin))

@@ -420,7 +420,7 @@ mod tests {
             ),
             (
                 file(serde_json::json!({"type": "external_account"})),
-                "not supported yet",
+                "expected \"authorized_user\"",
             ),
             (file(serde_json::json!({"client_id": ""})), "client_id"),
             (

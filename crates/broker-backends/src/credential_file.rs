@@ -12,20 +12,16 @@ use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
 use crate::{
-    AuthorizedUserCredentials, AuthorizedUserSource, BackendError, GoogleEndpoints, HttpClient,
-    ImpersonatedServiceAccountFile, ServiceAccountKey, ServiceAccountSource,
+    AuthorizedUserCredentials, AuthorizedUserSource, BackendError, Env, ExternalAccountConfig,
+    ExternalAccountOptions, GoogleEndpoints, HttpClient, ImpersonatedServiceAccountFile,
+    ServiceAccountKey, ServiceAccountSource,
 };
 
 /// The credential types this crate builds sources from, as a message names them.
-const SUPPORTED: &str =
-    "\"service_account\", \"authorized_user\" or \"impersonated_service_account\"";
+const SUPPORTED: &str = "\"service_account\", \"authorized_user\", \"impersonated_service_account\" or \"external_account\"";
 
 /// Credential types Google defines that the broker does not support yet.
-const NOT_YET_SUPPORTED: [&str; 3] = [
-    "external_account",
-    "external_account_authorized_user",
-    "gdch_service_account",
-];
+const NOT_YET_SUPPORTED: [&str; 2] = ["external_account_authorized_user", "gdch_service_account"];
 
 /// Wraps the base source of an impersonated credential before the impersonation uses it: the
 /// server passes one that puts the base's access tokens through its cache (see
@@ -44,6 +40,9 @@ pub enum CredentialFile {
     /// credentials, as `gcloud auth application-default login --impersonate-service-account`
     /// writes it (§2.3).
     Impersonated(ImpersonatedServiceAccountFile),
+    /// `"type": "external_account"`: workload or workforce identity federation, as `gcloud
+    /// iam workload-identity-pools create-cred-config` writes it (§2.4).
+    ExternalAccount(Box<ExternalAccountConfig>),
 }
 
 impl CredentialFile {
@@ -63,8 +62,8 @@ impl CredentialFile {
     ///
     /// # Errors
     ///
-    /// - [`BackendError::UnsupportedCredentialType`] for `external_account`,
-    ///   `external_account_authorized_user` and `gdch_service_account`;
+    /// - [`BackendError::UnsupportedCredentialType`] for `external_account_authorized_user`
+    ///   and `gdch_service_account`;
     /// - [`BackendError::WrongKeyType`] for any other unknown `type`;
     /// - the errors of the parser of the type found.
     pub fn parse(json: &str, origin: &str) -> Result<Self, BackendError> {
@@ -84,6 +83,8 @@ impl CredentialFile {
             "impersonated_service_account" => {
                 ImpersonatedServiceAccountFile::from_object(object, origin).map(Self::Impersonated)
             }
+            "external_account" => ExternalAccountConfig::from_object(object, origin)
+                .map(|config| Self::ExternalAccount(Box::new(config))),
             other => Err(unsupported_type(origin, other, SUPPORTED)),
         }
     }
@@ -94,13 +95,16 @@ impl CredentialFile {
             Self::ServiceAccount(_) => "service_account",
             Self::AuthorizedUser(_) => "authorized_user",
             Self::Impersonated(_) => "impersonated_service_account",
+            Self::ExternalAccount(_) => "external_account",
         }
     }
 
     /// Builds the source the credential describes: a [`ServiceAccountSource`], an
     /// [`AuthorizedUserSource`] (which discovers the user's email when the file does not
-    /// name it), or an [`ImpersonatedSource`](crate::ImpersonatedSource) whose base, built
-    /// from the file's source credentials, is first passed through `wrap_base` when given.
+    /// name it), an [`ImpersonatedSource`](crate::ImpersonatedSource) whose base, built
+    /// from the file's source credentials, is first passed through `wrap_base` when given, or
+    /// an [`ExternalAccountSource`](crate::ExternalAccountSource) reading `env` (which never
+    /// runs an `executable` source: Application Default Credentials do not allow them).
     ///
     /// # Errors
     ///
@@ -111,6 +115,7 @@ impl CredentialFile {
         endpoints: &GoogleEndpoints,
         http: &HttpClient,
         wrap_base: Option<&BaseWrapper>,
+        env: &Env,
     ) -> Result<Arc<dyn TokenSource>, BackendError> {
         Ok(match self {
             Self::ServiceAccount(key) => Arc::new(ServiceAccountSource::new(
@@ -124,6 +129,14 @@ impl CredentialFile {
             Self::Impersonated(file) => {
                 Arc::new(file.into_source(endpoints, http, wrap_base).await?)
             }
+            Self::ExternalAccount(config) => Arc::new((*config).into_source(
+                endpoints.clone(),
+                http.clone(),
+                ExternalAccountOptions {
+                    env: env.clone(),
+                    ..ExternalAccountOptions::default()
+                },
+            )?),
         })
     }
 }
@@ -254,10 +267,6 @@ mod tests {
     fn the_type_picks_the_parser_and_unknown_types_are_named() {
         let cases = [
             (
-                r#"{"type":"external_account","audience":"x"}"#,
-                "not supported yet",
-            ),
-            (
                 r#"{"type":"external_account_authorized_user"}"#,
                 "not supported yet",
             ),
@@ -278,9 +287,10 @@ mod tests {
             assert!(shown.contains(expected), "{json}: {shown}");
             assert!(!shown.contains("MIIE"), "{shown}");
         }
-        let error = CredentialFile::parse(r#"{"type":"external_account"}"#, "f").expect_err("x");
+        let error =
+            CredentialFile::parse(r#"{"type":"gdch_service_account"}"#, "f").expect_err("gdch");
         assert!(
-            matches!(&error, BackendError::UnsupportedCredentialType { found, .. } if found == "external_account"),
+            matches!(&error, BackendError::UnsupportedCredentialType { found, .. } if found == "gdch_service_account"),
             "{error:?}"
         );
     }

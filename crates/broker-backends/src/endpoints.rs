@@ -114,6 +114,67 @@ impl GoogleEndpoints {
     }
 }
 
+/// Where a URL read from a credential file may use plain `http://`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PlainHttp {
+    /// Only on loopback (an emulator): URLs that receive subject tokens, assertions or bearer
+    /// tokens on Google's side.
+    Loopback,
+    /// On loopback and where instance metadata servers answer: link-local addresses
+    /// (`169.254.0.0/16`, `fe80::/10`) and AWS's IPv6 `fd00:ec2::254`.
+    LoopbackOrInstanceMetadata,
+}
+
+/// Checks a URL read from a credential file: absolute, `http` or `https`, with a host and
+/// without a user name or password (such URLs are shown in `Debug` output, errors and logs,
+/// so credentials in them would leak: a `url` source takes them in its `headers`), and plain
+/// `http` only where `plain` allows it. Returns the parsed URL, or why it is refused (never
+/// quoting the URL).
+pub(crate) fn check_url(url: &str, plain: PlainHttp) -> Result<reqwest::Url, String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| e.to_string())?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err("the scheme must be http or https".to_owned());
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(
+            "must not hold a user name or password (user:password@host): the URL is shown and logged; send credentials in headers (credential_source.headers) instead"
+                .to_owned(),
+        );
+    }
+    let Some(host) = parsed.host_str().filter(|h| !h.is_empty()).map(Host::parse) else {
+        return Err("a host is required".to_owned());
+    };
+    let allowed = match plain {
+        PlainHttp::Loopback => is_loopback(&host),
+        PlainHttp::LoopbackOrInstanceMetadata => is_loopback(&host) || is_instance_metadata(&host),
+    };
+    if parsed.scheme() == "http" && !allowed {
+        return Err(match plain {
+            PlainHttp::Loopback => {
+                "http:// would send tokens in the clear; use https://, or http:// only for a loopback host (an emulator)"
+            }
+            PlainHttp::LoopbackOrInstanceMetadata => {
+                "http:// would carry credentials in the clear; use https://, or http:// only for a loopback or link-local host (an instance metadata server)"
+            }
+        }
+        .to_owned());
+    }
+    Ok(parsed)
+}
+
+/// Link-local addresses, where cloud instance metadata servers answer (AWS, Azure, GCE), and
+/// AWS's IPv6 metadata address `fd00:ec2::254`.
+fn is_instance_metadata(host: &Host<'_>) -> bool {
+    match host {
+        Host::Name(_) => false,
+        Host::Ip(std::net::IpAddr::V4(ip)) => ip.is_link_local(),
+        Host::Ip(std::net::IpAddr::V6(ip)) => {
+            ip.is_unicast_link_local()
+                || *ip == std::net::Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)
+        }
+    }
+}
+
 /// A URL's host: an IP address or a name.
 enum Host<'a> {
     Ip(std::net::IpAddr),
@@ -247,6 +308,59 @@ mod tests {
             if let Err(error) = result {
                 assert!(error.to_string().contains("in the clear"), "{error}");
             }
+        }
+    }
+
+    #[test]
+    fn credential_file_urls_allow_plain_http_only_where_told() {
+        for (url, plain, ok) in [
+            (
+                "https://sts.googleapis.com/v1/token",
+                PlainHttp::Loopback,
+                true,
+            ),
+            ("http://127.0.0.1:8085/v1/token", PlainHttp::Loopback, true),
+            (
+                "http://169.254.169.254/latest/api/token",
+                PlainHttp::Loopback,
+                false,
+            ),
+            (
+                "http://169.254.169.254/latest/api/token",
+                PlainHttp::LoopbackOrInstanceMetadata,
+                true,
+            ),
+            (
+                "http://[fd00:ec2::254]/latest/api/token",
+                PlainHttp::LoopbackOrInstanceMetadata,
+                true,
+            ),
+            (
+                "http://[fd00:ec2::255]/latest/api/token",
+                PlainHttp::LoopbackOrInstanceMetadata,
+                false,
+            ),
+            (
+                "http://metadata.example.com/token",
+                PlainHttp::LoopbackOrInstanceMetadata,
+                false,
+            ),
+            ("https://10.0.0.7/token", PlainHttp::Loopback, true),
+            (
+                "https://user:secret@sts.example/token",
+                PlainHttp::Loopback,
+                false,
+            ),
+            ("http://user@127.0.0.1/token", PlainHttp::Loopback, false),
+            (
+                "http://:secret@169.254.169.254/token",
+                PlainHttp::LoopbackOrInstanceMetadata,
+                false,
+            ),
+            ("ftp://127.0.0.1/token", PlainHttp::Loopback, false),
+            ("/v1/token", PlainHttp::Loopback, false),
+        ] {
+            assert_eq!(check_url(url, plain).is_ok(), ok, "{url} {plain:?}");
         }
     }
 

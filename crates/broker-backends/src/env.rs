@@ -17,6 +17,21 @@ pub const HOME: &str = "HOME";
 pub const GCE_METADATA_HOST: &str = "GCE_METADATA_HOST";
 /// `NO_GCE_CHECK`: `true` skips the metadata server in Application Default Credentials.
 pub const NO_GCE_CHECK: &str = "NO_GCE_CHECK";
+/// `AWS_REGION`: the AWS region of an `aws` credential source (read before
+/// `AWS_DEFAULT_REGION` and the metadata server).
+pub const AWS_REGION: &str = "AWS_REGION";
+/// `AWS_DEFAULT_REGION`: the AWS region when `AWS_REGION` is unset.
+pub const AWS_DEFAULT_REGION: &str = "AWS_DEFAULT_REGION";
+/// `AWS_ACCESS_KEY_ID`: the access key of an `aws` credential source (with
+/// `AWS_SECRET_ACCESS_KEY`; otherwise the metadata server's role credentials are used).
+pub const AWS_ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
+/// `AWS_SECRET_ACCESS_KEY`: the secret of `AWS_ACCESS_KEY_ID`.
+pub const AWS_SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
+/// `AWS_SESSION_TOKEN`: the session token of temporary AWS credentials, optional.
+pub const AWS_SESSION_TOKEN: &str = "AWS_SESSION_TOKEN";
+/// `GOOGLE_API_CERTIFICATE_CONFIG`: the path of gcloud's `certificate_config.json`, for a
+/// `certificate` credential source with `use_default_certificate_config`.
+pub const GOOGLE_API_CERTIFICATE_CONFIG: &str = "GOOGLE_API_CERTIFICATE_CONFIG";
 
 type Lookup = dyn Fn(&str) -> Option<String> + Send + Sync;
 

@@ -55,13 +55,36 @@ pub enum BackendError {
         expected: &'static str,
     },
     /// The credential file is of a kind Google defines but the broker does not support yet
-    /// (`external_account`, ...).
+    /// (`external_account_authorized_user`, `gdch_service_account`).
     #[error("credential file {origin}: credentials of type {found:?} are not supported yet")]
     UnsupportedCredentialType {
         /// Where the credential came from.
         origin: String,
         /// The `type` found.
         found: String,
+    },
+    /// A credential file has a field the broker does not know. Google's clients ignore such
+    /// fields; the broker refuses them, so that nothing in a file is silently left unused.
+    #[error("credential file {origin}: unknown field `{field}`")]
+    UnknownField {
+        /// Where the credential came from.
+        origin: String,
+        /// The field, with its path (such as `credential_source.executable.foo`); a name
+        /// that is not short and plain is not echoed.
+        field: String,
+    },
+    /// An `external_account` credential runs an executable, and the broker's configuration
+    /// did not allow executables.
+    #[error(
+        "credential file {origin}: its credential source runs an executable ({command:?}), which is not allowed; \
+         allow executables explicitly for this credential (the broker's `allow_executable = true`, the \
+         equivalent of GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES=1)"
+    )]
+    ExecutableNotAllowed {
+        /// Where the credential came from.
+        origin: String,
+        /// The program the credential would run (the command's first word).
+        command: String,
     },
     /// `private_key` is not a usable RSA private key.
     #[error("key file {origin}: `private_key` is not a usable RSA private key: {reason}")]

@@ -185,20 +185,55 @@ impl HttpClient {
     ///
     /// [`BackendError::HttpClient`] if reqwest cannot build it (TLS initialisation).
     pub fn new(config: HttpConfig) -> Result<Self, BackendError> {
-        let mut builder = reqwest::Client::builder()
-            .user_agent(USER_AGENT)
-            .connect_timeout(config.connect_timeout)
-            .timeout(config.request_timeout)
-            .redirect(reqwest::redirect::Policy::none());
-        if config.no_proxy {
-            builder = builder.no_proxy();
-        }
-        let client = builder
+        let client = Self::builder(&config)
             .build()
             .map_err(|e| BackendError::HttpClient(error_chain(&e)))?;
         Ok(Self {
             inner: Arc::new(Inner { client, config }),
         })
+    }
+
+    /// A client with the same settings that presents a client certificate (mTLS): the
+    /// certificate chain and private key of `identity_pem` (PEM, leaf first). With
+    /// `roots_pem`, servers are verified against those certificates only instead of the
+    /// platform's trust store (an emulator, a private CA).
+    ///
+    /// # Errors
+    ///
+    /// Why the identity, the roots or the client could not be built (never quoting the key).
+    pub(crate) fn with_client_identity(
+        &self,
+        identity_pem: &[u8],
+        roots_pem: Option<&[u8]>,
+    ) -> Result<Self, String> {
+        let config = self.inner.config.clone();
+        let identity = reqwest::Identity::from_pem(identity_pem)
+            .map_err(|e| format!("the certificate and key are unusable: {}", error_chain(&e)))?;
+        let mut builder = Self::builder(&config).identity(identity);
+        if let Some(roots) = roots_pem {
+            let roots = reqwest::Certificate::from_pem_bundle(roots)
+                .map_err(|e| format!("the trusted roots are unusable: {}", error_chain(&e)))?;
+            builder = builder.tls_certs_only(roots);
+        }
+        let client = builder.build().map_err(|e| error_chain(&e))?;
+        Ok(Self {
+            inner: Arc::new(Inner { client, config }),
+        })
+    }
+
+    /// The builder of every client: user agent, timeouts, no redirects, proxies as
+    /// configured.
+    fn builder(config: &HttpConfig) -> reqwest::ClientBuilder {
+        let builder = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .connect_timeout(config.connect_timeout)
+            .timeout(config.request_timeout)
+            .redirect(reqwest::redirect::Policy::none());
+        if config.no_proxy {
+            builder.no_proxy()
+        } else {
+            builder
+        }
     }
 
     /// The settings.

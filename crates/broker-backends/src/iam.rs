@@ -163,28 +163,21 @@ impl IamCredentials {
         deadline: Option<Instant>,
     ) -> Result<Token, SourceError> {
         let lifetime = lifetime.unwrap_or(DEFAULT_IMPERSONATION_LIFETIME);
-        let mut body = json!({
-            "scope": scopes.iter().collect::<Vec<_>>(),
-            "lifetime": duration(lifetime),
-        });
+        let mut body = access_token_body(scopes, lifetime);
         add_delegates(&mut body, delegates);
-        let (access_token, expires_at) = self
-            .call(
-                Method::GenerateAccessToken,
-                token,
-                (target, delegates),
-                &body,
-                deadline,
-                |body| {
-                    let access_token =
-                        non_empty(body, "accessToken").ok_or("without an accessToken")?;
-                    let expires_at = non_empty(body, "expireTime")
-                        .and_then(parse_rfc3339)
-                        .ok_or("without an RFC 3339 expireTime")?;
-                    Ok((Secret::new(access_token), expires_at))
-                },
-            )
-            .await?;
+        let url = self.method_url(target, Method::GenerateAccessToken);
+        let (access_token, expires_at) = post(
+            &self.http,
+            &url,
+            Method::GenerateAccessToken,
+            token,
+            None,
+            delegates,
+            &body,
+            deadline,
+            parse_access_token,
+        )
+        .await?;
         tracing::debug!(
             principal = target,
             delegates = delegates.len(),
@@ -218,24 +211,23 @@ impl IamCredentials {
     ) -> Result<Token, SourceError> {
         let mut body = json!({"audience": audience, "includeEmail": include_email});
         add_delegates(&mut body, delegates);
-        let jwt = self
-            .call(
-                Method::GenerateIdToken,
-                token,
-                (target, delegates),
-                &body,
-                deadline,
-                |body| {
-                    non_empty(body, "token")
-                        .map(Secret::new)
-                        .ok_or("without a token")
-                },
-            )
-            .await?;
+        let url = self.method_url(target, Method::GenerateIdToken);
+        let jwt = post(
+            &self.http,
+            &url,
+            Method::GenerateIdToken,
+            token,
+            None,
+            delegates,
+            &body,
+            deadline,
+            parse_id_token,
+        )
+        .await?;
         id_token::token(
             jwt,
             Arc::from(target),
-            &host_of(&self.base),
+            &host_of(&url),
             "IAM Credentials generateIdToken",
         )
     }
@@ -330,17 +322,8 @@ impl IamCredentials {
         Ok(signed)
     }
 
-    /// Posts `body` to `method` of `target` (reached through `delegates`), retrying transient failures; `parse` reads the
-    /// success (describing a problem in its own words: the body holds a secret).
-    async fn call<T>(
-        &self,
-        method: Method,
-        token: &Secret,
-        (target, delegates): (&str, &[String]),
-        body: &Value,
-        deadline: Option<Instant>,
-        parse: impl Fn(&Value) -> Result<T, &'static str> + Sync,
-    ) -> Result<T, SourceError> {
+    /// `{base}/v1/projects/-/serviceAccounts/{target}:{method}`.
+    fn method_url(&self, target: &str, method: Method) -> Url {
         let mut url = self.base.clone();
         if let Ok(mut segments) = url.path_segments_mut() {
             segments.pop_if_empty().extend([
@@ -351,20 +334,164 @@ impl IamCredentials {
                 &format!("{target}:{}", method.name()),
             ]);
         }
-        self.http
-            .send_with_retry(
-                method.operation(),
-                deadline,
-                |client| {
-                    client
-                        .post(url.clone())
-                        .bearer_auth(token.expose())
-                        .json(body)
-                },
-                |response| interpret(response, method, delegates, &parse),
-            )
-            .await
+        url
     }
+
+    /// Posts `body` to `method` of `target` (reached through `delegates`), retrying transient
+    /// failures; `parse` reads the success (describing a problem in its own words: the body
+    /// holds a secret).
+    async fn call<T>(
+        &self,
+        method: Method,
+        token: &Secret,
+        (target, delegates): (&str, &[String]),
+        body: &Value,
+        deadline: Option<Instant>,
+        parse: impl Fn(&Value) -> Result<T, &'static str> + Sync,
+    ) -> Result<T, SourceError> {
+        let url = self.method_url(target, method);
+        post(
+            &self.http, &url, method, token, None, delegates, body, deadline, parse,
+        )
+        .await
+    }
+}
+
+/// Posts `body` to the IAM Credentials `url` of `method` with `token` as the bearer (and
+/// `x-goog-user-project: quota_project` when given), retrying transient failures; `parse`
+/// reads the success.
+#[allow(clippy::too_many_arguments)]
+async fn post<T>(
+    http: &HttpClient,
+    url: &Url,
+    method: Method,
+    token: &Secret,
+    quota_project: Option<&str>,
+    delegates: &[String],
+    body: &Value,
+    deadline: Option<Instant>,
+    parse: impl Fn(&Value) -> Result<T, &'static str> + Sync,
+) -> Result<T, SourceError> {
+    http.send_with_retry(
+        method.operation(),
+        deadline,
+        |client| {
+            let request = client
+                .post(url.clone())
+                .bearer_auth(token.expose())
+                .json(body);
+            match quota_project {
+                Some(project) => request.header(QUOTA_PROJECT_HEADER, project),
+                None => request,
+            }
+        },
+        |response| interpret(response, method, delegates, &parse),
+    )
+    .await
+}
+
+/// The header that names the project Google bills a call to.
+const QUOTA_PROJECT_HEADER: &str = "x-goog-user-project";
+
+/// The body of `generateAccessToken` without delegates.
+fn access_token_body(scopes: &ScopeSet, lifetime: Duration) -> Value {
+    json!({
+        "scope": scopes.iter().collect::<Vec<_>>(),
+        "lifetime": duration(lifetime),
+    })
+}
+
+/// Reads `generateAccessToken`'s answer.
+fn parse_access_token(body: &Value) -> Result<(Secret, SystemTime), &'static str> {
+    let access_token = non_empty(body, "accessToken").ok_or("without an accessToken")?;
+    let expires_at = non_empty(body, "expireTime")
+        .and_then(parse_rfc3339)
+        .ok_or("without an RFC 3339 expireTime")?;
+    Ok((Secret::new(access_token), expires_at))
+}
+
+/// Reads `generateIdToken`'s answer.
+fn parse_id_token(body: &Value) -> Result<Secret, &'static str> {
+    non_empty(body, "token")
+        .map(Secret::new)
+        .ok_or("without a token")
+}
+
+/// `generateAccessToken` posted to `url` as given: the `service_account_impersonation_url` of
+/// an `external_account` file, which Google's clients call verbatim. Like
+/// [`IamCredentials::generate_access_token`] without delegates, for the account `target` (the
+/// email the URL names), with `x-goog-user-project: quota_project` when given (Python
+/// google-auth sends the file's `quota_project_id` so).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn generate_access_token_at(
+    http: &HttpClient,
+    url: &Url,
+    token: &Secret,
+    target: &str,
+    scopes: &ScopeSet,
+    lifetime: Duration,
+    quota_project: Option<&str>,
+    deadline: Option<Instant>,
+) -> Result<Token, SourceError> {
+    let body = access_token_body(scopes, lifetime);
+    let (access_token, expires_at) = post(
+        http,
+        url,
+        Method::GenerateAccessToken,
+        token,
+        quota_project,
+        &[],
+        &body,
+        deadline,
+        parse_access_token,
+    )
+    .await?;
+    tracing::debug!(
+        principal = target,
+        federated_token = %token.fingerprint(),
+        token = %access_token.fingerprint(),
+        "impersonated token minted"
+    );
+    Ok(Token {
+        secret: access_token,
+        expires_at,
+        scopes: scopes.clone(),
+        principal: target.into(),
+    })
+}
+
+/// `generateIdToken` posted to `url` as given (see [`generate_access_token_at`]): an ID token
+/// for `target`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn generate_id_token_at(
+    http: &HttpClient,
+    url: &Url,
+    token: &Secret,
+    target: &str,
+    audience: &str,
+    include_email: bool,
+    quota_project: Option<&str>,
+    deadline: Option<Instant>,
+) -> Result<Token, SourceError> {
+    let body = json!({"audience": audience, "includeEmail": include_email});
+    let jwt = post(
+        http,
+        url,
+        Method::GenerateIdToken,
+        token,
+        quota_project,
+        &[],
+        &body,
+        deadline,
+        parse_id_token,
+    )
+    .await?;
+    id_token::token(
+        jwt,
+        Arc::from(target),
+        &host_of(url),
+        "IAM Credentials generateIdToken",
+    )
 }
 
 /// A google.protobuf.Duration in JSON: whole seconds, rounded up, and `s`.

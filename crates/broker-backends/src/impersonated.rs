@@ -308,7 +308,7 @@ impl TokenSource for ImpersonatedSource {
 
 /// A service account as IAM names it: an email, or a numeric unique id; a delegate's
 /// `projects/-/serviceAccounts/` prefix is removed.
-fn account(value: &str, field: &'static str) -> Result<String, BackendError> {
+pub(crate) fn account(value: &str, field: &'static str) -> Result<String, BackendError> {
     let bare = value.strip_prefix(DELEGATE_PREFIX).unwrap_or(value);
     let unique_id = (1..=32).contains(&bare.len()) && bare.bytes().all(|b| b.is_ascii_digit());
     if checks::is_email(bare) && !bare.contains('/') || unique_id {

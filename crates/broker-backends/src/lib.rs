@@ -28,6 +28,7 @@
 //! | [`MetadataSource`] | `metadata` | the broker's own identity from the GCE/GKE/Cloud Run metadata server, honouring `GCE_METADATA_HOST` (§3) | | | ✓ | ✓ |
 //! | [`AuthorizedUserSource`] | `authorized_user` | a user's refresh token from gcloud's file (§1.3, §2.2) | | | | ✓ |
 //! | [`ImpersonatedSource`] | `impersonated` | a target service account over any base source, through IAM Credentials; keyless DWD by `signJwt` (§5); `impersonated_service_account` files (§2.3) | ✓ (≤ 12 h) | ✓ | ✓ | ✓ |
+//! | [`ExternalAccountSource`] | `external_account` | workload and workforce identity federation: a subject token from a file, a URL, an executable, AWS (SigV4) or an X.509 certificate (mTLS), exchanged at STS, then optionally service-account impersonation (§2.4, §4, §6) | | | with impersonation | ✓ (workforce: with impersonation) |
 //!
 //! and what they share:
 //!
@@ -36,6 +37,8 @@
 //!   and Google's error envelope (§5);
 //! - [`downscope`]: Credential Access Boundaries through STS, RFC 8693 (§4.5), the last step
 //!   of every access-token flow given a boundary;
+//! - [`exchange_token`]: any RFC 8693 exchange at STS (§4), as the broker's ExchangeToken RPC
+//!   passes a caller's subject token through, with STS's refusals classified;
 //! - [`CredentialFile`]: reading a credential file of any supported type and building its
 //!   source;
 //! - [`find_default_credentials`]: Application Default Credentials, Google's discovery order
@@ -69,6 +72,7 @@ mod credential_file;
 mod endpoints;
 mod env;
 mod error;
+mod external_account;
 mod http;
 mod iam;
 mod id_token;
@@ -91,9 +95,16 @@ pub use endpoints::{
     GoogleEndpoints, upstream_host,
 };
 pub use env::{
-    CLOUDSDK_CONFIG, Env, GCE_METADATA_HOST, GOOGLE_APPLICATION_CREDENTIALS, HOME, NO_GCE_CHECK,
+    AWS_ACCESS_KEY_ID, AWS_DEFAULT_REGION, AWS_REGION, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
+    CLOUDSDK_CONFIG, Env, GCE_METADATA_HOST, GOOGLE_API_CERTIFICATE_CONFIG,
+    GOOGLE_APPLICATION_CREDENTIALS, HOME, NO_GCE_CHECK,
 };
 pub use error::BackendError;
+pub use external_account::{
+    DEFAULT_EXECUTABLE_TIMEOUT, DEFAULT_IMPERSONATED_LIFETIME, EXECUTABLE_ENVIRONMENT,
+    ExternalAccountConfig, ExternalAccountOptions, ExternalAccountSource, IAM_SCOPE,
+    MAX_SUBJECT_TOKEN_SOURCE_BYTES, pool_principal_set,
+};
 pub use http::{
     Attempt, HttpClient, HttpConfig, HttpResponse, MAX_RESPONSE_BYTES, RetryPolicy, USER_AGENT,
 };
@@ -103,4 +114,4 @@ pub use impersonated::{
 };
 pub use metadata::{DEFAULT_METADATA_ACCOUNT, MetadataSource, metadata_base_url};
 pub use service_account::{MAX_TOKEN_LIFETIME, ServiceAccountKey, ServiceAccountSource};
-pub use sts::downscope;
+pub use sts::{ACCESS_TOKEN_TYPE, StsClientAuth, StsExchange, StsToken, downscope, exchange_token};

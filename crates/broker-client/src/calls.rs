@@ -1,4 +1,4 @@
-//! One request to the broker, with retries: every RPC except ExchangeToken.
+//! One request to the broker, with retries: every RPC.
 
 use std::fmt;
 use std::future::Future;
@@ -6,17 +6,19 @@ use std::time::Duration;
 
 use broker_proto::tokenbroker::v1::token_broker_client::TokenBrokerClient;
 use broker_proto::tokenbroker::v1::{
-    GenerateIdTokenRequest, GetAccessTokenRequest, ImpersonateServiceAccountRequest,
-    SignBlobRequest, SignJwtRequest,
+    ExchangeTokenRequest, GenerateIdTokenRequest, GetAccessTokenRequest,
+    ImpersonateServiceAccountRequest, SignBlobRequest, SignJwtRequest,
 };
 use tonic::transport::Channel;
+use zeroize::Zeroize as _;
 
 use crate::error::ClientError;
 use crate::requests::{
-    BlobSigningRequest, IdTokenRequest, ImpersonationRequest, JwtSigningRequest, TokenRequest,
+    BlobSigningRequest, ExchangeRequest, IdTokenRequest, ImpersonationRequest, JwtSigningRequest,
+    TokenRequest,
 };
 use crate::retry::{CallOptions, with_retries};
-use crate::tokens::{AccessToken, IdToken, SignedBlob, SignedJwt};
+use crate::tokens::{AccessToken, ExchangedToken, IdToken, SignedBlob, SignedJwt};
 
 /// A protobuf request, the RPC that takes it, and the checked result of its response.
 pub(crate) trait Rpc: Clone + fmt::Debug + Send + Sync + 'static {
@@ -39,6 +41,17 @@ impl Rpc for GetAccessTokenRequest {
         request: tonic::Request<Self>,
     ) -> Result<AccessToken, ClientError> {
         AccessToken::from_response(client.get_access_token(request).await?.into_inner())
+    }
+}
+
+impl Rpc for ExchangeTokenRequest {
+    const NAME: &'static str = "ExchangeToken";
+    type Output = ExchangedToken;
+    async fn send(
+        mut client: TokenBrokerClient<Channel>,
+        request: tonic::Request<Self>,
+    ) -> Result<ExchangedToken, ClientError> {
+        ExchangedToken::from_response(client.exchange_token(request).await?.into_inner())
     }
 }
 
@@ -124,6 +137,28 @@ pub async fn get_access_token(
     options: &CallOptions,
 ) -> Result<AccessToken, ClientError> {
     call(client, &request.to_proto()?, options).await
+}
+
+/// A Google access token for a token the caller holds (`ExchangeToken`): workload or workforce
+/// identity federation, or downscoping (see [`ExchangeRequest::downscoping`]); retried per
+/// `options`. Never cached, by the broker or here.
+pub async fn exchange_token(
+    client: &TokenBrokerClient<Channel>,
+    request: &ExchangeRequest,
+    options: &CallOptions,
+) -> Result<ExchangedToken, ClientError> {
+    let proto = SubjectTokenGuard(request.to_proto());
+    call(client, &proto.0, options).await
+}
+
+/// Zeroizes the subject token of its request when dropped, even if the call is cancelled. (The
+/// copies that tonic encodes for each attempt are not.)
+struct SubjectTokenGuard(ExchangeTokenRequest);
+
+impl Drop for SubjectTokenGuard {
+    fn drop(&mut self) {
+        self.0.subject_token.zeroize();
+    }
 }
 
 /// An access token of another service account (`ImpersonateServiceAccount`), retried per

@@ -2,9 +2,10 @@
 
 use std::time::Duration;
 
+use broker_core::Secret;
 use broker_proto::tokenbroker::v1::{
-    GenerateIdTokenRequest, GetAccessTokenRequest, ImpersonateServiceAccountRequest,
-    SignBlobRequest, SignJwtRequest,
+    CredentialAccessBoundary, ExchangeTokenOptions, ExchangeTokenRequest, GenerateIdTokenRequest,
+    GetAccessTokenRequest, ImpersonateServiceAccountRequest, SignBlobRequest, SignJwtRequest,
 };
 
 use crate::error::ClientError;
@@ -186,6 +187,110 @@ impl BlobSigningRequest {
     }
 }
 
+/// The token types of RFC 8693 and Google's Security Token Service that `ExchangeToken`
+/// accepts as [`ExchangeRequest::subject_token_type`].
+pub mod token_type {
+    /// A JWT, from an OIDC provider.
+    pub const JWT: &str = "urn:ietf:params:oauth:token-type:jwt";
+    /// An OIDC ID token.
+    pub const ID_TOKEN: &str = "urn:ietf:params:oauth:token-type:id_token";
+    /// A base64-encoded SAML 2.0 assertion.
+    pub const SAML2: &str = "urn:ietf:params:oauth:token-type:saml2";
+    /// A serialized signed AWS GetCallerIdentity request, as Google's client libraries build
+    /// it.
+    pub const AWS4_REQUEST: &str = "urn:ietf:params:aws:token-type:aws4_request";
+    /// A Google access token: the subject token of downscoping, and the type of every token
+    /// `ExchangeToken` issues.
+    pub const ACCESS_TOKEN: &str = "urn:ietf:params:oauth:token-type:access_token";
+}
+
+/// An `ExchangeToken` request: a token the caller holds, exchanged at Google's Security Token
+/// Service for a Google access token (see [`exchange_token`](crate::exchange_token)). Two uses:
+///
+/// - workload or workforce identity federation: an external token (an OIDC ID token or other
+///   JWT, a SAML assertion, a signed AWS request) for the identity provider named by
+///   `audience`, or by the `external_account` `credential`;
+/// - downscoping a Google access token with a Credential Access Boundary: see
+///   [`ExchangeRequest::downscoping`].
+///
+/// `Debug` shows only a fingerprint of the subject token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExchangeRequest {
+    /// The token to exchange. A secret, passed to Google unchanged. Required.
+    pub subject_token: Secret,
+    /// The type of `subject_token`: one of the URNs in [`token_type`]. Required.
+    pub subject_token_type: String,
+    /// The identity provider, as Google's full resource name, for example
+    /// `//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/POOL/providers/PROVIDER`.
+    /// `None`: the `credential`'s; must be `None` for downscoping.
+    pub audience: Option<String>,
+    /// OAuth 2.0 scopes of the issued token; empty means cloud-platform. Must be empty for
+    /// downscoping.
+    pub scopes: Vec<String>,
+    /// The type of token wanted; `None` means, and the broker accepts only,
+    /// [`token_type::ACCESS_TOKEN`].
+    pub requested_token_type: Option<String>,
+    /// The project a workforce identity federation exchange is billed to (Google's
+    /// `userProject`); only for workforce pool audiences.
+    pub user_project: Option<String>,
+    /// Downscope the issued token with this boundary; required for downscoping. See
+    /// [`read_access_boundary`](crate::read_access_boundary) for Google's JSON form.
+    pub access_boundary: Option<CredentialAccessBoundary>,
+    /// A credential of kind `external_account` that shapes the exchange (its audience, its
+    /// workforce client, its service-account impersonation); `None` means a plain exchange.
+    pub credential: Option<String>,
+}
+
+impl Default for ExchangeRequest {
+    /// An empty request (an empty subject token, no type): set the required fields.
+    fn default() -> Self {
+        Self {
+            subject_token: Secret::new(String::new()),
+            subject_token_type: String::new(),
+            audience: None,
+            scopes: Vec::new(),
+            requested_token_type: None,
+            user_project: None,
+            access_boundary: None,
+            credential: None,
+        }
+    }
+}
+
+impl ExchangeRequest {
+    /// Downscoping: `access_token`, a Google access token (for example the
+    /// [`token`](crate::AccessToken::token) of an [`AccessToken`](crate::AccessToken)),
+    /// restricted to `boundary`. The downscoped token expires with `access_token`.
+    pub fn downscoping(access_token: Secret, boundary: CredentialAccessBoundary) -> Self {
+        Self {
+            subject_token: access_token,
+            subject_token_type: token_type::ACCESS_TOKEN.to_owned(),
+            access_boundary: Some(boundary),
+            ..Self::default()
+        }
+    }
+
+    /// The protobuf request. It holds the subject token in the clear: do not log it.
+    pub fn to_proto(&self) -> ExchangeTokenRequest {
+        let user_project = or_empty(&self.user_project);
+        let options = (!user_project.is_empty() || self.access_boundary.is_some()).then(|| {
+            ExchangeTokenOptions {
+                user_project,
+                access_boundary: self.access_boundary.clone(),
+            }
+        });
+        ExchangeTokenRequest {
+            subject_token: self.subject_token.expose().to_owned(),
+            subject_token_type: self.subject_token_type.clone(),
+            audience: or_empty(&self.audience),
+            scopes: self.scopes.clone(),
+            requested_token_type: or_empty(&self.requested_token_type),
+            options,
+            credential: or_empty(&self.credential),
+        }
+    }
+}
+
 fn or_empty(value: &Option<String>) -> String {
     value.clone().unwrap_or_default()
 }
@@ -342,6 +447,90 @@ mod tests {
             ),
             ("{}", 1, "c")
         );
+    }
+
+    fn boundary() -> CredentialAccessBoundary {
+        CredentialAccessBoundary {
+            access_boundary_rules: vec![broker_proto::tokenbroker::v1::AccessBoundaryRule {
+                available_resource: "//storage.googleapis.com/projects/_/buckets/b".to_owned(),
+                available_permissions: vec!["inRole:roles/storage.objectViewer".to_owned()],
+                availability_condition: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn exchange_requests_keep_every_field_and_hide_the_subject_token() {
+        let request = ExchangeRequest {
+            subject_token: Secret::new("eyJ.subject-secret.sig"),
+            subject_token_type: token_type::JWT.to_owned(),
+            audience: Some(
+                "//iam.googleapis.com/locations/global/workforcePools/p/providers/o".to_owned(),
+            ),
+            scopes: vec!["https://s".to_owned()],
+            requested_token_type: Some(token_type::ACCESS_TOKEN.to_owned()),
+            user_project: Some("my-project".to_owned()),
+            access_boundary: Some(boundary()),
+            credential: Some("federation".to_owned()),
+        };
+        let debug = format!("{request:?}");
+        assert!(!debug.contains("subject-secret"), "{debug}");
+        assert!(debug.contains("sha256:"), "{debug}");
+        assert_eq!(
+            request.to_proto(),
+            ExchangeTokenRequest {
+                subject_token: "eyJ.subject-secret.sig".to_owned(),
+                subject_token_type: "urn:ietf:params:oauth:token-type:jwt".to_owned(),
+                audience: "//iam.googleapis.com/locations/global/workforcePools/p/providers/o"
+                    .to_owned(),
+                scopes: vec!["https://s".to_owned()],
+                requested_token_type: "urn:ietf:params:oauth:token-type:access_token".to_owned(),
+                options: Some(ExchangeTokenOptions {
+                    user_project: "my-project".to_owned(),
+                    access_boundary: Some(boundary()),
+                }),
+                credential: "federation".to_owned(),
+            }
+        );
+
+        // No options at all unless one is set.
+        let proto = ExchangeRequest {
+            subject_token: Secret::new("t"),
+            subject_token_type: token_type::SAML2.to_owned(),
+            user_project: Some(String::new()),
+            ..ExchangeRequest::default()
+        }
+        .to_proto();
+        assert_eq!(proto.options, None);
+        assert_eq!(
+            (proto.audience.as_str(), proto.credential.as_str()),
+            ("", "")
+        );
+        let proto = ExchangeRequest {
+            user_project: Some("p".to_owned()),
+            ..ExchangeRequest::default()
+        }
+        .to_proto();
+        assert_eq!(
+            proto.options.map(|o| (o.user_project, o.access_boundary)),
+            Some(("p".to_owned(), None))
+        );
+    }
+
+    #[test]
+    fn downscoping_is_an_access_token_exchange_with_a_boundary() {
+        let proto = ExchangeRequest::downscoping(Secret::new("ya29.t"), boundary()).to_proto();
+        assert_eq!(proto.subject_token, "ya29.t");
+        assert_eq!(
+            proto.subject_token_type,
+            "urn:ietf:params:oauth:token-type:access_token"
+        );
+        assert_eq!(
+            proto.options.and_then(|o| o.access_boundary),
+            Some(boundary())
+        );
+        assert!(proto.audience.is_empty() && proto.scopes.is_empty());
+        assert!(proto.requested_token_type.is_empty() && proto.credential.is_empty());
     }
 
     #[test]

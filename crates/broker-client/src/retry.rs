@@ -64,11 +64,12 @@ impl RetryPolicy {
     }
 }
 
-/// Settings of one request made with [`get_access_token`], [`impersonate`],
+/// Settings of one request made with [`get_access_token`], [`exchange_token`], [`impersonate`],
 /// [`generate_id_token`], [`sign_jwt`] or [`sign_blob`]. Start from [`CallOptions::default`]
 /// and change fields.
 ///
 /// [`get_access_token`]: crate::get_access_token
+/// [`exchange_token`]: crate::exchange_token
 /// [`impersonate`]: crate::impersonate
 /// [`generate_id_token`]: crate::generate_id_token
 /// [`sign_jwt`]: crate::sign_jwt

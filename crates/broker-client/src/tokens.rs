@@ -1,16 +1,17 @@
-//! What the broker hands out: access tokens, ID tokens, signed JWTs and blob signatures, each
-//! checked on the way in.
+//! What the broker hands out: access tokens (minted, impersonated or exchanged), ID tokens,
+//! signed JWTs and blob signatures, each checked on the way in.
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use broker_core::Secret;
 use broker_proto::tokenbroker::v1::{
-    GenerateIdTokenResponse, GetAccessTokenResponse, ImpersonateServiceAccountResponse,
-    SignBlobResponse, SignJwtResponse,
+    ExchangeTokenResponse, GenerateIdTokenResponse, GetAccessTokenResponse,
+    ImpersonateServiceAccountResponse, SignBlobResponse, SignJwtResponse,
 };
 
 use crate::error::ClientError;
+use crate::requests::token_type;
 
 /// An access token from the broker: from `GetAccessToken`, or from
 /// `ImpersonateServiceAccount` for the target service account.
@@ -106,6 +107,79 @@ impl AccessToken {
             credential,
             cache_hit,
             last_known_good,
+        })
+    }
+}
+
+/// A Google access token from `ExchangeToken`: issued for an external token (workload or
+/// workforce identity federation), or a downscoped access token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ExchangedToken {
+    /// The issued OAuth 2.0 access token. Send it only in an `Authorization: Bearer` header to
+    /// Google APIs; never log it.
+    pub token: Secret,
+    /// The type of the issued token: [`token_type::ACCESS_TOKEN`].
+    pub issued_token_type: String,
+    /// The token type, `Bearer`.
+    pub token_type: String,
+    /// When the token expires. `None` for downscoping: Google does not say, because a
+    /// downscoped token expires with the access token it was made from.
+    pub expire_time: Option<SystemTime>,
+    /// The Google principal the token acts as: the service account's email when the credential
+    /// impersonates one, or an IAM principal identifier; empty for downscoping and whenever the
+    /// broker cannot tell.
+    pub principal: String,
+    /// The broker credential that shaped the exchange; empty for a plain exchange.
+    pub credential: String,
+}
+
+impl ExchangedToken {
+    /// The token string. A secret.
+    pub fn secret(&self) -> &str {
+        self.token.expose()
+    }
+
+    /// How long the token is still valid at `now` (zero once it has expired); `None` when the
+    /// broker did not say (downscoping).
+    pub fn expires_in(&self, now: SystemTime) -> Option<Duration> {
+        self.expire_time
+            .map(|expire_time| remaining(expire_time, now))
+    }
+
+    /// The value of an HTTP `Authorization` header carrying the token. A secret.
+    pub fn authorization_header(&self) -> Secret {
+        Secret::new(format!("Bearer {}", self.secret()))
+    }
+
+    /// Converts an `ExchangeTokenResponse`; refuses one without a token or with an invalid
+    /// expiry. An unset expiry is accepted (downscoping); empty token types read as
+    /// [`token_type::ACCESS_TOKEN`] and `Bearer`.
+    pub fn from_response(response: ExchangeTokenResponse) -> Result<Self, ClientError> {
+        const MESSAGE: &str = "ExchangeTokenResponse";
+        let ExchangeTokenResponse {
+            access_token,
+            issued_token_type,
+            token_type: bearer,
+            expire_time,
+            principal,
+            credential,
+        } = response;
+        let token = required_secret(MESSAGE, "access_token", access_token)?;
+        let expire_time = expire_time
+            .map(|timestamp| valid_time(MESSAGE, timestamp))
+            .transpose()?;
+        Ok(Self {
+            token,
+            issued_token_type: if issued_token_type.is_empty() {
+                token_type::ACCESS_TOKEN.to_owned()
+            } else {
+                issued_token_type
+            },
+            token_type: bearer_by_default(bearer),
+            expire_time,
+            principal,
+            credential,
         })
     }
 }
@@ -307,6 +381,10 @@ fn required_time(
 ) -> Result<SystemTime, ClientError> {
     let timestamp = expire_time
         .ok_or_else(|| ClientError::Protocol(format!("{message} has no expire_time")))?;
+    valid_time(message, timestamp)
+}
+
+fn valid_time(message: &str, timestamp: prost_types::Timestamp) -> Result<SystemTime, ClientError> {
     SystemTime::try_from(timestamp).map_err(|error| {
         ClientError::Protocol(format!("{message} has an invalid expire_time: {error}"))
     })
@@ -528,6 +606,91 @@ mod tests {
             })
             .map(drop),
             "SignBlobResponse has an empty key_id",
+        );
+    }
+
+    #[test]
+    fn exchanged_tokens_keep_every_field_and_may_lack_an_expiry() {
+        let token = ExchangedToken::from_response(ExchangeTokenResponse {
+            access_token: "ya29.exchanged-secret".to_owned(),
+            issued_token_type: "urn:ietf:params:oauth:token-type:access_token".to_owned(),
+            token_type: "Bearer".to_owned(),
+            expire_time: timestamp(1_800_003_600),
+            principal: "sa@p.iam.gserviceaccount.com".to_owned(),
+            credential: "federation".to_owned(),
+        });
+        let debug = format!("{token:?}");
+        assert!(debug.contains("Ok(ExchangedToken"), "{debug}");
+        assert!(!debug.contains("exchanged-secret"), "{debug}");
+        let Ok(token) = token else {
+            panic!("a valid response: {token:?}");
+        };
+        assert_eq!(token.secret(), "ya29.exchanged-secret");
+        assert_eq!(
+            token.authorization_header().expose(),
+            "Bearer ya29.exchanged-secret"
+        );
+        assert_eq!(token.issued_token_type, token_type::ACCESS_TOKEN);
+        assert_eq!(token.token_type, "Bearer");
+        assert_eq!(
+            token.expire_time,
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_003_600))
+        );
+        assert_eq!(
+            token.expires_in(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000)),
+            Some(Duration::from_secs(3600))
+        );
+        assert_eq!(
+            token.expires_in(SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000)),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(token.principal, "sa@p.iam.gserviceaccount.com");
+        assert_eq!(token.credential, "federation");
+
+        // Downscoping: no expiry, principal or credential; empty types read as the defaults.
+        let token = ExchangedToken::from_response(ExchangeTokenResponse {
+            access_token: "ya29.downscoped".to_owned(),
+            ..ExchangeTokenResponse::default()
+        });
+        let Ok(token) = token else {
+            panic!("a valid response: {token:?}");
+        };
+        assert_eq!(token.expire_time, None);
+        assert_eq!(token.expires_in(SystemTime::now()), None);
+        assert_eq!(
+            token.issued_token_type,
+            "urn:ietf:params:oauth:token-type:access_token"
+        );
+        assert_eq!(token.token_type, "Bearer");
+        assert!(token.principal.is_empty() && token.credential.is_empty());
+    }
+
+    #[test]
+    fn malformed_exchange_responses_are_refused() {
+        let refused =
+            |response: ExchangeTokenResponse, needle: &str| match ExchangedToken::from_response(
+                response,
+            ) {
+                Err(ClientError::Protocol(message)) => {
+                    assert!(message.contains(needle), "{message} should name {needle}");
+                    assert!(!message.contains("ya29"), "{message}");
+                }
+                other => panic!("expected a protocol error naming {needle}, got {other:?}"),
+            };
+        refused(
+            ExchangeTokenResponse {
+                expire_time: timestamp(1),
+                ..ExchangeTokenResponse::default()
+            },
+            "ExchangeTokenResponse has an empty access_token",
+        );
+        refused(
+            ExchangeTokenResponse {
+                access_token: "ya29.t".to_owned(),
+                expire_time: timestamp(i64::MIN),
+                ..ExchangeTokenResponse::default()
+            },
+            "ExchangeTokenResponse has an invalid expire_time",
         );
     }
 

@@ -7,14 +7,15 @@ use std::time::Duration;
 
 use broker_client::Channel;
 use broker_client::{
-    BlobSigningRequest, CallOptions, ClientError, Code, ConnectOptions, IdTokenProvider,
-    IdTokenRequest, ImpersonationRequest, JwtSigningRequest, ProviderOptions, RetryPolicy,
-    TokenBrokerClient, TokenProvider, TokenRequest, connect, generate_id_token, get_access_token,
-    impersonate, sign_blob, sign_jwt,
+    AccessBoundaryRule, AvailabilityCondition, BlobSigningRequest, CallOptions, ClientError, Code,
+    ConnectOptions, CredentialAccessBoundary, ExchangeRequest, IdTokenProvider, IdTokenRequest,
+    ImpersonationRequest, JwtSigningRequest, ProviderOptions, RetryPolicy, Secret,
+    TokenBrokerClient, TokenProvider, TokenRequest, connect, exchange_token, generate_id_token,
+    get_access_token, impersonate, parse_access_boundary, sign_blob, sign_jwt, token_type,
 };
 use broker_core::ManualClock;
-use broker_proto::tokenbroker::v1::GetAccessTokenRequest;
-use common::{FakeBroker, KEY_ID, PRINCIPAL, Pki, base_time, serve};
+use broker_proto::tokenbroker::v1::{ExchangeTokenOptions, GetAccessTokenRequest};
+use common::{FEDERATED_PRINCIPAL, FakeBroker, KEY_ID, PRINCIPAL, Pki, base_time, serve};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -65,12 +66,19 @@ async fn get_access_token_round_trip_over_mtls() {
     )
     .await
     .expect("connect");
+    // The raw generated client's errors decode like the library's own.
     let status = other
         .clone()
         .exchange_token(broker_proto::tokenbroker::v1::ExchangeTokenRequest::default())
         .await
-        .expect_err("ExchangeToken is not implemented by the fake");
-    assert_eq!(status.code(), Code::Unimplemented);
+        .expect_err("an empty subject token is refused");
+    let error = ClientError::from(status);
+    let status = error.status().expect("a status");
+    assert_eq!(status.code, Code::InvalidArgument);
+    assert_eq!(status.reason.as_deref(), Some("INVALID_FIELD"));
+    assert_eq!(status.get("field"), Some("subject_token"));
+    assert_eq!(status.field_violations[0].field, "subject_token");
+    assert_eq!(broker.exchange_requests().len(), 1);
 }
 
 #[tokio::test]
@@ -723,4 +731,214 @@ async fn the_id_token_provider_caches_coalesces_and_refreshes() {
     broker.fail_with([common::policy_denied("audiences", "app", "https://hello")]);
     let error = provider.token().await.expect_err("denied");
     assert_eq!(error.code(), Some(Code::PermissionDenied));
+}
+
+const AUDIENCE: &str = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/pool/providers/ci";
+const SUBJECT_TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.subject-token-secret.c2ln";
+
+fn bucket_reader() -> CredentialAccessBoundary {
+    CredentialAccessBoundary {
+        access_boundary_rules: vec![AccessBoundaryRule {
+            available_resource: "//storage.googleapis.com/projects/_/buckets/reports".to_owned(),
+            available_permissions: vec!["inRole:roles/storage.objectViewer".to_owned()],
+            availability_condition: Some(AvailabilityCondition {
+                expression: "resource.name.startsWith('projects/_/buckets/reports/objects/2026/')"
+                    .to_owned(),
+                title: "2026 only".to_owned(),
+                description: String::new(),
+            }),
+        }],
+    }
+}
+
+#[tokio::test]
+async fn exchange_token_federates_and_downscopes() {
+    let pki = Pki::new("exchange");
+    let broker = FakeBroker::new(base_time() + HOUR);
+    let client = client_for(&pki, &broker).await;
+    let options = CallOptions::default();
+
+    // A plain federation exchange: every field reaches the broker.
+    let request = ExchangeRequest {
+        subject_token: Secret::new(SUBJECT_TOKEN),
+        subject_token_type: token_type::JWT.to_owned(),
+        audience: Some(AUDIENCE.to_owned()),
+        scopes: vec!["https://www.googleapis.com/auth/devstorage.read_only".to_owned()],
+        requested_token_type: Some(token_type::ACCESS_TOKEN.to_owned()),
+        user_project: Some("billing-project".to_owned()),
+        access_boundary: Some(bucket_reader()),
+        credential: None,
+    };
+    assert!(!format!("{request:?}").contains("subject-token-secret"));
+    let token = exchange_token(&client, &request, &options)
+        .await
+        .expect("ExchangeToken");
+    assert_eq!(token.secret(), FakeBroker::exchanged_token(1));
+    assert_eq!(token.issued_token_type, token_type::ACCESS_TOKEN);
+    assert_eq!(token.token_type, "Bearer");
+    assert_eq!(token.expire_time, Some(base_time() + HOUR));
+    assert_eq!(token.principal, FEDERATED_PRINCIPAL);
+    assert_eq!(token.credential, "", "a plain exchange names no credential");
+    assert!(!format!("{token:?}").contains("exchanged-1"));
+    let sent = broker.exchange_requests().pop().expect("a request");
+    assert_eq!(sent.subject_token, SUBJECT_TOKEN);
+    assert_eq!(
+        sent.subject_token_type,
+        "urn:ietf:params:oauth:token-type:jwt"
+    );
+    assert_eq!(sent.audience, AUDIENCE);
+    assert_eq!(
+        sent.scopes,
+        vec!["https://www.googleapis.com/auth/devstorage.read_only"]
+    );
+    assert_eq!(
+        sent.requested_token_type,
+        "urn:ietf:params:oauth:token-type:access_token"
+    );
+    assert_eq!(
+        sent.options,
+        Some(ExchangeTokenOptions {
+            user_project: "billing-project".to_owned(),
+            access_boundary: Some(bucket_reader()),
+        })
+    );
+    assert_eq!(sent.credential, "");
+
+    // Through an external_account credential, which supplies the audience and impersonates.
+    let token = exchange_token(
+        &client,
+        &ExchangeRequest {
+            subject_token: Secret::new(SUBJECT_TOKEN),
+            subject_token_type: token_type::ID_TOKEN.to_owned(),
+            credential: Some("federation".to_owned()),
+            ..ExchangeRequest::default()
+        },
+        &options,
+    )
+    .await
+    .expect("ExchangeToken with a credential");
+    assert_eq!(token.principal, PRINCIPAL);
+    assert_eq!(token.credential, "federation");
+    let sent = broker.exchange_requests().pop().expect("a request");
+    assert_eq!(
+        (sent.audience.as_str(), sent.options),
+        ("", None),
+        "nothing set, nothing sent"
+    );
+
+    // Downscoping an access token from GetAccessToken, with a boundary from Google's JSON.
+    let access_token = get_access_token(&client, &TokenRequest::default(), &options)
+        .await
+        .expect("GetAccessToken");
+    let boundary = parse_access_boundary(
+        r#"{"accessBoundary": {"accessBoundaryRules": [{
+            "availableResource": "//storage.googleapis.com/projects/_/buckets/reports",
+            "availablePermissions": ["inRole:roles/storage.objectViewer"],
+            "availabilityCondition": {
+                "expression": "resource.name.startsWith('projects/_/buckets/reports/objects/2026/')",
+                "title": "2026 only"}}]}}"#,
+    )
+    .expect("a boundary");
+    assert_eq!(boundary, bucket_reader());
+    let downscoped = exchange_token(
+        &client,
+        &ExchangeRequest::downscoping(access_token.token.clone(), boundary),
+        &options,
+    )
+    .await
+    .expect("downscoping");
+    assert_eq!(downscoped.secret(), FakeBroker::downscoped_token(4));
+    assert_eq!(
+        downscoped.expire_time, None,
+        "expires with the access token"
+    );
+    assert_eq!(downscoped.expires_in(base_time()), None);
+    assert!(downscoped.principal.is_empty() && downscoped.credential.is_empty());
+    let sent = broker.exchange_requests().pop().expect("a request");
+    assert_eq!(sent.subject_token, access_token.secret());
+    assert_eq!(
+        sent.subject_token_type,
+        "urn:ietf:params:oauth:token-type:access_token"
+    );
+    assert_eq!(
+        sent.options.and_then(|o| o.access_boundary),
+        Some(bucket_reader())
+    );
+    assert!(sent.audience.is_empty() && sent.scopes.is_empty());
+    assert_eq!(broker.exchange_requests().len(), 3);
+}
+
+#[tokio::test]
+async fn exchange_token_errors_are_decoded_retried_and_free_of_the_subject_token() {
+    let pki = Pki::new("exchange-errors");
+    let broker = FakeBroker::new(base_time() + HOUR);
+    let client = client_for(&pki, &broker).await;
+    let request = ExchangeRequest {
+        subject_token: Secret::new(SUBJECT_TOKEN),
+        subject_token_type: token_type::SAML2.to_owned(),
+        audience: Some(AUDIENCE.to_owned()),
+        ..ExchangeRequest::default()
+    };
+
+    // Retried like every call.
+    broker.fail_with([
+        common::upstream_unavailable(Duration::from_millis(100)),
+        tonic::Status::resource_exhausted("slow down"),
+    ]);
+    let token = exchange_token(&client, &request, &fast_retries())
+        .await
+        .expect("exchanged after two retries");
+    assert_eq!(token.secret(), FakeBroker::exchanged_token(1));
+    assert_eq!(broker.exchange_requests().len(), 3);
+
+    // Not retried: a denial, and the broker's own refusals of the request's shape.
+    broker.fail_with([common::policy_denied("audiences", "ci", AUDIENCE)]);
+    let error = exchange_token(&client, &request, &fast_retries())
+        .await
+        .expect_err("denied");
+    assert_eq!(
+        error.status().and_then(|s| s.get("rule")),
+        Some("audiences")
+    );
+    assert!(!format!("{error} {error:?}").contains("subject-token-secret"));
+    assert_eq!(broker.exchange_requests().len(), 4);
+
+    let error = exchange_token(
+        &client,
+        &ExchangeRequest {
+            subject_token_type: "urn:ietf:params:oauth:token-type:mtls".to_owned(),
+            ..request.clone()
+        },
+        &fast_retries(),
+    )
+    .await
+    .expect_err("an unsupported type");
+    let status = error.status().expect("a status");
+    assert_eq!(status.code, Code::InvalidArgument);
+    assert_eq!(status.reason.as_deref(), Some("UNSUPPORTED_TOKEN_TYPE"));
+    assert_eq!(status.get("field"), Some("subject_token_type"));
+
+    let error = exchange_token(
+        &client,
+        &ExchangeRequest::downscoping(Secret::new("ya29.t"), CredentialAccessBoundary::default()),
+        &fast_retries(),
+    )
+    .await
+    .expect_err("a boundary without rules");
+    assert_eq!(
+        error.status().and_then(|s| s.get("field")),
+        Some("options.access_boundary.access_boundary_rules")
+    );
+    assert_eq!(broker.exchange_requests().len(), 6);
+
+    // A response without a token is refused, and not retried.
+    broker.set_malformed(true);
+    let error = exchange_token(&client, &request, &fast_retries())
+        .await
+        .expect_err("malformed");
+    assert_eq!(
+        error,
+        ClientError::Protocol("ExchangeTokenResponse has an empty access_token".to_owned())
+    );
+    assert_eq!(broker.exchange_requests().len(), 7);
 }

@@ -8,7 +8,9 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{FakeBroker, KEY_ID, PRINCIPAL, Pki, serve, whole_seconds_from_now};
+use common::{
+    FEDERATED_PRINCIPAL, FakeBroker, KEY_ID, PRINCIPAL, Pki, serve, whole_seconds_from_now,
+};
 
 const ENV: [&str; 4] = [
     "TOKEN_BROKER_ADDR",
@@ -594,7 +596,8 @@ async fn sign_blob_prints_base64_or_writes_raw_bytes() {
     assert_eq!(output.stdout, FakeBroker::signature(b"hello blob"));
 }
 
-/// Each new command, ready to run (the sign commands read `CLAIMS` or a blob from stdin).
+/// Each new command, ready to run (the sign commands read `CLAIMS` or a blob from stdin, the
+/// exchange commands take it as their token).
 fn new_commands(pki: &Pki, addr: SocketAddr) -> Vec<(&'static str, Command)> {
     let mut id_token = tokenctl_for(pki, addr);
     id_token.args(["print-identity-token", "--audiences", "https://a"]);
@@ -604,11 +607,26 @@ fn new_commands(pki: &Pki, addr: SocketAddr) -> Vec<(&'static str, Command)> {
     jwt.args(["sign-jwt", "--service-account", TARGET]);
     let mut blob = tokenctl_for(pki, addr);
     blob.args(["sign-blob", "--service-account", TARGET]);
+    let boundary = boundary_file(pki);
+    let mut exchange = tokenctl_for(pki, addr);
+    exchange.args([
+        "exchange",
+        "--subject-token-file",
+        "-",
+        "--subject-token-type",
+        "jwt",
+        "--audience",
+        AUDIENCE,
+    ]);
+    let mut downscope = tokenctl_for(pki, addr);
+    downscope.arg("downscope").arg("--boundary").arg(&boundary);
     vec![
         ("print-identity-token", id_token),
         ("impersonate", impersonate),
         ("sign-jwt", jwt),
         ("sign-blob", blob),
+        ("exchange", exchange),
+        ("downscope", downscope),
     ]
 }
 
@@ -641,6 +659,7 @@ async fn denials_exit_3_with_the_rule_and_no_secret() {
     assert_eq!(broker.impersonate_requests().len(), 1);
     assert_eq!(broker.sign_jwt_requests().len(), 1);
     assert_eq!(broker.sign_blob_requests().len(), 1);
+    assert_eq!(broker.exchange_requests().len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -915,4 +934,509 @@ async fn help_documents_the_new_commands() {
             );
         }
     }
+}
+
+const AUDIENCE: &str = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/ci/providers/gitlab";
+const SUBJECT_TOKEN: &str = "eyJhbGciOiJSUzI1NiJ9.subject-token-secret.c2ln";
+const BOUNDARY: &str = r#"{
+  "accessBoundary": {
+    "accessBoundaryRules": [
+      {
+        "availableResource": "//storage.googleapis.com/projects/_/buckets/reports",
+        "availablePermissions": ["inRole:roles/storage.objectViewer"],
+        "availabilityCondition": {
+          "expression": "resource.name.startsWith('projects/_/buckets/reports/objects/2026/')",
+          "title": "2026 only"
+        }
+      }
+    ]
+  }
+}
+"#;
+
+/// `BOUNDARY` in a file of the PKI's directory.
+fn boundary_file(pki: &Pki) -> std::path::PathBuf {
+    let path = pki.dir.join("boundary.json");
+    std::fs::write(&path, BOUNDARY).expect("write the boundary");
+    path
+}
+
+/// Asserts that the subject token (or any token) never reached `stderr`.
+fn assert_no_subject_token(stderr: &str) {
+    assert!(!stderr.contains("subject-token-secret"), "{stderr}");
+    assert_no_secret(stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exchange_prints_the_token_or_json() {
+    let pki = Pki::new("cli-exchange");
+    let expire_time = whole_seconds_from_now(Duration::from_secs(3600));
+    let broker = FakeBroker::new(expire_time);
+    let addr = serve(&pki, broker.clone()).await;
+    let token_file = pki.dir.join("token.jwt");
+    std::fs::write(&token_file, format!("{SUBJECT_TOKEN}\n")).expect("write the token");
+    let boundary = boundary_file(&pki);
+
+    // From a file, as text, with every flag.
+    let mut command = tokenctl_for(&pki, addr);
+    command
+        .args(["exchange", "--subject-token-file"])
+        .arg(&token_file)
+        .args([
+            "--subject-token-type",
+            "jwt",
+            "--audience",
+            AUDIENCE,
+            "--scopes",
+            "https://www.googleapis.com/auth/devstorage.read_only",
+            "--user-project",
+            "billing-project",
+            "--boundary",
+        ])
+        .arg(&boundary);
+    let output = run(command).await;
+    assert_eq!(
+        success(&output),
+        format!("{}\n", FakeBroker::exchanged_token(1))
+    );
+    let request = broker.exchange_requests().pop().expect("a request");
+    assert_eq!(
+        request.subject_token, SUBJECT_TOKEN,
+        "the newline is trimmed"
+    );
+    assert_eq!(
+        request.subject_token_type,
+        "urn:ietf:params:oauth:token-type:jwt"
+    );
+    assert_eq!(request.audience, AUDIENCE);
+    assert_eq!(
+        request.scopes,
+        vec!["https://www.googleapis.com/auth/devstorage.read_only"]
+    );
+    assert_eq!(request.requested_token_type, "");
+    assert_eq!(request.credential, "");
+    let options = request.options.expect("options");
+    assert_eq!(options.user_project, "billing-project");
+    let rules = options
+        .access_boundary
+        .expect("a boundary")
+        .access_boundary_rules;
+    assert_eq!(
+        rules[0].available_resource,
+        "//storage.googleapis.com/projects/_/buckets/reports"
+    );
+    assert_eq!(
+        rules[0]
+            .availability_condition
+            .as_ref()
+            .map(|c| c.title.as_str()),
+        Some("2026 only")
+    );
+
+    // From stdin, through a credential that supplies the audience, as JSON.
+    let mut command = tokenctl_for(&pki, addr);
+    command.args([
+        "exchange",
+        "--subject-token-file",
+        "-",
+        "--subject-token-type",
+        "urn:ietf:params:oauth:token-type:id_token",
+        "--credential",
+        "gitlab-federation",
+        "--format",
+        "json",
+    ]);
+    let json = json(&run_with_stdin(command, SUBJECT_TOKEN.as_bytes()).await);
+    assert_eq!(
+        json["access_token"],
+        FakeBroker::exchanged_token(2).as_str()
+    );
+    assert_eq!(
+        json["issued_token_type"],
+        "urn:ietf:params:oauth:token-type:access_token"
+    );
+    assert_eq!(json["token_type"], "Bearer");
+    assert_eq!(
+        json["expire_time"],
+        humantime::format_rfc3339_seconds(expire_time).to_string()
+    );
+    expires_in(&json);
+    assert_eq!(json["principal"], PRINCIPAL);
+    assert_eq!(json["credential"], "gitlab-federation");
+    let request = broker.exchange_requests().pop().expect("a request");
+    assert_eq!(request.subject_token, SUBJECT_TOKEN);
+    assert_eq!(
+        request.subject_token_type,
+        "urn:ietf:params:oauth:token-type:id_token"
+    );
+    assert_eq!((request.audience.as_str(), request.options), ("", None));
+    assert_eq!(request.credential, "gitlab-federation");
+
+    // A plain exchange names no credential; the principal is the federated one.
+    let mut command = tokenctl_for(&pki, addr);
+    command.args([
+        "exchange",
+        "--subject-token-file=-",
+        "--subject-token-type=saml2",
+        &format!("--audience={AUDIENCE}"),
+        "--format=json",
+    ]);
+    let plain = self::json(&run_with_stdin(command, b"PHNhbWw+\r\n").await);
+    assert_eq!(plain["principal"], FEDERATED_PRINCIPAL);
+    assert_eq!(plain["credential"], "");
+    assert_eq!(
+        broker
+            .exchange_requests()
+            .pop()
+            .map(|r| (r.subject_token, r.subject_token_type)),
+        Some((
+            "PHNhbWw+".to_owned(),
+            "urn:ietf:params:oauth:token-type:saml2".to_owned()
+        ))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn downscope_prints_the_downscoped_token_or_json() {
+    let pki = Pki::new("cli-downscope");
+    let broker = FakeBroker::new(whole_seconds_from_now(Duration::from_secs(3600)));
+    let addr = serve(&pki, broker.clone()).await;
+    let boundary = boundary_file(&pki);
+
+    // `tokenctl print-access-token | tokenctl downscope --boundary FILE`
+    let mut command = tokenctl_for(&pki, addr);
+    command.arg("print-access-token");
+    let access_token = success(&run(command).await);
+    assert_eq!(access_token, "ya29.fake-1\n");
+    let mut command = tokenctl_for(&pki, addr);
+    command.arg("downscope").arg("--boundary").arg(&boundary);
+    let output = run_with_stdin(command, access_token.as_bytes()).await;
+    assert_eq!(
+        success(&output),
+        format!("{}\n", FakeBroker::downscoped_token(2))
+    );
+    let request = broker.exchange_requests().pop().expect("a request");
+    assert_eq!(request.subject_token, "ya29.fake-1");
+    assert_eq!(
+        request.subject_token_type,
+        "urn:ietf:params:oauth:token-type:access_token"
+    );
+    assert!(request.audience.is_empty() && request.scopes.is_empty());
+    assert_eq!(request.credential, "");
+    let options = request.options.expect("options");
+    assert_eq!(options.user_project, "");
+    assert_eq!(
+        options
+            .access_boundary
+            .map(|b| b.access_boundary_rules[0].available_permissions.clone()),
+        Some(vec!["inRole:roles/storage.objectViewer".to_owned()])
+    );
+
+    // From a file, as JSON: no expiry, principal or credential.
+    let token_file = pki.dir.join("token.txt");
+    std::fs::write(&token_file, "ya29.from-a-file\r\n").expect("write the token");
+    let mut command = tokenctl_for(&pki, addr);
+    command
+        .arg("downscope")
+        .arg("--access-token-file")
+        .arg(&token_file)
+        .arg("--boundary")
+        .arg(&boundary)
+        .args(["--format", "json"]);
+    let json = json(&run(command).await);
+    assert_eq!(
+        json,
+        serde_json::json!({
+            "access_token": FakeBroker::downscoped_token(3),
+            "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
+            "token_type": "Bearer",
+            "principal": "",
+            "credential": "",
+        })
+    );
+    assert_eq!(
+        broker.exchange_requests().pop().map(|r| r.subject_token),
+        Some("ya29.from-a-file".to_owned())
+    );
+
+    // The inner form of the boundary is accepted too; so is `-`.
+    let inner = pki.dir.join("inner.json");
+    std::fs::write(
+        &inner,
+        r#"{"accessBoundaryRules": [{"availableResource": "//storage.googleapis.com/projects/_/buckets/b",
+            "availablePermissions": ["inRole:roles/storage.objectViewer"]}]}"#,
+    )
+    .expect("write the boundary");
+    let mut command = tokenctl_for(&pki, addr);
+    command
+        .arg("downscope")
+        .arg("--boundary")
+        .arg(&inner)
+        .args(["--access-token-file", "-"]);
+    success(&run_with_stdin(command, b"ya29.t").await);
+    let request = broker.exchange_requests().pop().expect("a request");
+    assert_eq!(
+        request
+            .options
+            .and_then(|o| o.access_boundary)
+            .map(|b| b.access_boundary_rules[0].available_resource.clone()),
+        Some("//storage.googleapis.com/projects/_/buckets/b".to_owned())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exchange_errors_never_show_the_subject_token() {
+    let pki = Pki::new("cli-exchange-errors");
+    let broker = FakeBroker::new(whole_seconds_from_now(Duration::from_secs(3600)));
+    let addr = serve(&pki, broker.clone()).await;
+    let exchange = |token_type: &str| {
+        let mut command = tokenctl_for(&pki, addr);
+        command.args([
+            "exchange",
+            "--subject-token-file",
+            "-",
+            "--subject-token-type",
+            token_type,
+            "--audience",
+            AUDIENCE,
+        ]);
+        command
+    };
+
+    // Google rejected the subject token: exit 4 with the broker's details.
+    broker.fail_with([common::invalid_argument(
+        "subject_token",
+        "UPSTREAM_REJECTED",
+        "Google refused the token: invalid_grant",
+    )]);
+    let output = run_with_stdin(exchange("jwt"), SUBJECT_TOKEN.as_bytes()).await;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.starts_with("tokenctl: INVALID_ARGUMENT (UPSTREAM_REJECTED): invalid subject_token"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("  field: subject_token\n"), "{stderr}");
+    assert_no_subject_token(&stderr);
+
+    // A type the broker does not accept: the broker, not tokenctl, says so.
+    let output = run_with_stdin(
+        exchange("urn:ietf:params:oauth:token-type:mtls"),
+        SUBJECT_TOKEN.as_bytes(),
+    )
+    .await;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("(UNSUPPORTED_TOKEN_TYPE)")
+            && stderr.contains("  field: subject_token_type\n"),
+        "{stderr}"
+    );
+    assert_no_subject_token(&stderr);
+
+    // Denied for the audience: exit 3.
+    broker.fail_with([common::policy_denied("audiences", "ci", AUDIENCE)]);
+    let output = run_with_stdin(exchange("jwt"), SUBJECT_TOKEN.as_bytes()).await;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("  rule: audiences\n"), "{stderr}");
+    assert_no_subject_token(&stderr);
+    assert_eq!(broker.exchange_requests().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exchange_usage_errors_exit_2_before_anything_is_sent() {
+    let pki = Pki::new("cli-exchange-usage");
+    let broker = FakeBroker::new(whole_seconds_from_now(Duration::from_secs(3600)));
+    let addr = serve(&pki, broker.clone()).await;
+    let boundary = boundary_file(&pki);
+
+    let usage = |output: &Output, starts: &str| {
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{stderr}");
+        assert!(stderr.starts_with(starts), "{starts:?} expected:\n{stderr}");
+        assert_eq!(text(&output.stdout), "");
+        assert_no_subject_token(&stderr);
+    };
+
+    // An empty token, from stdin or a file.
+    let mut command = tokenctl_for(&pki, addr);
+    command.args([
+        "exchange",
+        "--subject-token-file",
+        "-",
+        "--subject-token-type",
+        "jwt",
+        "--audience",
+        AUDIENCE,
+    ]);
+    usage(
+        &run_with_stdin(command, b"\n").await,
+        "tokenctl: the subject token in standard input is empty\n",
+    );
+    let empty = pki.dir.join("empty.txt");
+    std::fs::write(&empty, "").expect("write");
+    let mut command = tokenctl_for(&pki, addr);
+    command
+        .arg("downscope")
+        .arg("--boundary")
+        .arg(&boundary)
+        .arg("--access-token-file")
+        .arg(&empty);
+    usage(
+        &run(command).await,
+        &format!(
+            "tokenctl: the access token in {} is empty\n",
+            empty.display()
+        ),
+    );
+
+    // An unreadable token file.
+    let missing = pki.dir.join("missing.jwt");
+    let mut command = tokenctl_for(&pki, addr);
+    command
+        .args([
+            "exchange",
+            "--subject-token-type",
+            "jwt",
+            "--audience",
+            AUDIENCE,
+        ])
+        .arg("--subject-token-file")
+        .arg(&missing);
+    usage(
+        &run(command).await,
+        &format!("tokenctl: cannot read {}: ", missing.display()),
+    );
+
+    // A boundary file with a misspelt key, with the path to it.
+    let bad = pki.dir.join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"accessBoundary": {"accessBoundaryRules": [{"availableResource": "//r",
+            "availablePermissions": ["inRole:roles/x"], "availabilityConditions": {}}]}}"#,
+    )
+    .expect("write");
+    let mut command = tokenctl_for(&pki, addr);
+    command.arg("downscope").arg("--boundary").arg(&bad);
+    usage(
+        &run_with_stdin(command, b"ya29.t").await,
+        &format!(
+            "tokenctl: access boundary file {}: accessBoundary.accessBoundaryRules[0]: unknown \
+             key \"availabilityConditions\"; expected availableResource, availablePermissions or \
+             availabilityCondition\n",
+            bad.display()
+        ),
+    );
+    let not_json = pki.dir.join("not-json.json");
+    std::fs::write(&not_json, SUBJECT_TOKEN).expect("write");
+    let mut command = tokenctl_for(&pki, addr);
+    command
+        .args([
+            "exchange",
+            "--subject-token-file",
+            "-",
+            "--subject-token-type",
+            "jwt",
+            "--audience",
+            AUDIENCE,
+            "--boundary",
+        ])
+        .arg(&not_json);
+    usage(
+        &run_with_stdin(command, SUBJECT_TOKEN.as_bytes()).await,
+        &format!(
+            "tokenctl: access boundary file {}: not JSON: ",
+            not_json.display()
+        ),
+    );
+
+    // Flags: no audience and no credential; an unknown token type; no boundary.
+    let mut command = tokenctl_for(&pki, addr);
+    command.args([
+        "exchange",
+        "--subject-token-file",
+        "-",
+        "--subject-token-type",
+        "jwt",
+    ]);
+    let output = run_with_stdin(command, SUBJECT_TOKEN.as_bytes()).await;
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+    assert!(text(&output.stderr).contains("--audience is required unless --credential"));
+    let mut command = tokenctl_for(&pki, addr);
+    command.args([
+        "exchange",
+        "--subject-token-file",
+        "-",
+        "--subject-token-type",
+        "oidc",
+        "--audience",
+        AUDIENCE,
+    ]);
+    let output = run_with_stdin(command, SUBJECT_TOKEN.as_bytes()).await;
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("expected one of jwt, id_token, saml2, aws4_request, access_token"),
+        "{stderr}"
+    );
+    let mut command = tokenctl_for(&pki, addr);
+    command.arg("downscope");
+    let output = run_with_stdin(command, b"ya29.t").await;
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stderr));
+
+    assert!(broker.exchange_requests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn help_documents_exchange_and_downscope_with_examples() {
+    for (name, needles) in [
+        (
+            "exchange",
+            &[
+                "--subject-token-file <FILE>",
+                "--subject-token-type <TYPE>",
+                "jwt, id_token, saml2, aws4_request, access_token",
+                "--audience <AUDIENCE>",
+                "--scopes",
+                "--user-project <PROJECT>",
+                "--boundary <FILE>",
+                "--credential <NAME>",
+                "trailing line breaks",
+                "Examples:",
+                "tokenctl exchange --subject-token-type jwt",
+            ][..],
+        ),
+        (
+            "downscope",
+            &[
+                "--boundary <FILE>",
+                "--access-token-file <FILE>",
+                "\"accessBoundaryRules\"",
+                "inRole:roles/storage.objectViewer",
+                "Examples:",
+                "tokenctl print-access-token | tokenctl downscope --boundary",
+            ][..],
+        ),
+    ] {
+        let mut command = tokenctl();
+        command.args([name, "--help"]);
+        let stdout = success(&run(command).await);
+        for needle in needles
+            .iter()
+            .chain(&["--format <FORMAT>", "--addr <ADDR>"])
+        {
+            assert!(
+                stdout.contains(needle),
+                "{name}: {needle:?} missing from:\n{stdout}"
+            );
+        }
+    }
+    let mut command = tokenctl();
+    command.arg("--help");
+    let stdout = success(&run(command).await);
+    assert!(
+        stdout.contains("exchange") && stdout.contains("downscope"),
+        "{stdout}"
+    );
 }

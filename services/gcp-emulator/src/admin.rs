@@ -1,4 +1,5 @@
-//! The admin API under `/_emulator/`: faults, counters, token lifetime, key rotation.
+//! The admin API under `/_emulator/`: faults, counters, the request log, token lifetime, key
+//! rotation, the federation description.
 
 use std::sync::Arc;
 
@@ -10,7 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::errors::json_response;
-use crate::faults::Fault;
+use crate::faults::{Endpoint, Fault};
 use crate::state::State;
 
 /// The longest token lifetime the override accepts (12 h, Google's longest).
@@ -92,4 +93,61 @@ pub(crate) async fn rotate_signing_key(AxumState(state): AxumState<Arc<State>>) 
             json!({"error": e.to_string()}),
         ),
     }
+}
+
+/// The query of `/_emulator/requests`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct RequestsQuery {
+    endpoint: Option<String>,
+}
+
+/// The endpoint the query names (`None`: every endpoint); an unknown name is the message of
+/// a 400 answer.
+fn endpoint_of(query: &RequestsQuery) -> Result<Option<Endpoint>, String> {
+    match query.endpoint.as_deref().filter(|e| !e.is_empty()) {
+        None => Ok(None),
+        Some(name) => Endpoint::from_name(name).map(Some).ok_or_else(|| {
+            format!(
+                "unknown endpoint {name:?}: one of {}",
+                Endpoint::ALL.map(Endpoint::name).join(", ")
+            )
+        }),
+    }
+}
+
+/// `GET /_emulator/requests[?endpoint=E]`: the last requests of an endpoint (or of all),
+/// oldest first, normalized.
+pub(crate) async fn requests(
+    AxumState(state): AxumState<Arc<State>>,
+    axum::extract::Query(query): axum::extract::Query<RequestsQuery>,
+) -> Response {
+    let requests = match endpoint_of(&query) {
+        Ok(Some(endpoint)) => state.requests.requests(endpoint),
+        Ok(None) => state.requests.all(),
+        Err(message) => return bad_request(message),
+    };
+    json_response(StatusCode::OK, json!(requests))
+}
+
+/// `DELETE /_emulator/requests[?endpoint=E]`.
+pub(crate) async fn clear_requests(
+    AxumState(state): AxumState<Arc<State>>,
+    axum::extract::Query(query): axum::extract::Query<RequestsQuery>,
+) -> Response {
+    match endpoint_of(&query) {
+        Ok(endpoint) => {
+            state.requests.clear(endpoint);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(message) => bad_request(message),
+    }
+}
+
+/// `GET /_emulator/federation`: [`crate::Federation`] as JSON (what
+/// `DIR/federation/federation.json` holds, secrets included).
+pub(crate) async fn federation(AxumState(state): AxumState<Arc<State>>) -> Response {
+    json_response(
+        StatusCode::OK,
+        crate::Federation::describe(&state, state.data_dir.as_deref()).to_json(),
+    )
 }

@@ -35,6 +35,9 @@ pub enum Endpoint {
     /// STS `POST /v1/token`.
     #[serde(rename = "sts.token")]
     StsToken,
+    /// STS `POST /v1/token` on the mTLS listener (`sts.mtls.googleapis.com`).
+    #[serde(rename = "sts.mtls.token")]
+    StsMtlsToken,
     /// IAM Credentials generateAccessToken.
     #[serde(rename = "iam.generateAccessToken")]
     IamGenerateAccessToken,
@@ -50,10 +53,51 @@ pub enum Endpoint {
     /// The GCE metadata server.
     #[serde(rename = "metadata")]
     Metadata,
+    /// The AWS instance metadata service (IMDSv2, `/latest/...`).
+    #[serde(rename = "aws.imds")]
+    AwsImds,
 }
 
 impl Endpoint {
-    /// The endpoint a request path belongs to; `None` for the admin API and unknown paths.
+    /// Every endpoint.
+    pub const ALL: [Self; 11] = [
+        Self::OAuth2Token,
+        Self::OAuth2Certs,
+        Self::OAuth2TokenInfo,
+        Self::StsToken,
+        Self::StsMtlsToken,
+        Self::IamGenerateAccessToken,
+        Self::IamGenerateIdToken,
+        Self::IamSignJwt,
+        Self::IamSignBlob,
+        Self::Metadata,
+        Self::AwsImds,
+    ];
+
+    /// The endpoint's name, as the admin API spells it (`sts.token`, `aws.imds`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::OAuth2Token => "oauth2.token",
+            Self::OAuth2Certs => "oauth2.certs",
+            Self::OAuth2TokenInfo => "oauth2.tokeninfo",
+            Self::StsToken => "sts.token",
+            Self::StsMtlsToken => "sts.mtls.token",
+            Self::IamGenerateAccessToken => "iam.generateAccessToken",
+            Self::IamGenerateIdToken => "iam.generateIdToken",
+            Self::IamSignJwt => "iam.signJwt",
+            Self::IamSignBlob => "iam.signBlob",
+            Self::Metadata => "metadata",
+            Self::AwsImds => "aws.imds",
+        }
+    }
+
+    /// The endpoint of this name.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.name() == name)
+    }
+
+    /// The endpoint a request path on the main listener belongs to; `None` for the admin API
+    /// and unknown paths. (On the mTLS listener `/v1/token` is [`Endpoint::StsMtlsToken`].)
     pub fn classify(path: &str) -> Option<Self> {
         match path {
             "/token" | "/oauth2/v4/token" | "/o/oauth2/token" => Some(Self::OAuth2Token),
@@ -65,6 +109,7 @@ impl Endpoint {
             "/v1/token" => Some(Self::StsToken),
             "/" => Some(Self::Metadata),
             _ if path.starts_with("/computeMetadata/") => Some(Self::Metadata),
+            _ if path.starts_with("/latest/") || path == "/latest" => Some(Self::AwsImds),
             _ if path.starts_with("/v1/projects/") => match path.rsplit_once(':') {
                 Some((_, "generateAccessToken")) => Some(Self::IamGenerateAccessToken),
                 Some((_, "generateIdToken")) => Some(Self::IamGenerateIdToken),
@@ -81,7 +126,11 @@ impl Endpoint {
     fn error_response(self, status: StatusCode, fault: &Fault) -> Response {
         let (error, description) = (fault.error.as_deref(), fault.error_description.as_deref());
         match self {
-            Self::OAuth2Token | Self::OAuth2Certs | Self::OAuth2TokenInfo | Self::StsToken => {
+            Self::OAuth2Token
+            | Self::OAuth2Certs
+            | Self::OAuth2TokenInfo
+            | Self::StsToken
+            | Self::StsMtlsToken => {
                 OAuthError::for_fault(status, error, description).into_response()
             }
             Self::IamGenerateAccessToken
@@ -89,6 +138,7 @@ impl Endpoint {
             | Self::IamSignJwt
             | Self::IamSignBlob => ApiError::for_fault(status, error, description).into_response(),
             Self::Metadata => crate::metadata::text(status, "injected fault\n"),
+            Self::AwsImds => crate::imds::error(status),
         }
     }
 }
@@ -105,8 +155,8 @@ pub struct Fault {
     /// With `status`: a `Retry-After` header, in seconds.
     #[serde(default)]
     pub retry_after_secs: Option<u64>,
-    /// With `status`, not on `metadata`: the error code of the body. On the OAuth endpoints
-    /// (`oauth2.*`, `sts.token`) the OAuth `error` (`invalid_grant`, `access_denied`, ...); on
+    /// With `status`, not on `metadata` or `aws.imds`: the error code of the body. On the
+    /// OAuth endpoints (`oauth2.*`, `sts.token`, `sts.mtls.token`) the OAuth `error` (`invalid_grant`, `access_denied`, ...); on
     /// IAM Credentials the `reason` of a `google.rpc.ErrorInfo` detail in the domain
     /// `iam.googleapis.com` (`IAM_PERMISSION_DENIED`, `SERVICE_DISABLED`, ...), the envelope's
     /// `status` following the HTTP status as Google's does. Sent as given, unchecked, so that
@@ -114,7 +164,7 @@ pub struct Fault {
     /// OAuth endpoints, no ErrorInfo on IAM.
     #[serde(default)]
     pub error: Option<String>,
-    /// With `status`, not on `metadata`: the OAuth `error_description`, or the IAM envelope's
+    /// With `status`, not on `metadata` or `aws.imds`: the OAuth `error_description`, or the IAM envelope's
     /// `message`. Sent as given (control characters and all). Without it:
     /// `injected fault: HTTP <status>`.
     #[serde(default)]
@@ -151,9 +201,10 @@ pub enum FaultError {
     /// `error` or `error_description` without `status`.
     #[error("error and error_description shape the body of a status fault: they need status")]
     BodyWithoutStatus,
-    /// `error` or `error_description` on the metadata server, whose errors are plain text.
+    /// `error` or `error_description` on a metadata server (GCE's or AWS's), whose errors are
+    /// not JSON.
     #[error(
-        "error and error_description mean nothing on the metadata endpoint (its errors are plain text)"
+        "error and error_description mean nothing on the metadata endpoints (metadata, aws.imds: their errors are plain text)"
     )]
     BodyOnMetadata,
     /// Probability out of range.
@@ -167,7 +218,7 @@ impl Fault {
             if self.status.is_none() {
                 return Err(FaultError::BodyWithoutStatus);
             }
-            if self.endpoint == Endpoint::Metadata {
+            if matches!(self.endpoint, Endpoint::Metadata | Endpoint::AwsImds) {
                 return Err(FaultError::BodyOnMetadata);
             }
         }
@@ -272,18 +323,50 @@ impl Faults {
     }
 }
 
-/// The axum middleware that counts requests and applies faults.
+/// The largest request body the emulator buffers (axum's default body limit).
+const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+/// The axum middleware that counts requests, records them in the request log and applies
+/// faults.
 pub async fn middleware(
     AxumState(state): AxumState<Arc<State>>,
     request: Request,
     next: Next,
 ) -> Response {
-    let Some(endpoint) = Endpoint::classify(request.uri().path()) else {
+    let Some(mut endpoint) = Endpoint::classify(request.uri().path()) else {
         return next.run(request).await;
     };
-    let Some(fault) = state.faults.on_request(endpoint) else {
-        return next.run(request).await;
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<crate::mtls::Peer>>()
+        .map(|info| info.0.clone());
+    if peer.is_some() && endpoint == Endpoint::StsToken {
+        endpoint = Endpoint::StsMtlsToken;
+    }
+    let (parts, body) = request.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
+        return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large").into_response();
     };
+    let recorded = crate::requests::normalize(&crate::requests::Incoming {
+        endpoint,
+        method: &parts.method,
+        uri: &parts.uri,
+        headers: &parts.headers,
+        body: &body,
+        client_certificate: peer.as_ref().map(|p| p.certificate.as_slice()),
+    });
+    let request = Request::from_parts(parts, Body::from(body));
+    let (response, faulted) = match state.faults.on_request(endpoint) {
+        None => (next.run(request).await, false),
+        Some(fault) => (apply(endpoint, fault, request, next).await, true),
+    };
+    state
+        .requests
+        .record(recorded, response.status().as_u16(), faulted);
+    response
+}
+
+async fn apply(endpoint: Endpoint, fault: Fault, request: Request, next: Next) -> Response {
     tracing::info!(?endpoint, ?fault, "injecting fault");
     if let Some(delay) = fault.delay_ms {
         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -343,7 +426,13 @@ mod tests {
                 Some(Endpoint::Metadata),
             ),
             ("/", Some(Endpoint::Metadata)),
+            (
+                "/latest/meta-data/iam/security-credentials/",
+                Some(Endpoint::AwsImds),
+            ),
+            ("/latest/api/token", Some(Endpoint::AwsImds)),
             ("/_emulator/faults", None),
+            ("/_emulator/requests", None),
         ];
         for (path, expected) in cases {
             assert_eq!(Endpoint::classify(path), expected, "{path}");
@@ -379,6 +468,7 @@ mod tests {
             serde_json::json!({"endpoint": "oauth2.token", "drop_connection": true, "error": "x"}),
             serde_json::json!({"endpoint": "metadata", "status": 500, "error": "internal_failure"}),
             serde_json::json!({"endpoint": "metadata", "status": 403, "error_description": "no"}),
+            serde_json::json!({"endpoint": "aws.imds", "status": 500, "error": "x"}),
         ] {
             assert!(faults.inject(fault(bad.clone())).is_err(), "{bad}");
         }
@@ -393,6 +483,18 @@ mod tests {
         ] {
             faults.inject(fault(good.clone())).expect("valid");
         }
+    }
+
+    #[test]
+    fn names_round_trip_and_match_serde() {
+        for endpoint in Endpoint::ALL {
+            assert_eq!(Endpoint::from_name(endpoint.name()), Some(endpoint));
+            assert_eq!(
+                serde_json::to_value(endpoint).expect("json"),
+                serde_json::Value::String(endpoint.name().to_owned())
+            );
+        }
+        assert_eq!(Endpoint::from_name("nope"), None);
     }
 
     #[test]

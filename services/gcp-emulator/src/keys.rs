@@ -78,6 +78,12 @@ impl SigningKey {
         })
     }
 
+    /// The same key under another key id.
+    pub fn with_kid(mut self, kid: impl Into<String>) -> Self {
+        self.kid = kid.into();
+        self
+    }
+
     /// The key id (`kid`, `private_key_id`).
     pub fn kid(&self) -> &str {
         &self.kid
@@ -157,6 +163,19 @@ impl PublicKey {
         }
         .verify(&signature::RSA_PKCS1_2048_8192_SHA256, message, signature)
         .is_ok()
+    }
+
+    /// The RFC 7638 JWK thumbprint: base64url SHA-256 of `{"e":…,"kty":"RSA","n":…}`. A key
+    /// id that only depends on the key.
+    pub fn thumbprint(&self) -> String {
+        let canonical = format!(
+            r#"{{"e":"{}","kty":"RSA","n":"{}"}}"#,
+            URL_SAFE_NO_PAD.encode(&self.e),
+            URL_SAFE_NO_PAD.encode(&self.n)
+        );
+        URL_SAFE_NO_PAD.encode(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes()).as_ref(),
+        )
     }
 
     /// This key as a JWK.
@@ -270,6 +289,29 @@ pub fn pem_decode(pem: &str) -> Option<Vec<u8>> {
     STANDARD.decode(body).ok()
 }
 
+/// The DER of every PEM block with this label (`CERTIFICATE`, ...), in order; blocks that do
+/// not decode are skipped.
+pub fn pem_decode_all(pem: &str, label: &str) -> Vec<Vec<u8>> {
+    let begin = format!("-----BEGIN {label}-----");
+    let end = format!("-----END {label}-----");
+    let mut blocks = Vec::new();
+    let mut body: Option<String> = None;
+    for line in pem.lines().map(str::trim) {
+        if line == begin {
+            body = Some(String::new());
+        } else if line == end {
+            if let Some(text) = body.take()
+                && let Ok(der) = STANDARD.decode(text)
+            {
+                blocks.push(der);
+            }
+        } else if let Some(text) = body.as_mut() {
+            text.push_str(line);
+        }
+    }
+    blocks
+}
+
 fn self_signed_certificate(pkcs8_pem: &str, common_name: &str) -> Result<String, KeyError> {
     let cert_err = |e: rcgen::Error| KeyError::Certificate(e.to_string());
     let key = rcgen::KeyPair::from_pkcs8_pem_and_sign_algo(pkcs8_pem, &rcgen::PKCS_RSA_SHA256)
@@ -350,6 +392,38 @@ mod tests {
         ] {
             assert_eq!(read(hostile), None, "{hostile}");
         }
+    }
+
+    #[test]
+    fn pem_bundles_decode_block_by_block() {
+        let a = SigningKey::generate("a").expect("key");
+        let b = SigningKey::generate("b").expect("key");
+        let bundle = format!(
+            "junk\n{}\n{}{}",
+            a.certificate_pem(),
+            a.private_key_pem(),
+            b.certificate_pem()
+        );
+        let certs = pem_decode_all(&bundle, "CERTIFICATE");
+        assert_eq!(certs.len(), 2);
+        assert_eq!(certs[0], pem_decode(a.certificate_pem()).expect("der"));
+        assert_eq!(certs[1], pem_decode(b.certificate_pem()).expect("der"));
+        assert_eq!(pem_decode_all(&bundle, "PRIVATE KEY").len(), 1);
+        assert!(pem_decode_all("nothing", "CERTIFICATE").is_empty());
+    }
+
+    #[test]
+    fn thumbprints_follow_rfc_7638() {
+        // RFC 7638 section 3.1's example key and thumbprint.
+        let key = PublicKey::from_jwk_components(
+            "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
+            "AQAB",
+        )
+        .expect("key");
+        assert_eq!(
+            key.thumbprint(),
+            "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+        );
     }
 
     #[test]

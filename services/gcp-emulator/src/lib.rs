@@ -18,18 +18,23 @@
 pub mod cel;
 pub mod errors;
 pub mod faults;
+pub mod federation;
 pub mod keys;
+pub mod requests;
 pub mod state;
 pub mod world;
 
 mod admin;
 mod function;
 mod iam;
+mod imds;
 mod metadata;
+mod mtls;
 mod oauth;
 mod sigv4;
 mod sts;
 mod tokeninfo;
+mod x509;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -38,12 +43,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::{get, post};
-use tokio::sync::oneshot;
+use axum::routing::{any, get, post};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use faults::{Endpoint, Fault, FaultError};
+pub use federation::{
+    AwsProviderInfo, Federation, FederationError, OidcProviderInfo, X509ProviderInfo,
+};
 pub use keys::SigningKey;
+pub use requests::{ClientAuth, RecordedRequest};
 pub use state::{Grant, State, TokenRecord};
 pub use world::World;
 
@@ -69,6 +78,12 @@ pub enum EmulatorError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The certificates of the X.509 providers or of the mTLS listener could not be made.
+    #[error("{0}")]
+    Certificates(String),
+    /// The mTLS listener could not be configured.
+    #[error("mTLS listener: {0}")]
+    Tls(String),
     /// The data directory could not be written.
     #[error("cannot write {path}: {source}")]
     DataDir {
@@ -84,6 +99,7 @@ pub enum EmulatorError {
 pub struct Emulator {
     world: World,
     listen: SocketAddr,
+    sts_mtls_listen: SocketAddr,
     data_dir: Option<PathBuf>,
 }
 
@@ -93,6 +109,7 @@ impl Emulator {
         Self {
             world: World::default_world(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            sts_mtls_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir: None,
         }
     }
@@ -109,8 +126,15 @@ impl Emulator {
         self
     }
 
-    /// Writes key files, authorized users' credential files and `emulator.env` to this
-    /// directory (and reuses keys found there).
+    /// The mutual-TLS listener (STS for X.509 federation, IAM Credentials) listens on this
+    /// address (default `127.0.0.1:0`).
+    pub fn sts_mtls_listen(mut self, addr: SocketAddr) -> Self {
+        self.sts_mtls_listen = addr;
+        self
+    }
+
+    /// Writes key files, authorized users' credential files, the federation material
+    /// (`federation/`) and `emulator.env` to this directory (and reuses keys found there).
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.data_dir = Some(dir.into());
         self
@@ -119,50 +143,80 @@ impl Emulator {
     /// Generates keys, binds, writes the data directory and starts serving.
     pub async fn start(self) -> Result<RunningEmulator, EmulatorError> {
         self.world.validate()?;
-        let listener = tokio::net::TcpListener::bind(self.listen)
-            .await
-            .map_err(|source| EmulatorError::Bind {
-                addr: self.listen,
-                source,
-            })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| EmulatorError::Bind {
-                addr: self.listen,
-                source,
-            })?;
+        let bind = |addr: SocketAddr| async move {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| EmulatorError::Bind { addr, source })?;
+            let local = listener
+                .local_addr()
+                .map_err(|source| EmulatorError::Bind { addr, source })?;
+            Ok::<_, EmulatorError>((listener, local))
+        };
+        let (listener, addr) = bind(self.listen).await?;
+        let (mtls_listener, mtls_addr) = bind(self.sts_mtls_listen).await?;
         let url = format!("http://{addr}");
+        let sts_mtls_url = format!("https://{mtls_addr}");
 
         let world = self.world.clone();
         let data_dir = self.data_dir.clone();
-        let (account_keys, id_token_key) =
-            tokio::task::spawn_blocking(move || load_or_generate_keys(&world, data_dir.as_deref()))
-                .await
-                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
-        let state = Arc::new(State::new(
-            self.world,
-            url.clone(),
-            account_keys,
-            id_token_key,
-        ));
+        let (keys, pkis, mtls_pki) = tokio::task::spawn_blocking(move || {
+            let keys = load_or_generate_keys(&world, data_dir.as_deref())?;
+            let (pkis, mtls) = federation::generate_pkis(&world, mtls_addr.ip())
+                .map_err(|e| EmulatorError::Certificates(e.to_string()))?;
+            Ok::<_, EmulatorError>((keys, pkis, mtls))
+        })
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        let tls_config =
+            mtls::server_config(&mtls_pki).map_err(|e| EmulatorError::Tls(e.to_string()))?;
+        let material = federation::Material {
+            issuer_keys: keys.issuers,
+            pkis,
+            mtls: Some(mtls_pki),
+        };
+        let state = Arc::new(
+            State::new(self.world, url.clone(), keys.accounts, keys.id_token).with_federation(
+                material,
+                sts_mtls_url.clone(),
+                self.data_dir.clone(),
+            ),
+        );
         if let Some(dir) = &self.data_dir {
             write_data_dir(&state, dir)?;
         }
+        let mtls_listener =
+            mtls::MtlsListener::new(mtls_listener, tls_config).map_err(|source| {
+                EmulatorError::Bind {
+                    addr: mtls_addr,
+                    source,
+                }
+            })?;
 
-        let (shutdown, shutdown_signal) = oneshot::channel::<()>();
+        let (shutdown, shutdown_signal) = watch::channel(());
         let app = router(Arc::clone(&state));
+        let mtls_app =
+            mtls_router(Arc::clone(&state)).into_make_service_with_connect_info::<mtls::Peer>();
         let task = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async {
-                let _ = shutdown_signal.await;
-            });
-            if let Err(error) = serve.await {
+            let signal = |mut receiver: watch::Receiver<()>| async move {
+                let _ = receiver.changed().await;
+            };
+            let serve =
+                axum::serve(listener, app).with_graceful_shutdown(signal(shutdown_signal.clone()));
+            let serve_mtls = axum::serve(mtls_listener, mtls_app)
+                .with_graceful_shutdown(signal(shutdown_signal));
+            let (plain, tls) = tokio::join!(serve.into_future(), serve_mtls.into_future());
+            if let Err(error) = plain {
                 tracing::error!(%error, "emulator server failed");
             }
+            if let Err(error) = tls {
+                tracing::error!(%error, "emulator mTLS server failed");
+            }
         });
-        tracing::info!(%url, "gcp-emulator listening");
+        tracing::info!(%url, %sts_mtls_url, "gcp-emulator listening");
         Ok(RunningEmulator {
             addr,
             url,
+            sts_mtls_addr: mtls_addr,
             data_dir: self.data_dir,
             state,
             shutdown,
@@ -177,9 +231,10 @@ impl Emulator {
 pub struct RunningEmulator {
     addr: SocketAddr,
     url: String,
+    sts_mtls_addr: SocketAddr,
     data_dir: Option<PathBuf>,
     state: Arc<State>,
-    shutdown: oneshot::Sender<()>,
+    shutdown: watch::Sender<()>,
     task: JoinHandle<()>,
 }
 
@@ -267,7 +322,64 @@ impl RunningEmulator {
         self.state.function_url()
     }
 
-    /// Stops accepting, finishes in-flight requests and waits for the server to end.
+    /// The mutual-TLS listener, `https://127.0.0.1:PORT`: STS (`POST /v1/token`, for X.509
+    /// subject tokens among others, as `sts.mtls.googleapis.com`) and IAM Credentials. Its
+    /// certificate is issued by [`RunningEmulator::sts_mtls_ca_pem`] for `127.0.0.1` and
+    /// `localhost`; it requires a client certificate.
+    pub fn sts_mtls_url(&self) -> &str {
+        self.state.sts_mtls_url()
+    }
+
+    /// The mutual-TLS listener's address.
+    pub fn sts_mtls_addr(&self) -> SocketAddr {
+        self.sts_mtls_addr
+    }
+
+    /// The CA certificate (PEM) that issued the mTLS listener's server certificate: what its
+    /// clients trust.
+    pub fn sts_mtls_ca_pem(&self) -> &str {
+        self.state
+            .federation
+            .mtls
+            .as_ref()
+            .map_or("", |m| m.ca.pem.as_str())
+    }
+
+    /// Every identity provider of the world and what a client needs to federate with it
+    /// (audiences, issuers and their generated keys, AWS credentials and region, X.509
+    /// certificates, file paths in the data directory).
+    pub fn federation(&self) -> Federation {
+        Federation::describe(&self.state, self.data_dir.as_deref())
+    }
+
+    /// A subject token from the issuer of an OIDC provider whose key the emulator generated
+    /// (`generate_issuer_key`; the default world's `dev-oidc` and `dev-workforce-oidc`),
+    /// named by its id or its STS audience: a JWT with `iss`, `sub` = `subject` (and the
+    /// provider's subject claim, when that is another), `aud` = the audience the provider
+    /// accepts, `iat` = now and `exp` = now + `ttl`, then `extra_claims` (an object, or
+    /// null) set over them.
+    pub fn mint_oidc_token(
+        &self,
+        provider: &str,
+        subject: &str,
+        ttl: Duration,
+        extra_claims: serde_json::Value,
+    ) -> Result<String, FederationError> {
+        federation::mint_oidc_token(&self.state, provider, subject, ttl, extra_claims)
+    }
+
+    /// The last requests (at most [`requests::MAX_REQUESTS_PER_ENDPOINT`]) of an endpoint,
+    /// oldest first, normalized (see [`requests`]).
+    pub fn requests(&self, endpoint: Endpoint) -> Vec<RecordedRequest> {
+        self.state.requests.requests(endpoint)
+    }
+
+    /// Forgets the recorded requests of an endpoint, or (`None`) of every endpoint.
+    pub fn clear_requests(&self, endpoint: Option<Endpoint>) {
+        self.state.requests.clear(endpoint);
+    }
+
+    /// Stops accepting, finishes in-flight requests and waits for the servers to end.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(());
         let _ = self.task.await;
@@ -302,6 +414,7 @@ pub fn router(state: Arc<State>) -> Router {
         )
         .route("/", get(metadata::ping))
         .route("/computeMetadata/{*path}", get(metadata::serve))
+        .route("/latest/{*path}", any(imds::serve))
         .route(
             "/_emulator/faults",
             post(admin::add_fault).delete(admin::clear_faults),
@@ -318,6 +431,11 @@ pub fn router(state: Arc<State>) -> Router {
             "/_emulator/rotate-signing-key",
             post(admin::rotate_signing_key),
         )
+        .route(
+            "/_emulator/requests",
+            get(admin::requests).delete(admin::clear_requests),
+        )
+        .route("/_emulator/federation", get(admin::federation))
         .route(function::PATH, get(function::hello).post(function::hello))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
@@ -326,50 +444,94 @@ pub fn router(state: Arc<State>) -> Router {
         .with_state(state)
 }
 
-type Keys = (HashMap<String, Arc<SigningKey>>, SigningKey);
+/// The mutual-TLS listener's routes: STS and IAM Credentials, with fault injection (its
+/// `/v1/token` is the endpoint `sts.mtls.token`).
+pub(crate) fn mtls_router(state: Arc<State>) -> Router {
+    Router::new()
+        .route("/v1/token", post(sts::token_mtls))
+        .route(
+            "/v1/projects/{project}/serviceAccounts/{name}",
+            post(iam::dispatch),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            faults::middleware,
+        ))
+        .with_state(state)
+}
+
+/// The RSA keys the emulator holds.
+struct Keys {
+    /// Service-account keys by email.
+    accounts: HashMap<String, Arc<SigningKey>>,
+    /// The ID-token signing key.
+    id_token: SigningKey,
+    /// Generated OIDC issuer keys by provider id.
+    issuers: HashMap<String, Arc<SigningKey>>,
+}
 
 /// One key per service account (user-managed ones are reused from `DIR/keys` when present;
-/// accounts without one still get a Google-managed key for signJwt/signBlob) and the ID-token
-/// signing key. Keys are generated on all cores.
+/// accounts without one still get a Google-managed key for signJwt/signBlob), the issuer key
+/// of every OIDC provider with `generate_issuer_key` (reused from `DIR/federation`), and the
+/// ID-token signing key. Keys are generated on all cores.
 fn load_or_generate_keys(world: &World, data_dir: Option<&Path>) -> Result<Keys, EmulatorError> {
-    let results: Vec<Result<(String, SigningKey), EmulatorError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = world
-            .service_accounts
-            .iter()
-            .map(|account| {
-                scope.spawn(move || {
-                    let existing = data_dir
-                        .filter(|_| account.key)
-                        .and_then(|dir| load_key_file(dir, &account.email));
-                    let key = match existing {
-                        Some(key) => Ok(key),
-                        None => SigningKey::generate(&account.email),
-                    };
-                    key.map(|k| (account.email.clone(), k))
-                        .map_err(|source| EmulatorError::Key {
-                            account: account.email.clone(),
-                            source,
-                        })
-                })
-            })
-            .collect();
+    type Generated = Result<(bool, String, SigningKey), EmulatorError>;
+    let results: Vec<Generated> = std::thread::scope(|scope| {
+        let mut handles: Vec<std::thread::ScopedJoinHandle<'_, Generated>> = Vec::new();
+        for account in &world.service_accounts {
+            handles.push(scope.spawn(move || {
+                let existing = data_dir
+                    .filter(|_| account.key)
+                    .and_then(|dir| load_key_file(dir, &account.email));
+                let key = match existing {
+                    Some(key) => Ok(key),
+                    None => SigningKey::generate(&account.email),
+                };
+                key.map(|k| (false, account.email.clone(), k))
+                    .map_err(|source| EmulatorError::Key {
+                        account: account.email.clone(),
+                        source,
+                    })
+            }));
+        }
+        for (_, _, provider) in
+            federation::providers(world).filter(|(_, _, p)| p.generate_issuer_key)
+        {
+            handles.push(scope.spawn(move || {
+                federation::load_or_generate_issuer_key(provider, data_dir)
+                    .map(|key| (true, provider.id.clone(), key))
+                    .map_err(|source| EmulatorError::Key {
+                        account: format!("issuer of provider {}", provider.id),
+                        source,
+                    })
+            }));
+        }
         handles
             .into_iter()
             .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
             .collect()
     });
-    let mut keys = HashMap::new();
+    let mut accounts = HashMap::new();
+    let mut issuers = HashMap::new();
     for result in results {
-        let (email, key) = result?;
-        keys.insert(email, Arc::new(key));
+        let (issuer, name, key) = result?;
+        if issuer {
+            issuers.insert(name, Arc::new(key));
+        } else {
+            accounts.insert(name, Arc::new(key));
+        }
     }
-    let id_token_key = SigningKey::generate("gcp-emulator id-token signer").map_err(|source| {
+    let id_token = SigningKey::generate("gcp-emulator id-token signer").map_err(|source| {
         EmulatorError::Key {
             account: "id-token signer".to_owned(),
             source,
         }
     })?;
-    Ok((keys, id_token_key))
+    Ok(Keys {
+        accounts,
+        id_token,
+        issuers,
+    })
 }
 
 fn key_path(dir: &Path, account_id: &str) -> PathBuf {
@@ -432,8 +594,9 @@ fn key_file_json(state: &State, email: &str) -> Option<serde_json::Value> {
     }))
 }
 
-/// Writes `DIR/keys/<account-id>.json` for every account with a key and
-/// `DIR/users/<name>.json` for every authorized user, then `DIR/emulator.env`.
+/// Writes `DIR/keys/<account-id>.json` for every account with a key,
+/// `DIR/users/<name>.json` for every authorized user, `DIR/federation/` (see
+/// [`federation`]), then `DIR/emulator.env`.
 fn write_data_dir(state: &State, dir: &Path) -> Result<(), EmulatorError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
@@ -470,7 +633,13 @@ fn write_data_dir(state: &State, dir: &Path) -> Result<(), EmulatorError> {
         )
         .map_err(io(&path))?;
     }
-    let env = format!("GCP_EMULATOR_URL={}\n", state.base_url);
+    federation::write_files(state, dir, write_private_file)
+        .map_err(|(path, source)| EmulatorError::DataDir { path, source })?;
+    let env = format!(
+        "GCP_EMULATOR_URL={}\nGCP_EMULATOR_STS_MTLS_URL={}\n",
+        state.base_url,
+        state.sts_mtls_url()
+    );
     let temporary = dir.join(".emulator.env.tmp");
     std::fs::write(&temporary, env).map_err(io(&temporary))?;
     std::fs::rename(&temporary, &env_path).map_err(io(&env_path))?;

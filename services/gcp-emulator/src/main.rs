@@ -15,7 +15,9 @@ struct Args {
     /// Address to listen on (port 0 picks a free port; emulator.env tells which).
     #[arg(long, default_value = "127.0.0.1:8085")]
     listen: SocketAddr,
-    /// Directory for the generated key files (keys/<account-id>.json) and emulator.env.
+    /// Directory for what clients need: key files (keys/<account-id>.json), authorized users
+    /// (users/<name>.json), federation material (federation/: issuer keys, the AWS and X.509
+    /// credentials, federation.json) and emulator.env.
     #[arg(long)]
     data_dir: PathBuf,
     /// World definition (TOML); without it, the documented default world.

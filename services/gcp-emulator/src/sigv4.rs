@@ -43,6 +43,12 @@ pub(crate) enum SigV4Error {
     /// The signature does not verify.
     #[error("the AWS request signature does not match")]
     Signature,
+    /// Temporary credentials without their session token, or with another one, or with it
+    /// unsigned.
+    #[error(
+        "the security token included in the request is invalid (temporary credentials need their session token as a signed x-amz-security-token header)"
+    )]
+    SecurityToken,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +108,15 @@ pub(crate) fn verify<'w>(
     if auth.date != amz_date[..8] || auth.service != "sts" || auth.terminator != "aws4_request" {
         return Err(SigV4Error::Header("authorization"));
     }
+    // AWS refuses a signature scoped to another region than the endpoint's ("Credential
+    // should be scoped to a valid region"); the global endpoint is us-east-1's.
+    let endpoint_region = host
+        .strip_prefix("sts.")
+        .and_then(|rest| rest.strip_suffix(".amazonaws.com"))
+        .unwrap_or("us-east-1");
+    if auth.region != endpoint_region {
+        return Err(SigV4Error::Header("authorization"));
+    }
     if !auth.signed_headers.iter().any(|h| h == "host")
         || !auth.signed_headers.iter().any(|h| h == "x-amz-date")
     {
@@ -151,6 +166,22 @@ pub(crate) fn verify<'w>(
     .is_err()
     {
         return Err(SigV4Error::Signature);
+    }
+    if let Some(expected) = &credential.session_token {
+        let presented = header("x-amz-security-token").ok_or(SigV4Error::SecurityToken)?;
+        let signed = auth
+            .signed_headers
+            .iter()
+            .any(|h| h == "x-amz-security-token");
+        if !signed
+            || aws_lc_rs::constant_time::verify_slices_are_equal(
+                presented.as_bytes(),
+                expected.expose().as_bytes(),
+            )
+            .is_err()
+        {
+            return Err(SigV4Error::SecurityToken);
+        }
     }
     Ok(credential)
 }

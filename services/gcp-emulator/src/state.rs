@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use serde::Serialize;
 
 use crate::faults::Faults;
+use crate::federation::Material;
 use crate::keys::SigningKey;
+use crate::requests::RequestLog;
 use crate::world::World;
 
 /// How a token was obtained, as `tokeninfo` reports it.
@@ -71,7 +73,17 @@ pub struct State {
     tokens: Mutex<HashMap<String, TokenRecord>>,
     /// Fault rules and per-endpoint counters.
     pub faults: Faults,
+    /// The last requests of every endpoint, normalized.
+    pub requests: RequestLog,
     lifetime_override: AtomicU64,
+    /// Key material generated for the world's identity providers and the mTLS listener.
+    pub(crate) federation: Material,
+    /// The mTLS STS listener, `https://HOST:PORT` (empty when there is none).
+    pub(crate) sts_mtls_url: String,
+    /// The data directory, if any.
+    pub(crate) data_dir: Option<std::path::PathBuf>,
+    /// IMDSv2 session tokens and their expiry (Unix seconds).
+    imds_sessions: Mutex<HashMap<String, i64>>,
 }
 
 /// Current Unix time in seconds.
@@ -94,8 +106,81 @@ impl State {
             id_token_keys: RwLock::new(vec![Arc::new(id_token_key)]),
             tokens: Mutex::new(HashMap::new()),
             faults: Faults::default(),
+            requests: RequestLog::default(),
             lifetime_override: AtomicU64::new(0),
+            federation: Material::default(),
+            sts_mtls_url: String::new(),
+            data_dir: None,
+            imds_sessions: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// With the federation material, the mTLS STS listener's URL and the data directory.
+    pub(crate) fn with_federation(
+        mut self,
+        material: Material,
+        sts_mtls_url: String,
+        data_dir: Option<std::path::PathBuf>,
+    ) -> Self {
+        self.federation = material;
+        self.sts_mtls_url = sts_mtls_url;
+        self.data_dir = data_dir;
+        self
+    }
+
+    /// Mints an IMDSv2 session token valid for `ttl` seconds.
+    pub(crate) fn mint_imds_session(&self, ttl: i64) -> String {
+        let token = format!("AQAEA{}==", crate::random_token(51));
+        let mut sessions = self.imds_sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let now = now();
+        sessions.retain(|_, expiry| *expiry > now);
+        sessions.insert(token.clone(), now + ttl);
+        token
+    }
+
+    /// Whether `token` is a valid (known, unexpired) IMDSv2 session token.
+    pub(crate) fn valid_imds_session(&self, token: &str) -> bool {
+        let sessions = self.imds_sessions.lock().unwrap_or_else(|e| e.into_inner());
+        sessions.get(token).is_some_and(|expiry| *expiry > now())
+    }
+
+    /// The mTLS STS listener's URL, `https://HOST:PORT`.
+    pub fn sts_mtls_url(&self) -> &str {
+        &self.sts_mtls_url
+    }
+
+    /// The trusted keys of an OIDC provider: its JWKS, or the key the emulator generated.
+    pub(crate) fn oidc_keys(
+        &self,
+        provider: &crate::world::Provider,
+    ) -> Vec<(Option<String>, crate::keys::PublicKey)> {
+        if let Some(key) = self.federation.issuer_keys.get(&provider.id)
+            && provider.generate_issuer_key
+        {
+            return vec![(Some(key.kid().to_owned()), key.public_key())];
+        }
+        let jwks: serde_json::Value = provider
+            .jwks_json
+            .as_deref()
+            .and_then(|j| serde_json::from_str(j).ok())
+            .unwrap_or(serde_json::Value::Null);
+        jwks.get("keys")
+            .and_then(serde_json::Value::as_array)
+            .map(|keys| {
+                keys.iter()
+                    .filter_map(|k| {
+                        let key = crate::keys::PublicKey::from_jwk_components(
+                            k.get("n")?.as_str()?,
+                            k.get("e")?.as_str()?,
+                        )?;
+                        Some((
+                            k.get("kid").and_then(|v| v.as_str()).map(str::to_owned),
+                            key,
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The URL of the ID-token-protected function, `<base URL>/_emulator/function/hello`: the

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::State as AxumState;
+use axum::extract::{ConnectInfo, State as AxumState};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
@@ -15,13 +15,15 @@ use serde_json::{Value, json};
 use crate::errors::{OAuthError, json_response};
 use crate::keys::{PublicKey, UnverifiedJwt};
 use crate::state::{Grant, State, TokenRecord, now};
-use crate::world::Provider;
+use crate::world::{Provider, ProviderKind};
 
 const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
 const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
 const AWS_TYPE: &str = "urn:ietf:params:aws:token-type:aws4_request";
+const MTLS_TYPE: &str = "urn:ietf:params:oauth:token-type:mtls";
+const SAML_TYPE: &str = "urn:ietf:params:oauth:token-type:saml2";
 const MAX_OPTIONS_LEN: usize = 4096;
 const MAX_BOUNDARY_RULES: usize = 10;
 const MAX_CONDITION_LEN: usize = 2048;
@@ -39,8 +41,29 @@ pub(crate) async fn token(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let result =
-        parse_request(&headers, &body).and_then(|request| exchange(&state, &headers, &request));
+    respond(&state, &headers, &body, None)
+}
+
+/// `POST /v1/token` on the mTLS listener: the TLS client certificate is the one X.509
+/// subject tokens must start with.
+pub(crate) async fn token_mtls(
+    AxumState(state): AxumState<Arc<State>>,
+    ConnectInfo(peer): ConnectInfo<crate::mtls::Peer>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    tracing::debug!(remote = %peer.remote, "STS request over mutual TLS");
+    respond(&state, &headers, &body, Some(&peer.certificate))
+}
+
+fn respond(
+    state: &State,
+    headers: &HeaderMap,
+    body: &[u8],
+    client_certificate: Option<&[u8]>,
+) -> Response {
+    let result = parse_request(headers, body)
+        .and_then(|request| exchange(state, headers, &request, client_certificate));
     match result {
         Ok(body) => json_response(StatusCode::OK, body),
         Err(error) => error.into_response(),
@@ -70,7 +93,8 @@ fn parse_request(headers: &HeaderMap, body: &[u8]) -> Result<HashMap<String, Str
         .collect())
 }
 
-fn snake_case(key: &str) -> String {
+/// `subjectTokenType` → `subject_token_type` (snake_case names stay as they are).
+pub(crate) fn snake_case(key: &str) -> String {
     let mut out = String::with_capacity(key.len() + 4);
     for c in key.chars() {
         if c.is_ascii_uppercase() {
@@ -113,6 +137,7 @@ fn exchange(
     state: &State,
     headers: &HeaderMap,
     request: &HashMap<String, String>,
+    client_certificate: Option<&[u8]>,
 ) -> Result<Value, OAuthError> {
     let field = |name: &str| {
         request
@@ -158,24 +183,49 @@ fn exchange(
         .find_provider(state)
         .ok_or_else(|| OAuthError::new(StatusCode::BAD_REQUEST, "invalid_target", TARGET_ERROR))?;
 
-    let user_project = options
-        .get("userProject")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    if pool.workforce && user_project.is_none() && basic_credentials(headers).is_none() {
+    let client_authenticated = authenticate_client(headers, request, &pool, provider)?;
+    let user_project = match options.get("userProject") {
+        None => None,
+        Some(_) if !pool.workforce => {
+            return Err(OAuthError::invalid_request(
+                "Invalid value for \"options\": userProject is only supported for workforce pool \
+                 providers (//iam.googleapis.com/locations/global/workforcePools/...).",
+            ));
+        }
+        Some(Value::String(project))
+            if state
+                .world
+                .projects
+                .iter()
+                .any(|p| &p.id == project || &p.number == project) =>
+        {
+            Some(project.clone())
+        }
+        Some(other) => {
+            return Err(OAuthError::invalid_request(format!(
+                "Invalid value for \"options\": userProject {other} is not a project of this \
+                 world (give a project id or number)."
+            )));
+        }
+    };
+    if pool.workforce && user_project.is_none() && !client_authenticated {
         return Err(OAuthError::invalid_request(
             "A workforce pool token exchange requires \"userProject\" in options, or client authentication.",
         ));
     }
 
+    let kind = provider.kind();
     let (assertion, subject) = match subject_token_type {
-        JWT_TYPE | ID_TOKEN_TYPE if provider.issuer.is_some() => {
-            verify_oidc(provider, &pool, subject_token)?
+        JWT_TYPE | ID_TOKEN_TYPE if kind == ProviderKind::Oidc => {
+            verify_oidc(state, provider, &pool, subject_token)?
         }
-        AWS_TYPE if provider.aws_account_id.is_some() => {
+        AWS_TYPE if kind == ProviderKind::Aws => {
             verify_aws(state, provider, audience, subject_token)?
         }
-        JWT_TYPE | ID_TOKEN_TYPE | AWS_TYPE | "urn:ietf:params:oauth:token-type:saml2" => {
+        MTLS_TYPE if kind == ProviderKind::X509 => {
+            verify_x509(state, provider, subject_token, client_certificate)?
+        }
+        JWT_TYPE | ID_TOKEN_TYPE | AWS_TYPE | MTLS_TYPE | SAML_TYPE => {
             return Err(OAuthError::invalid_request(format!(
                 "Invalid value for \"subject_token_type\": {subject_token_type} is not supported by provider {}.",
                 pool.provider
@@ -300,14 +350,16 @@ impl PoolRef {
                 .world
                 .workforce_pools
                 .iter()
-                .find(|p| p.pool == self.pool)
+                .find(|p| p.pool == self.pool && !p.disabled)
                 .map(|p| &p.providers)
         } else {
             state
                 .world
                 .workload_identity_pools
                 .iter()
-                .find(|p| p.pool == self.pool && p.project_number == self.project_number)
+                .find(|p| {
+                    p.pool == self.pool && p.project_number == self.project_number && !p.disabled
+                })
                 .map(|p| &p.providers)
         };
         providers?
@@ -318,28 +370,18 @@ impl PoolRef {
 
 /// Verifies an OIDC subject token; returns its claims and `google.subject`.
 fn verify_oidc(
+    state: &State,
     provider: &Provider,
     pool: &PoolRef,
     token: &str,
 ) -> Result<(Value, String), OAuthError> {
     let reject = |why: &str| OAuthError::invalid_grant(format!("The incoming JWT {why}."));
     let jwt = UnverifiedJwt::parse(token.trim()).ok_or_else(|| reject("is not a valid JWT"))?;
-    let jwks: Value = provider
-        .jwks_json
-        .as_deref()
-        .and_then(|j| serde_json::from_str(j).ok())
-        .unwrap_or(Value::Null);
-    let keys = jwks
-        .get("keys")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let candidates: Vec<PublicKey> = keys
-        .iter()
-        .filter(|k| jwt.kid().is_none() || k.get("kid").and_then(Value::as_str) == jwt.kid())
-        .filter_map(|k| {
-            PublicKey::from_jwk_components(k.get("n")?.as_str()?, k.get("e")?.as_str()?)
-        })
+    let candidates: Vec<PublicKey> = state
+        .oidc_keys(provider)
+        .into_iter()
+        .filter(|(kid, _)| jwt.kid().is_none() || kid.as_deref() == jwt.kid())
+        .map(|(_, key)| key)
         .collect();
     if !candidates.iter().any(|key| jwt.verify(key)) {
         return Err(reject(
@@ -392,12 +434,12 @@ fn verify_oidc(
         },
     }
     let subject = jwt
-        .claim_str(&provider.subject_claim)
+        .claim_str(provider.subject_source())
         .filter(|s| !s.is_empty())
         .ok_or_else(|| {
             reject(&format!(
                 "has no {} claim to map to google.subject",
-                provider.subject_claim
+                provider.subject_source()
             ))
         })?
         .to_owned();
@@ -422,6 +464,153 @@ fn verify_aws(
     let assertion =
         json!({"arn": caller.arn, "account": caller.account_id(), "userid": caller.access_key_id});
     Ok((assertion, caller.arn.clone()))
+}
+
+/// Verifies an X.509 subject token (a JSON array of base64 DER certificates, leaf first)
+/// presented over mutual TLS: the leaf must be the TLS client certificate and chain to the
+/// provider's trust store. The assertion is the leaf's (see [`crate::x509::assertion`]).
+fn verify_x509(
+    state: &State,
+    provider: &Provider,
+    token: &str,
+    client_certificate: Option<&[u8]>,
+) -> Result<(Value, String), OAuthError> {
+    let Some(client_certificate) = client_certificate else {
+        return Err(OAuthError::invalid_request(
+            "X.509 subject tokens (urn:ietf:params:oauth:token-type:mtls) must be exchanged over \
+             mutual TLS, at the mTLS STS endpoint (sts.mtls.googleapis.com), with the leaf \
+             certificate as the TLS client certificate.",
+        ));
+    };
+    let reject = |why: String| OAuthError::invalid_grant(format!("The X.509 subject token {why}."));
+    let chain =
+        crate::x509::parse_subject_token(token).map_err(|e| reject(format!("is invalid: {e}")))?;
+    let (leaf, rest) = chain
+        .split_first()
+        .ok_or_else(|| reject("is empty".to_owned()))?;
+    if leaf.as_slice() != client_certificate {
+        return Err(reject(
+            "does not start with the TLS client certificate (the leaf must come first)".to_owned(),
+        ));
+    }
+    let (anchors, intermediates) = x509_trust_store(state, provider);
+    crate::x509::verify_chain(
+        &anchors,
+        &intermediates,
+        leaf,
+        rest,
+        std::time::SystemTime::now(),
+    )
+    .map_err(|e| {
+        reject(format!(
+            "cannot be verified with the provider's trust store: {e}"
+        ))
+    })?;
+    let assertion = crate::x509::assertion(leaf).map_err(|e| reject(format!("is invalid: {e}")))?;
+    let subject = crate::x509::assertion_str(&assertion, provider.subject_source())
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            reject(format!(
+                "has no {} to map to google.subject",
+                provider.subject_source()
+            ))
+        })?
+        .to_owned();
+    Ok((assertion, subject))
+}
+
+/// The trust anchors (the configured ones, or the CA the emulator generated) and the
+/// intermediates of an X.509 provider, DER.
+fn x509_trust_store(state: &State, provider: &Provider) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let decode = |pem: &Option<String>| {
+        pem.as_deref()
+            .map(|pem| crate::keys::pem_decode_all(pem, "CERTIFICATE"))
+            .unwrap_or_default()
+    };
+    let mut anchors = decode(&provider.trust_anchors_pem);
+    if provider.generate_ca
+        && let Some(pki) = state.federation.pkis.get(&provider.id)
+    {
+        anchors.push(pki.ca.der.clone());
+    }
+    (anchors, decode(&provider.intermediates_pem))
+}
+
+/// Checks the client authentication of a federated exchange (HTTP Basic, or `client_id` and
+/// `client_secret` in the body): only workforce providers configured with a client accept it,
+/// and then the client id and secret must be theirs. Returns whether the request carried
+/// (valid) client authentication.
+fn authenticate_client(
+    headers: &HeaderMap,
+    request: &HashMap<String, String>,
+    pool: &PoolRef,
+    provider: &Provider,
+) -> Result<bool, OAuthError> {
+    let basic_header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.len() >= 6 && v[..6].eq_ignore_ascii_case("basic "));
+    let basic = basic_credentials(headers);
+    if basic_header && basic.is_none() {
+        return Err(OAuthError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "The HTTP Basic client credentials are malformed.",
+        ));
+    }
+    let body = match (request.get("client_id"), request.get("client_secret")) {
+        (None, None) => None,
+        (Some(id), Some(secret)) => Some((id.clone(), secret.clone())),
+        _ => {
+            return Err(OAuthError::invalid_request(
+                "client_id and client_secret must be sent together.",
+            ));
+        }
+    };
+    let (id, secret) = match (basic, body) {
+        (None, None) => return Ok(false),
+        (Some(_), Some(_)) => {
+            return Err(OAuthError::invalid_request(
+                "The request uses more than one client authentication method.",
+            ));
+        }
+        (Some(credentials), None) | (None, Some(credentials)) => credentials,
+    };
+    if !pool.workforce {
+        return Err(OAuthError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "Client authentication is only supported for workforce pool providers.",
+        ));
+    }
+    let (Some(client_id), Some(client_secret)) = (&provider.client_id, &provider.client_secret)
+    else {
+        return Err(OAuthError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "The OAuth client was not found.",
+        ));
+    };
+    if &id != client_id {
+        return Err(OAuthError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "The OAuth client was not found.",
+        ));
+    }
+    if aws_lc_rs::constant_time::verify_slices_are_equal(
+        secret.as_bytes(),
+        client_secret.expose().as_bytes(),
+    )
+    .is_err()
+    {
+        return Err(OAuthError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "Unauthorized",
+        ));
+    }
+    Ok(true)
 }
 
 /// Downscopes a Google access token with the Credential Access Boundary in `options`.

@@ -22,6 +22,51 @@ pub const GCLOUD_ADC_SCOPES: [&str; 4] = [
     "https://www.googleapis.com/auth/sqlservice.login",
 ];
 
+/// The project of the default world.
+pub const DEFAULT_PROJECT_ID: &str = "dev-project";
+/// The project number of the default world's project.
+pub const DEFAULT_PROJECT_NUMBER: &str = "123456789012";
+/// The default world's workload identity pool (in `dev-project`).
+pub const DEFAULT_WORKLOAD_POOL: &str = "dev-pool";
+/// The default world's OIDC provider of `dev-pool`, with an emulator-generated issuer key.
+pub const DEFAULT_OIDC_PROVIDER: &str = "dev-oidc";
+/// The issuer of [`DEFAULT_OIDC_PROVIDER`].
+pub const DEFAULT_OIDC_ISSUER: &str = "https://oidc.dev.token-broker.local";
+/// The default world's AWS provider of `dev-pool`.
+pub const DEFAULT_AWS_PROVIDER: &str = "dev-aws";
+/// The emulated AWS account [`DEFAULT_AWS_PROVIDER`] trusts.
+pub const DEFAULT_AWS_ACCOUNT: &str = "123456789012";
+/// The default world's AWS access key id (temporary credentials of the instance role).
+pub const DEFAULT_AWS_ACCESS_KEY_ID: &str = "ASIADEVEMULATOR00001";
+/// The secret of [`DEFAULT_AWS_ACCESS_KEY_ID`].
+pub const DEFAULT_AWS_SECRET_ACCESS_KEY: &str = "devEmulatorSecretAccessKey/0000000000000";
+/// The session token of [`DEFAULT_AWS_ACCESS_KEY_ID`].
+pub const DEFAULT_AWS_SESSION_TOKEN: &str = "IQoJb3JpZ2luX2VjEDEVEMULATORSESSIONTOKEN//dev+token=";
+/// The caller ARN of [`DEFAULT_AWS_ACCESS_KEY_ID`].
+pub const DEFAULT_AWS_ARN: &str =
+    "arn:aws:sts::123456789012:assumed-role/dev-role/i-0123456789abcdef0";
+/// The availability zone of the emulated EC2 instance.
+pub const DEFAULT_AWS_AVAILABILITY_ZONE: &str = "us-east-2b";
+/// The id of the emulated EC2 instance.
+pub const DEFAULT_AWS_INSTANCE_ID: &str = "i-0123456789abcdef0";
+/// The default world's X.509 provider of `dev-pool`, with an emulator-generated CA.
+pub const DEFAULT_X509_PROVIDER: &str = "dev-x509";
+/// The subject common name of the workload certificate a generated CA issues.
+pub const DEFAULT_WORKLOAD_COMMON_NAME: &str = "dev-workload";
+/// The URI SAN of the workload certificate a generated CA issues.
+pub const DEFAULT_WORKLOAD_SPIFFE_ID: &str =
+    "spiffe://dev.token-broker.local/workload/dev-workload";
+/// The default world's workforce pool.
+pub const DEFAULT_WORKFORCE_POOL: &str = "dev-workforce";
+/// The default world's OIDC provider of `dev-workforce`, with an emulator-generated key.
+pub const DEFAULT_WORKFORCE_PROVIDER: &str = "dev-workforce-oidc";
+/// The issuer of [`DEFAULT_WORKFORCE_PROVIDER`].
+pub const DEFAULT_WORKFORCE_ISSUER: &str = "https://idp.dev.token-broker.local";
+/// The STS client id of [`DEFAULT_WORKFORCE_PROVIDER`] (HTTP Basic client authentication).
+pub const DEFAULT_WORKFORCE_CLIENT_ID: &str = "dev-workforce-client";
+/// The secret of [`DEFAULT_WORKFORCE_CLIENT_ID`].
+pub const DEFAULT_WORKFORCE_CLIENT_SECRET: &str = "dev-workforce-secret";
+
 /// Why a world definition could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum WorldError {
@@ -74,6 +119,10 @@ pub struct World {
     /// Workforce pools.
     #[serde(default)]
     pub workforce_pools: Vec<WorkforcePool>,
+    /// The EC2 instance the emulated AWS instance metadata service (IMDSv2) speaks for; without
+    /// it `/latest/...` answers 404.
+    #[serde(default)]
+    pub aws_instance: Option<AwsInstance>,
 }
 
 /// A Google Cloud project.
@@ -247,16 +296,53 @@ impl AuthorizedUser {
     }
 }
 
+/// A secret string (a client secret, an AWS session token) that `Debug` never shows.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
 /// AWS credentials known to the emulated AWS STS.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AwsCredential {
-    /// `AKIA...` / `ASIA...`.
+    /// `AKIA...` (long-term) / `ASIA...` (temporary).
     pub access_key_id: String,
     /// The secret used for SigV4.
     pub secret_access_key: String,
+    /// The session token of temporary credentials: when set, a signed request must carry it
+    /// as a signed `x-amz-security-token` header, as AWS requires. Without it, any (or no)
+    /// session token is accepted.
+    #[serde(default)]
+    pub session_token: Option<Secret>,
     /// The caller ARN GetCallerIdentity would return.
     pub arn: String,
+}
+
+impl std::fmt::Debug for AwsCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsCredential")
+            .field("access_key_id", &self.access_key_id)
+            .field("arn", &self.arn)
+            .finish_non_exhaustive()
+    }
 }
 
 impl AwsCredential {
@@ -264,6 +350,49 @@ impl AwsCredential {
     pub fn account_id(&self) -> &str {
         self.arn.split(':').nth(4).unwrap_or_default()
     }
+
+    /// The IAM role of the ARN: `ROLE` of `arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION` or
+    /// `arn:aws:iam::ACCOUNT:role/ROLE`.
+    pub fn role_name(&self) -> Option<&str> {
+        let resource = self.arn.splitn(6, ':').nth(5)?;
+        let mut parts = resource.split('/');
+        let name = match parts.next()? {
+            "assumed-role" | "role" => parts.next()?,
+            _ => return None,
+        };
+        (!name.is_empty()).then_some(name)
+    }
+}
+
+/// The EC2 instance of the emulated instance metadata service (IMDSv2), whose instance role
+/// credentials are one of the world's `[[aws_credentials]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsInstance {
+    /// The access key id of the `[[aws_credentials]]` entry served as the instance role's
+    /// credentials; its ARN names the role (`assumed-role/ROLE/...`).
+    pub access_key_id: String,
+    /// The availability zone, e.g. `us-east-2b` (the region is it without the last letter).
+    #[serde(default = "default_availability_zone")]
+    pub availability_zone: String,
+    /// The instance id.
+    #[serde(default = "default_aws_instance_id")]
+    pub instance_id: String,
+}
+
+impl AwsInstance {
+    /// The region: the availability zone without its last letter (`us-east-2b` → `us-east-2`).
+    pub fn region(&self) -> &str {
+        let zone = self.availability_zone.as_str();
+        zone.get(..zone.len().saturating_sub(1)).unwrap_or_default()
+    }
+}
+
+fn default_availability_zone() -> String {
+    DEFAULT_AWS_AVAILABILITY_ZONE.to_owned()
+}
+fn default_aws_instance_id() -> String {
+    DEFAULT_AWS_INSTANCE_ID.to_owned()
 }
 
 /// A workload identity pool.
@@ -274,6 +403,9 @@ pub struct WorkloadIdentityPool {
     pub project_number: String,
     /// Pool id.
     pub pool: String,
+    /// A disabled pool rejects every exchange (`invalid_target`).
+    #[serde(default)]
+    pub disabled: bool,
     /// Providers of the pool.
     #[serde(default)]
     pub providers: Vec<Provider>,
@@ -285,12 +417,26 @@ pub struct WorkloadIdentityPool {
 pub struct WorkforcePool {
     /// Pool id.
     pub pool: String,
+    /// A disabled pool rejects every exchange (`invalid_target`).
+    #[serde(default)]
+    pub disabled: bool,
     /// Providers of the pool.
     #[serde(default)]
     pub providers: Vec<Provider>,
 }
 
-/// An identity provider of a pool: OIDC (issuer + JWKS) or AWS.
+/// What kind of identity provider a [`Provider`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderKind {
+    /// OIDC: `issuer` with `jwks_json` or `generate_issuer_key`.
+    Oidc,
+    /// AWS: `aws_account_id`.
+    Aws,
+    /// X.509: `trust_anchors_pem` or `generate_ca`.
+    X509,
+}
+
+/// An identity provider of a pool: OIDC (issuer + JWKS), AWS, or X.509 (a trust store).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Provider {
@@ -302,25 +448,209 @@ pub struct Provider {
     /// The issuer's JWKS as JSON.
     #[serde(default)]
     pub jwks_json: Option<String>,
+    /// OIDC: instead of `jwks_json`, the emulator generates the issuer's RSA-2048 signing key
+    /// at start (reused from `DIR/federation/<id>-issuer.pem` when present) and trusts its
+    /// JWKS; tests mint subject tokens with it (`RunningEmulator::mint_oidc_token`).
+    #[serde(default)]
+    pub generate_issuer_key: bool,
     /// Accepted `aud` values; empty means `https://iam.googleapis.com/<provider name>`.
     #[serde(default)]
     pub allowed_audiences: Vec<String>,
     /// The attribute condition (a CEL subset).
     #[serde(default)]
     pub attribute_condition: Option<String>,
-    /// The claim mapped to `google.subject`.
-    #[serde(default = "default_subject_claim")]
-    pub subject_claim: String,
+    /// What is mapped to `google.subject`: for OIDC the claim (default `sub`); for X.509 a
+    /// path of the certificate assertion, `subject.dn.cn` (the default, the leaf's subject
+    /// common name) or `san.uri` (its first URI SAN, e.g. a SPIFFE ID), see the README.
+    /// Ignored for AWS (the caller's ARN).
+    #[serde(default)]
+    pub subject_claim: Option<String>,
     /// For AWS providers: the AWS account whose callers are accepted.
     #[serde(default)]
     pub aws_account_id: Option<String>,
+    /// X.509: the trust anchors (root CAs) of the provider's trust store, PEM (one or more
+    /// certificates).
+    #[serde(default)]
+    pub trust_anchors_pem: Option<String>,
+    /// X.509: intermediate CAs of the trust store, PEM (optional).
+    #[serde(default)]
+    pub intermediates_pem: Option<String>,
+    /// X.509: instead of `trust_anchors_pem`, the emulator generates a CA at start, trusts
+    /// it, and issues a workload certificate from it (`DIR/federation/<id>/`).
+    #[serde(default)]
+    pub generate_ca: bool,
+    /// X.509 with `generate_ca`: the subject common name of the generated workload
+    /// certificate (default `dev-workload`).
+    #[serde(default)]
+    pub workload_common_name: Option<String>,
+    /// X.509 with `generate_ca`: the URI SAN (SPIFFE ID) of the generated workload
+    /// certificate (default `spiffe://dev.token-broker.local/workload/dev-workload`).
+    #[serde(default)]
+    pub workload_spiffe_id: Option<String>,
+    /// Workforce providers: the OAuth client STS accepts as client authentication (HTTP
+    /// Basic, or `client_id`/`client_secret` in the body).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Workforce providers: the secret of `client_id`.
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
     /// A disabled provider rejects every exchange.
     #[serde(default)]
     pub disabled: bool,
 }
 
-fn default_subject_claim() -> String {
-    "sub".to_owned()
+/// The assertion paths an X.509 provider may map to `google.subject`.
+pub const X509_SUBJECT_PATHS: [&str; 4] = ["subject.dn.cn", "san.uri", "san.dns", "subject.dn.o"];
+
+impl Provider {
+    /// A provider with this id and nothing else set (a starting point for struct updates).
+    pub fn new(id: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            issuer: None,
+            jwks_json: None,
+            generate_issuer_key: false,
+            allowed_audiences: Vec::new(),
+            attribute_condition: None,
+            subject_claim: None,
+            aws_account_id: None,
+            trust_anchors_pem: None,
+            intermediates_pem: None,
+            generate_ca: false,
+            workload_common_name: None,
+            workload_spiffe_id: None,
+            client_id: None,
+            client_secret: None,
+            disabled: false,
+        }
+    }
+
+    /// The provider's kind, from the fields set (validation makes it unambiguous).
+    pub fn kind(&self) -> ProviderKind {
+        if self.aws_account_id.is_some() {
+            ProviderKind::Aws
+        } else if self.trust_anchors_pem.is_some() || self.generate_ca {
+            ProviderKind::X509
+        } else {
+            ProviderKind::Oidc
+        }
+    }
+
+    /// What `google.subject` is mapped from: the OIDC claim (default `sub`) or the X.509
+    /// assertion path (default `subject.dn.cn`).
+    pub fn subject_source(&self) -> &str {
+        match (&self.subject_claim, self.kind()) {
+            (Some(claim), _) => claim,
+            (None, ProviderKind::X509) => "subject.dn.cn",
+            (None, _) => "sub",
+        }
+    }
+
+    /// The common name of the workload certificate `generate_ca` issues.
+    pub fn workload_common_name(&self) -> &str {
+        self.workload_common_name
+            .as_deref()
+            .unwrap_or(DEFAULT_WORKLOAD_COMMON_NAME)
+    }
+
+    /// The URI SAN of the workload certificate `generate_ca` issues.
+    pub fn workload_spiffe_id(&self) -> &str {
+        self.workload_spiffe_id
+            .as_deref()
+            .unwrap_or(DEFAULT_WORKLOAD_SPIFFE_ID)
+    }
+
+    /// Whether the emulator generates key material for this provider (an issuer key or a CA),
+    /// written under `DIR/federation/`.
+    pub fn is_generated(&self) -> bool {
+        self.generate_issuer_key || self.generate_ca
+    }
+
+    fn validate(&self, workforce: bool) -> Result<(), WorldError> {
+        let invalid = |why: &str| Err(WorldError::Invalid(format!("provider {}: {why}", self.id)));
+        let safe_id = !self.id.is_empty()
+            && self.id.len() <= 63
+            && self
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if self.is_generated() && !safe_id {
+            return invalid(
+                "the id of a provider with generated keys (it names files) must be 1 to 63 \
+                 lowercase letters, digits and -",
+            );
+        }
+        let oidc = self.issuer.is_some() || self.jwks_json.is_some() || self.generate_issuer_key;
+        let aws = self.aws_account_id.is_some();
+        let x509 = self.trust_anchors_pem.is_some()
+            || self.intermediates_pem.is_some()
+            || self.generate_ca
+            || self.workload_common_name.is_some()
+            || self.workload_spiffe_id.is_some();
+        if usize::from(oidc) + usize::from(aws) + usize::from(x509) != 1 {
+            return invalid(
+                "needs exactly one kind: issuer with jwks_json or generate_issuer_key (OIDC),                  aws_account_id (AWS), or trust_anchors_pem or generate_ca (X.509)",
+            );
+        }
+        if oidc && (self.issuer.is_none() || self.jwks_json.is_some() == self.generate_issuer_key) {
+            return invalid(
+                "an OIDC provider needs issuer and one of jwks_json, generate_issuer_key",
+            );
+        }
+        if x509 {
+            if self.trust_anchors_pem.is_some() == self.generate_ca {
+                return invalid(
+                    "an X.509 provider needs exactly one of trust_anchors_pem, generate_ca",
+                );
+            }
+            if !self.generate_ca
+                && (self.workload_common_name.is_some() || self.workload_spiffe_id.is_some())
+            {
+                return invalid("workload_common_name and workload_spiffe_id need generate_ca");
+            }
+            if workforce {
+                return invalid("workforce pools have no X.509 providers");
+            }
+            if !X509_SUBJECT_PATHS.contains(&self.subject_source()) {
+                return invalid(&format!(
+                    "subject_claim of an X.509 provider must be one of {}",
+                    X509_SUBJECT_PATHS.join(", ")
+                ));
+            }
+            for (name, pem) in [
+                ("trust_anchors_pem", &self.trust_anchors_pem),
+                ("intermediates_pem", &self.intermediates_pem),
+            ] {
+                if let Some(pem) = pem
+                    && crate::keys::pem_decode_all(pem, "CERTIFICATE").is_empty()
+                {
+                    return invalid(&format!("{name} holds no PEM certificate"));
+                }
+            }
+        }
+        if aws && workforce {
+            return invalid("workforce pools have no AWS providers");
+        }
+        if self.client_id.is_some() != self.client_secret.is_some() {
+            return invalid("client_id and client_secret go together");
+        }
+        if self.client_id.is_some() && !workforce {
+            return invalid(
+                "client_id/client_secret (STS client authentication) are for workforce providers",
+            );
+        }
+        if let Some(jwks) = &self.jwks_json {
+            serde_json::from_str::<serde_json::Value>(jwks).map_err(|e| {
+                WorldError::Invalid(format!("provider {}: jwks_json: {e}", self.id))
+            })?;
+        }
+        if let Some(condition) = &self.attribute_condition {
+            crate::cel::Expr::parse(condition).map_err(|e| {
+                WorldError::Invalid(format!("provider {}: attribute_condition: {e}", self.id))
+            })?;
+        }
+        Ok(())
+    }
 }
 
 impl World {
@@ -341,6 +671,12 @@ impl World {
     /// The documented default world (see the crate README).
     pub fn default_world() -> Self {
         let broker = "broker@dev-project.iam.gserviceaccount.com";
+        let workload_pool = format!(
+            "principalSet://iam.googleapis.com/projects/{DEFAULT_PROJECT_NUMBER}/locations/global/workloadIdentityPools/{DEFAULT_WORKLOAD_POOL}/*"
+        );
+        let workforce_pool = format!(
+            "principalSet://iam.googleapis.com/locations/global/workforcePools/{DEFAULT_WORKFORCE_POOL}/*"
+        );
         let target = |email: &str| ServiceAccount {
             email: email.to_owned(),
             key: false,
@@ -352,8 +688,8 @@ impl World {
         };
         World {
             projects: vec![Project {
-                id: "dev-project".to_owned(),
-                number: "123456789012".to_owned(),
+                id: DEFAULT_PROJECT_ID.to_owned(),
+                number: DEFAULT_PROJECT_NUMBER.to_owned(),
             }],
             service_accounts: vec![
                 ServiceAccount {
@@ -367,7 +703,15 @@ impl World {
                     allow_extended_lifetime: false,
                     disabled: false,
                 },
-                target("reader@dev-project.iam.gserviceaccount.com"),
+                // Federated identities of the default pools may impersonate reader@.
+                ServiceAccount {
+                    token_creators: vec![
+                        format!("serviceAccount:{broker}"),
+                        workload_pool,
+                        workforce_pool,
+                    ],
+                    ..target("reader@dev-project.iam.gserviceaccount.com")
+                },
                 // Exempted from the one-hour limit by the organization policy
                 // `iam.allowServiceAccountCredentialLifetimeExtension`: tokens up to 12 hours.
                 ServiceAccount {
@@ -396,9 +740,48 @@ impl World {
                 scopes: GCLOUD_ADC_SCOPES.map(str::to_owned).to_vec(),
                 quota_project_id: Some("dev-project".to_owned()),
             }],
-            aws_credentials: Vec::new(),
-            workload_identity_pools: Vec::new(),
-            workforce_pools: Vec::new(),
+            aws_credentials: vec![AwsCredential {
+                access_key_id: DEFAULT_AWS_ACCESS_KEY_ID.to_owned(),
+                secret_access_key: DEFAULT_AWS_SECRET_ACCESS_KEY.to_owned(),
+                session_token: Some(Secret::new(DEFAULT_AWS_SESSION_TOKEN)),
+                arn: DEFAULT_AWS_ARN.to_owned(),
+            }],
+            workload_identity_pools: vec![WorkloadIdentityPool {
+                project_number: DEFAULT_PROJECT_NUMBER.to_owned(),
+                pool: DEFAULT_WORKLOAD_POOL.to_owned(),
+                disabled: false,
+                providers: vec![
+                    Provider {
+                        issuer: Some(DEFAULT_OIDC_ISSUER.to_owned()),
+                        generate_issuer_key: true,
+                        ..Provider::new(DEFAULT_OIDC_PROVIDER)
+                    },
+                    Provider {
+                        aws_account_id: Some(DEFAULT_AWS_ACCOUNT.to_owned()),
+                        ..Provider::new(DEFAULT_AWS_PROVIDER)
+                    },
+                    Provider {
+                        generate_ca: true,
+                        ..Provider::new(DEFAULT_X509_PROVIDER)
+                    },
+                ],
+            }],
+            workforce_pools: vec![WorkforcePool {
+                pool: DEFAULT_WORKFORCE_POOL.to_owned(),
+                disabled: false,
+                providers: vec![Provider {
+                    issuer: Some(DEFAULT_WORKFORCE_ISSUER.to_owned()),
+                    generate_issuer_key: true,
+                    client_id: Some(DEFAULT_WORKFORCE_CLIENT_ID.to_owned()),
+                    client_secret: Some(Secret::new(DEFAULT_WORKFORCE_CLIENT_SECRET)),
+                    ..Provider::new(DEFAULT_WORKFORCE_PROVIDER)
+                }],
+            }],
+            aws_instance: Some(AwsInstance {
+                access_key_id: DEFAULT_AWS_ACCESS_KEY_ID.to_owned(),
+                availability_zone: DEFAULT_AWS_AVAILABILITY_ZONE.to_owned(),
+                instance_id: DEFAULT_AWS_INSTANCE_ID.to_owned(),
+            }),
         }
     }
 
@@ -445,37 +828,103 @@ impl World {
                 )));
             }
         }
+        self.validate_federation()
+    }
+
+    /// Checks pools, providers, AWS credentials and the AWS instance.
+    fn validate_federation(&self) -> Result<(), WorldError> {
+        let mut pools = HashSet::new();
+        for pool in &self.workload_identity_pools {
+            if !pools.insert((pool.project_number.as_str(), pool.pool.as_str())) {
+                return Err(WorldError::Invalid(format!(
+                    "workload identity pool {} is defined twice",
+                    pool.pool
+                )));
+            }
+        }
+        let mut workforce_pools = HashSet::new();
+        for pool in &self.workforce_pools {
+            if !workforce_pools.insert(pool.pool.as_str()) {
+                return Err(WorldError::Invalid(format!(
+                    "workforce pool {} is defined twice",
+                    pool.pool
+                )));
+            }
+        }
         let providers = self
             .workload_identity_pools
             .iter()
-            .flat_map(|p| &p.providers)
-            .chain(self.workforce_pools.iter().flat_map(|p| &p.providers));
-        for provider in providers {
-            match (
-                &provider.aws_account_id,
-                &provider.issuer,
-                &provider.jwks_json,
-            ) {
-                (Some(_), None, None) | (None, Some(_), Some(_)) => {}
-                _ => {
+            .map(|p| (false, &p.pool, &p.providers))
+            .chain(
+                self.workforce_pools
+                    .iter()
+                    .map(|p| (true, &p.pool, &p.providers)),
+            );
+        let mut generated = HashSet::new();
+        for (workforce, pool, providers) in providers {
+            let mut ids = HashSet::new();
+            for provider in providers {
+                provider.validate(workforce)?;
+                if !ids.insert(provider.id.as_str()) {
                     return Err(WorldError::Invalid(format!(
-                        "provider {} needs either aws_account_id, or issuer and jwks_json",
+                        "provider {} is defined twice in pool {pool}",
+                        provider.id
+                    )));
+                }
+                // Generated material is written to DIR/federation/<id>...: one name each.
+                if provider.is_generated() && !generated.insert(provider.id.as_str()) {
+                    return Err(WorldError::Invalid(format!(
+                        "provider {}: the ids of providers with generate_issuer_key or \
+                         generate_ca must be unique in the world (they name their files)",
                         provider.id
                     )));
                 }
             }
-            if let Some(jwks) = &provider.jwks_json {
-                serde_json::from_str::<serde_json::Value>(jwks).map_err(|e| {
-                    WorldError::Invalid(format!("provider {}: jwks_json: {e}", provider.id))
-                })?;
+        }
+        let mut keys = HashSet::new();
+        for credential in &self.aws_credentials {
+            if !keys.insert(credential.access_key_id.as_str()) {
+                return Err(WorldError::Invalid(format!(
+                    "AWS access key {} is defined twice",
+                    credential.access_key_id
+                )));
             }
-            if let Some(condition) = &provider.attribute_condition {
-                crate::cel::Expr::parse(condition).map_err(|e| {
+            if credential.account_id().len() != 12
+                || !credential.account_id().bytes().all(|b| b.is_ascii_digit())
+            {
+                return Err(WorldError::Invalid(format!(
+                    "AWS credential {}: arn {:?} names no 12-digit account",
+                    credential.access_key_id, credential.arn
+                )));
+            }
+        }
+        if let Some(instance) = &self.aws_instance {
+            let credential = self
+                .aws_credentials
+                .iter()
+                .find(|c| c.access_key_id == instance.access_key_id)
+                .ok_or_else(|| {
                     WorldError::Invalid(format!(
-                        "provider {}: attribute_condition: {e}",
-                        provider.id
+                        "aws_instance.access_key_id {} is not one of [[aws_credentials]]",
+                        instance.access_key_id
                     ))
                 })?;
+            if credential.role_name().is_none() {
+                return Err(WorldError::Invalid(format!(
+                    "aws_instance: the ARN {} of its credential names no role \
+                     (arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION)",
+                    credential.arn
+                )));
+            }
+            let zone = instance.availability_zone.as_bytes();
+            if zone.len() < 2
+                || !zone[zone.len() - 1].is_ascii_lowercase()
+                || !zone[zone.len() - 2].is_ascii_digit()
+            {
+                return Err(WorldError::Invalid(format!(
+                    "aws_instance.availability_zone {:?} is not a zone such as us-east-2b",
+                    instance.availability_zone
+                )));
             }
         }
         Ok(())

@@ -1430,7 +1430,14 @@ async fn the_binary_layout_key_files_are_reused_across_restarts() {
         .await
         .expect("start");
     let env = std::fs::read_to_string(dir.join("emulator.env")).expect("env");
-    assert_eq!(env, format!("GCP_EMULATOR_URL={}\n", first.url()));
+    assert_eq!(
+        env,
+        format!(
+            "GCP_EMULATOR_URL={}\nGCP_EMULATOR_STS_MTLS_URL={}\n",
+            first.url(),
+            first.sts_mtls_url()
+        )
+    );
     let key_file: Value = serde_json::from_str(
         &std::fs::read_to_string(dir.join("keys/broker.json")).expect("key file"),
     )

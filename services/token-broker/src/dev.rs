@@ -4,8 +4,12 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
-use gcp_emulator::{Emulator, RunningEmulator};
+use broker_backends::Env;
+
+use gcp_emulator::{Emulator, Federation, RunningEmulator};
+use serde_json::json;
 
 use crate::pki::{CertificateAuthority, LeafSpec, PkiError};
 use crate::server::{self, RunningBroker, StartError};
@@ -25,6 +29,14 @@ pub const METADATA_CREDENTIAL: &str = "dev-metadata";
 pub const USER_CREDENTIAL: &str = "dev-user";
 /// `reader@`, impersonated with `dev`'s tokens.
 pub const READER_CREDENTIAL: &str = "dev-reader";
+/// Workload identity federation with a subject-token file dev mode keeps fresh (an OIDC token
+/// of the emulator's `dev-pool`), impersonating `reader@`.
+pub const FEDERATED_CREDENTIAL: &str = "dev-federated";
+/// An AWS workload reaching Google with no Google key: the emulated EC2 instance's role,
+/// exchanged through `dev-pool`'s AWS provider.
+pub const AWS_CREDENTIAL: &str = "dev-aws";
+/// The `sub` of the OIDC tokens in dev mode's subject-token file.
+pub const FEDERATED_SUBJECT: &str = "dev-workload";
 /// The emulator's service accounts dev mode's policy names.
 pub const BROKER_SA: &str = "broker@dev-project.iam.gserviceaccount.com";
 /// The service account `broker@` may impersonate (it holds Token Creator on it).
@@ -46,6 +58,9 @@ pub enum DevError {
     /// The emulator did not start.
     #[error("emulator: {0}")]
     Emulator(#[from] gcp_emulator::EmulatorError),
+    /// The emulator's world lacks what dev mode's federation needs, or cannot mint for it.
+    #[error("emulator federation: {0}")]
+    Federation(String),
     /// Certificates could not be made.
     #[error(transparent)]
     Pki(#[from] PkiError),
@@ -75,6 +90,8 @@ pub struct DevEnvironment {
     pub config: PathBuf,
     /// The directory holding everything.
     pub dir: PathBuf,
+    /// The audience of `dev-pool`'s OIDC provider (for the printed `tokenctl exchange`).
+    pub federated_audience: String,
 }
 
 fn write(path: &Path, contents: &str, private: bool) -> Result<(), DevError> {
@@ -126,9 +143,17 @@ pub async fn prepare(options: &DevOptions) -> Result<DevEnvironment, DevError> {
         write(&dir.join(format!("{name}-key.pem")), &issued.key_pem, true)?;
     }
 
+    let providers = DevProviders::of(&emulator.federation())?;
+    let federation_dir = dir.join("federation");
+    std::fs::create_dir_all(&federation_dir).map_err(|source| DevError::Write {
+        path: federation_dir,
+        source,
+    })?;
+    write_federation_files(&dir, emulator.url(), &providers)?;
+    write_subject_token(&dir, &emulator)?;
     write(
         &dir.join("policy.toml"),
-        &policy(&emulator.function_url()),
+        &policy(&emulator.function_url(), &providers),
         false,
     )?;
     let config = dir.join("broker.toml");
@@ -141,6 +166,7 @@ pub async fn prepare(options: &DevOptions) -> Result<DevEnvironment, DevError> {
         emulator,
         config,
         dir,
+        federated_audience: providers.oidc.audience,
     })
 }
 
@@ -162,10 +188,188 @@ pub fn write_env(environment: &DevEnvironment, addr: SocketAddr) -> Result<(), D
     std::fs::rename(&temporary, &path).map_err(|source| DevError::Write { path, source })
 }
 
-fn policy(function_url: &str) -> String {
+/// How long the OIDC subject tokens in dev mode's subject-token file are valid.
+const SUBJECT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+/// How old it may get before dev mode writes a new one (as a projected Kubernetes token
+/// rotates).
+const SUBJECT_TOKEN_REFRESH: Duration = Duration::from_secs(20 * 60);
+/// How often dev mode checks its age.
+const SUBJECT_TOKEN_CHECK: Duration = Duration::from_secs(60);
+
+/// The environment of dev mode's credentials: the process's, without the variables that would
+/// send them elsewhere than the emulator (the developer's real AWS keys and region, which
+/// `dev-aws` would otherwise sign with instead of the emulated instance's role, and a
+/// certificate configuration).
+fn dev_env() -> Env {
+    Env::from_fn(|name| {
+        let hidden = name.starts_with("AWS_") || name == "GOOGLE_API_CERTIFICATE_CONFIG";
+        if hidden {
+            None
+        } else {
+            std::env::var(name).ok()
+        }
+    })
+}
+/// Where dev mode keeps `dev-federated`'s subject token, under `DIR`.
+const SUBJECT_TOKEN_FILE: &str = "federation/dev-subject-token.jwt";
+
+/// The emulator's identity providers dev mode federates with.
+struct DevProviders {
+    /// `dev-pool`'s OIDC provider.
+    oidc: gcp_emulator::OidcProviderInfo,
+    /// `dev-pool`'s AWS provider, with the emulated instance's credentials.
+    aws: gcp_emulator::AwsProviderInfo,
+    /// The workforce pool's OIDC provider.
+    workforce: gcp_emulator::OidcProviderInfo,
+}
+
+impl DevProviders {
+    fn of(federation: &Federation) -> Result<Self, DevError> {
+        let missing = |what: &str| {
+            DevError::Federation(format!("the emulator's default world has no {what}"))
+        };
+        Ok(Self {
+            oidc: federation
+                .workload_oidc()
+                .cloned()
+                .ok_or_else(|| missing("workload OIDC provider with an issuer key"))?,
+            aws: federation
+                .aws_provider()
+                .filter(|aws| aws.imds_url.is_some())
+                .cloned()
+                .ok_or_else(|| missing("AWS provider served by its EC2 metadata emulation"))?,
+            workforce: federation
+                .workforce_oidc()
+                .cloned()
+                .ok_or_else(|| missing("workforce OIDC provider with an issuer key"))?,
+        })
+    }
+}
+
+/// Writes `DIR/federation.json` (what a person or a test needs to mint subject tokens of
+/// their own; it holds the dev AWS secret, so 0600) and the two `external_account` files.
+fn write_federation_files(
+    dir: &Path,
+    emulator_url: &str,
+    providers: &DevProviders,
+) -> Result<(), DevError> {
+    let DevProviders {
+        oidc,
+        aws,
+        workforce,
+    } = providers;
+    let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    let secret =
+        |s: &Option<gcp_emulator::world::Secret>| s.as_ref().map(|s| s.expose().to_owned());
+    let federation = json!({
+        "oidc": {
+            "issuer": oidc.issuer,
+            "key_id": oidc.key_id,
+            "key_file": path(&oidc.key_file),
+            "audience": oidc.audience,
+            "token_audience": oidc.token_audience,
+            "subject_token_type": oidc.subject_token_type(),
+            "subject_token_file": dir.join(SUBJECT_TOKEN_FILE).display().to_string(),
+        },
+        "aws": {
+            "region": aws.region,
+            "access_key_id": aws.access_key_id,
+            "secret_access_key": secret(&aws.secret_access_key),
+            "session_token": secret(&aws.session_token),
+            "audience": aws.audience,
+            "subject_token_type": aws.subject_token_type(),
+            "regional_cred_verification_url": aws.regional_cred_verification_url,
+            "credential_source": aws.credential_source(),
+        },
+        "workforce": {
+            "issuer": workforce.issuer,
+            "key_id": workforce.key_id,
+            "key_file": path(&workforce.key_file),
+            "audience": workforce.audience,
+            "token_audience": workforce.token_audience,
+            "subject_token_type": workforce.subject_token_type(),
+            "user_project": workforce.user_project,
+        },
+    });
+    let pretty = |value: &serde_json::Value| format!("{value:#}\n");
+    write(&dir.join("federation.json"), &pretty(&federation), true)?;
+
+    let impersonation_url =
+        format!("{emulator_url}/v1/projects/-/serviceAccounts/{READER_SA}:generateAccessToken");
+    let federated = json!({
+        "universe_domain": "googleapis.com",
+        "type": "external_account",
+        "audience": oidc.audience,
+        "subject_token_type": oidc.subject_token_type(),
+        "token_url": format!("{emulator_url}/v1/token"),
+        "credential_source": {
+            "file": dir.join(SUBJECT_TOKEN_FILE).display().to_string(),
+            "format": {"type": "text"},
+        },
+        "service_account_impersonation_url": impersonation_url,
+    });
+    write(
+        &dir.join(format!("federation/{FEDERATED_CREDENTIAL}.json")),
+        &pretty(&federated),
+        false,
+    )?;
+    let aws_file = json!({
+        "universe_domain": "googleapis.com",
+        "type": "external_account",
+        "audience": aws.audience,
+        "subject_token_type": aws.subject_token_type(),
+        "token_url": format!("{emulator_url}/v1/token"),
+        "credential_source": aws.credential_source(),
+    });
+    write(
+        &dir.join(format!("federation/{AWS_CREDENTIAL}.json")),
+        &pretty(&aws_file),
+        false,
+    )?;
+    write(
+        &dir.join("boundary.json"),
+        &pretty(&example_boundary()),
+        false,
+    )
+}
+
+/// A Credential Access Boundary that lets a token only read one bucket's objects.
+fn example_boundary() -> serde_json::Value {
+    json!({"accessBoundary": {"accessBoundaryRules": [{
+        "availableResource": format!("//storage.googleapis.com/projects/_/buckets/{DEV_BUCKET}"),
+        "availablePermissions": ["inRole:roles/storage.objectViewer"],
+    }]}})
+}
+
+/// The bucket of dev mode's example boundary.
+const DEV_BUCKET: &str = "dev-bucket";
+
+/// Writes a new OIDC subject token for `dev-federated` (atomically, as the kubelet rotates a
+/// projected token).
+fn write_subject_token(dir: &Path, emulator: &RunningEmulator) -> Result<(), DevError> {
+    let token = zeroize::Zeroizing::new(
+        emulator
+            .mint_oidc_token(
+                gcp_emulator::world::DEFAULT_OIDC_PROVIDER,
+                FEDERATED_SUBJECT,
+                SUBJECT_TOKEN_LIFETIME,
+                serde_json::Value::Null,
+            )
+            .map_err(|e| DevError::Federation(e.to_string()))?,
+    );
+    let path = dir.join(SUBJECT_TOKEN_FILE);
+    let temporary = path.with_extension("new");
+    write(&temporary, &token, true)?;
+    std::fs::rename(&temporary, &path).map_err(|source| DevError::Write { path, source })
+}
+
+fn policy(function_url: &str, providers: &DevProviders) -> String {
+    let oidc = &providers.oidc.audience;
+    let aws = &providers.aws.audience;
+    let workforce = &providers.workforce.audience;
     format!(
         r#"# The dev policy: two example workloads and the emulator's accounts. `app` may use every
-# RPC but ExchangeToken; the read-only workload may only read storage.
+# RPC; the read-only workload may only read storage.
 
 [[grants]]
 name = "dev-app"
@@ -237,8 +441,54 @@ credential = "{CREDENTIAL}"
 default = true
 callers = [{{ spiffe_id = "{READONLY_SPIFFE_ID}" }}]
 scopes = ["https://www.googleapis.com/auth/devstorage.read_only"]
-# A small budget, so the limit can be seen: 20 requests a second, 40 at once.
-rate_limit = {{ per_second = 20, burst = 40 }}
+# A small budget, so the limit can be seen: 10 requests a second, 20 at once.
+rate_limit = {{ per_second = 10, burst = 20 }}
+
+# Workload identity federation, as the broker's own credentials: an OIDC token file (then
+# reader@ by impersonation), and the emulated EC2 instance's AWS role. The caller may also send
+# its own subject tokens through them (ExchangeToken with `credential`).
+[[grants]]
+name = "dev-app-federated"
+credential = "{FEDERATED_CREDENTIAL}"
+callers = [{{ spiffe_id = "{APP_SPIFFE_ID}" }}]
+rpcs = ["GetAccessToken", "GenerateIdToken", "ExchangeToken"]
+scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+scope_prefixes = ["https://www.googleapis.com/auth/devstorage."]
+subject_token_types = ["urn:ietf:params:oauth:token-type:jwt", "urn:ietf:params:oauth:token-type:id_token"]
+# ID-token audiences, and the credential's provider when an exchange names it too.
+audiences = ["{function_url}", "{oidc}"]
+audience_prefixes = ["https://"]
+
+[[grants]]
+name = "dev-app-aws"
+credential = "{AWS_CREDENTIAL}"
+callers = [{{ spiffe_id = "{APP_SPIFFE_ID}" }}]
+rpcs = ["GetAccessToken", "ExchangeToken"]
+scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+scope_prefixes = ["https://www.googleapis.com/auth/devstorage."]
+subject_token_types = ["urn:ietf:params:aws:token-type:aws4_request"]
+audiences = ["{aws}"]
+
+# Plain exchanges: the caller's own subject tokens (OIDC, AWS, workforce) for the emulator's
+# providers, passed through to STS as they are.
+[[grants]]
+name = "dev-app-exchange"
+callers = [{{ spiffe_id = "{APP_SPIFFE_ID}" }}]
+rpcs = ["ExchangeToken"]
+audiences = ["{oidc}", "{aws}", "{workforce}"]
+subject_token_types = ["urn:ietf:params:oauth:token-type:jwt", "urn:ietf:params:oauth:token-type:id_token", "urn:ietf:params:aws:token-type:aws4_request"]
+scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+scope_prefixes = ["https://www.googleapis.com/auth/devstorage."]
+
+# Downscoping a Google access token, only ever within reading {DEV_BUCKET}'s objects.
+[[grants]]
+name = "dev-app-downscope"
+callers = [{{ spiffe_id = "{APP_SPIFFE_ID}" }}]
+rpcs = ["ExchangeToken"]
+subject_token_types = ["urn:ietf:params:oauth:token-type:access_token"]
+[[grants.access_boundary.rules]]
+available_resource = "//storage.googleapis.com/projects/_/buckets/{DEV_BUCKET}"
+available_permissions = ["inRole:roles/storage.objectViewer"]
 "#
     )
 }
@@ -294,6 +544,20 @@ name = "{READER_CREDENTIAL}"
 kind = "impersonated"
 base = "{CREDENTIAL}"
 target = "{READER_SA}"
+
+# Workload identity federation (gcloud iam workload-identity-pools create-cred-config files):
+# an OIDC token file dev mode rotates, then reader@ by impersonation; no Google key.
+[[credentials]]
+name = "{FEDERATED_CREDENTIAL}"
+kind = "external_account"
+file = "federation/{FEDERATED_CREDENTIAL}.json"
+
+# An AWS workload: the emulated EC2 instance's role (IMDSv2), a signed GetCallerIdentity
+# request exchanged at STS; no Google key at all.
+[[credentials]]
+name = "{AWS_CREDENTIAL}"
+kind = "external_account"
+file = "federation/{AWS_CREDENTIAL}.json"
 "#
     )
 }
@@ -302,10 +566,33 @@ target = "{READER_SA}"
 pub async fn run(options: DevOptions) -> Result<(), DevError> {
     let environment = prepare(&options).await?;
     let settings = Settings::load(&environment.config, Some(config::Map::new()), &[])?;
-    let broker: RunningBroker = server::start(settings).await?;
+    let broker: RunningBroker = server::start_with_env(settings, &dev_env()).await?;
     write_env(&environment, broker.addr())?;
     print_instructions(&environment, broker.addr());
-    server::shutdown_signal().await;
+    // Keep dev-federated's subject token fresh until asked to stop. Its age is wall-clock
+    // time, which goes on while a laptop sleeps (a monotonic interval would not).
+    let shutdown = server::shutdown_signal();
+    tokio::pin!(shutdown);
+    let mut check = tokio::time::interval(SUBJECT_TOKEN_CHECK);
+    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut minted = SystemTime::now();
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            _ = check.tick() => {
+                let age = SystemTime::now().duration_since(minted).unwrap_or(Duration::MAX);
+                if age < SUBJECT_TOKEN_REFRESH {
+                    continue;
+                }
+                match write_subject_token(&environment.dir, &environment.emulator) {
+                    Ok(()) => minted = SystemTime::now(),
+                    Err(error) => {
+                        tracing::warn!(%error, "could not rotate dev-federated's subject token");
+                    }
+                }
+            }
+        }
+    }
     broker.shutdown().await;
     environment.emulator.shutdown().await;
     Ok(())
@@ -335,9 +622,16 @@ fn print_instructions(environment: &DevEnvironment, addr: SocketAddr) {
          \n  # signing with Google-managed keys: no key leaves Google\
          \n  echo '{{\"sub\":\"demo\",\"aud\":\"https://example.com\"}}' | tokenctl sign-jwt --service-account {reader}\
          \n  echo hello | tokenctl sign-blob --service-account {broker}\
+         \n  # identity federation, no Google key: an OIDC token file (then reader@), an AWS instance role\
+         \n  tokenctl print-access-token --credential dev-federated --format json\
+         \n  tokenctl print-access-token --credential dev-aws --format json\
+         \n  # ExchangeToken: your own OIDC token for a Google token (mint others with {dir}/federation.json)\
+         \n  tokenctl exchange --subject-token-file {dir}/{subject_token} --subject-token-type jwt --audience {audience} --format json\
+         \n  # downscoping: a token that may only read gs://{bucket}\
+         \n  tokenctl print-access-token | tokenctl downscope --boundary {dir}/boundary.json --format json\
          \n  # the read-only workload may only read storage; this is denied:\
          \n  TOKEN_BROKER_CERT={dir}/readonly.pem TOKEN_BROKER_KEY={dir}/readonly-key.pem tokenctl print-access-token\
-         \n  # it may also make only 20 requests a second (40 at once): a burst of 100 is cut off\
+         \n  # it may also make only 10 requests a second (20 at once): a burst of 100 is cut off\
          \n  cargo build -q -p broker-client && seq 100 | xargs -P 20 -I{{}} env TOKEN_BROKER_CERT={dir}/readonly.pem \\\
          \n      TOKEN_BROKER_KEY={dir}/readonly-key.pem target/debug/tokenctl --no-retry print-access-token --scopes https://www.googleapis.com/auth/devstorage.read_only 2>&1 >/dev/null | grep -c RESOURCE_EXHAUSTED\
          \n  # what a token is:\
@@ -348,5 +642,8 @@ fn print_instructions(environment: &DevEnvironment, addr: SocketAddr) {
         reader = READER_SA,
         writer = WRITER_SA,
         broker = BROKER_SA,
+        subject_token = SUBJECT_TOKEN_FILE,
+        audience = environment.federated_audience,
+        bucket = DEV_BUCKET,
     );
 }

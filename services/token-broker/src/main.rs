@@ -121,7 +121,14 @@ async fn check_config(path: &std::path::Path) -> ExitCode {
         Ok(http) => {
             let clock: Arc<dyn broker_core::Clock> = Arc::new(broker_core::SystemClock);
             let cache = broker_cache::TokenCache::new(settings.cache.config(), Arc::clone(&clock));
-            server::load_credentials(&settings, &cache, &http, clock).await
+            server::load_credentials(
+                &settings,
+                &cache,
+                &http,
+                clock,
+                &broker_backends::Env::process(),
+            )
+            .await
         }
         Err(error) => Err(server::StartError::Http(error.to_string())),
     };

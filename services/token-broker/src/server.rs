@@ -9,9 +9,10 @@ use std::time::Duration;
 use broker_authz::Policy;
 use broker_backends::{
     AdcOptions, AuthorizedUserCredentials, AuthorizedUserSource, BackendError, BaseWrapper, Env,
-    GoogleEndpoints, HttpClient, ImpersonatedServiceAccountFile, ImpersonatedSource,
-    MetadataSource, ServiceAccountKey, ServiceAccountSource, find_default_credentials,
-    metadata_base_url, upstream_host,
+    ExternalAccountConfig, ExternalAccountOptions, ExternalAccountSource, GoogleEndpoints,
+    HttpClient, ImpersonatedServiceAccountFile, ImpersonatedSource, MetadataSource,
+    ServiceAccountKey, ServiceAccountSource, find_default_credentials, metadata_base_url,
+    upstream_host,
 };
 use broker_cache::{CachedSource, TokenCache};
 use broker_core::{Clock, CredentialName, SystemClock, TokenSource};
@@ -107,12 +108,14 @@ pub fn load_policy(
     let policy = Policy::from_toml_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut problems = Vec::new();
     for (i, grant) in policy.grants().iter().enumerate() {
-        if !credentials.contains(grant.credential()) {
+        if let Some(credential) = grant.credential()
+            && !credentials.contains(credential)
+        {
             problems.push(format!(
                 "{}: grants[{i}] ({}) names credential {:?}, which is not configured",
                 path.display(),
                 grant.name(),
-                grant.credential().as_str()
+                credential.as_str()
             ));
         }
     }
@@ -127,15 +130,16 @@ pub fn load_policy(
 /// failure, every problem with its location. Sources that discover their principal (metadata,
 /// authorized user, Application Default Credentials) ask Google once here. Each credential's
 /// access tokens are also served through `cache` ([`Credential::cached`]), which is how
-/// impersonation and IAM signing get their base tokens.
+/// impersonation and IAM signing get their base tokens. Environment variables (the metadata
+/// server's host, Application Default Credentials, AWS credentials) come from `env`.
 pub async fn load_credentials(
     settings: &Settings,
     cache: &TokenCache,
     http: &HttpClient,
     clock: Arc<dyn Clock>,
+    env: &Env,
 ) -> Result<HashMap<CredentialName, Credential>, StartError> {
     let endpoints = &settings.google;
-    let env = Env::process();
     let mut credentials: HashMap<CredentialName, Credential> = HashMap::new();
     let mut problems = Vec::new();
     let mut failed: Vec<&str> = Vec::new();
@@ -170,7 +174,7 @@ pub async fn load_credentials(
                 http,
                 cache,
                 clock: &clock,
-                env: &env,
+                env,
             };
             match load_with_retries(entry, base, &context).await {
                 Ok((name, credential)) => {
@@ -282,6 +286,7 @@ async fn load_credential(
         ))
     });
     let mut origin = None;
+    let mut federation = None;
     let source: Arc<dyn TokenSource> = match entry {
         CredentialSettings::ServiceAccount { key_file, .. } => {
             let key = ServiceAccountKey::from_file(key_file)?;
@@ -325,6 +330,34 @@ async fn load_credential(
                     .with_clock(clock),
             )
         }
+        CredentialSettings::ExternalAccount {
+            file,
+            allow_executable,
+            mtls_roots_file,
+            ..
+        } => {
+            let config = ExternalAccountConfig::from_file(file)?;
+            let mtls_root_certificates = match mtls_roots_file {
+                Some(path) => Some(std::fs::read(path).map_err(|e| {
+                    LoadFailure::Invalid(format!(
+                        "cannot read mtls_roots_file {}: {e}",
+                        path.display()
+                    ))
+                })?),
+                None => None,
+            };
+            let options = ExternalAccountOptions {
+                allow_executables: *allow_executable,
+                env: env.clone(),
+                mtls_root_certificates,
+            };
+            let source = Arc::new(
+                ExternalAccountSource::new(config, endpoints.clone(), http.clone(), options)?
+                    .with_clock(clock),
+            );
+            federation = Some(Arc::clone(&source));
+            source
+        }
         CredentialSettings::ApplicationDefault { .. } => {
             let found = find_default_credentials(&AdcOptions {
                 wrap_base: Some(wrap_base),
@@ -340,6 +373,10 @@ async fn load_credential(
             &metadata_base_url(endpoints, env).unwrap_or_else(|_| endpoints.metadata_url.clone()),
         ),
         "impersonated" => upstream_host(&endpoints.iam_credentials_url),
+        "external_account" => federation.as_ref().map_or_else(
+            || upstream_host(&endpoints.sts_url),
+            |f| upstream_host(f.token_url()),
+        ),
         _ => upstream_host(&endpoints.token_url),
     };
     tracing::info!(
@@ -357,6 +394,7 @@ async fn load_credential(
             Arc::clone(&source),
         )),
         source,
+        federation,
         upstream,
     };
     Ok((name, credential))
@@ -417,8 +455,14 @@ fn warn_on_mixed_endpoints(google: &GoogleEndpoints) {
     }
 }
 
-/// Starts the broker and returns once it is serving.
+/// Starts the broker and returns once it is serving; its credentials read the process's
+/// environment.
 pub async fn start(settings: Settings) -> Result<RunningBroker, StartError> {
+    start_with_env(settings, &Env::process()).await
+}
+
+/// [`start`], with the credentials reading `env` instead of the process's environment.
+pub async fn start_with_env(settings: Settings, env: &Env) -> Result<RunningBroker, StartError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -432,7 +476,7 @@ pub async fn start(settings: Settings) -> Result<RunningBroker, StartError> {
     let http =
         HttpClient::new(settings.http.clone()).map_err(|e| StartError::Http(e.to_string()))?;
     let cache = TokenCache::new(settings.cache.config(), Arc::clone(&clock));
-    let credentials = load_credentials(&settings, &cache, &http, Arc::clone(&clock)).await?;
+    let credentials = load_credentials(&settings, &cache, &http, Arc::clone(&clock), env).await?;
     let names: Vec<CredentialName> = credentials.keys().cloned().collect();
     let policy_path = settings.policy.file.clone();
     let (policy, policy_task) = crate::reload::watch_files(

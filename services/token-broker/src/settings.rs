@@ -85,6 +85,13 @@
 //! # file = "impersonated.json"  # instead of base/target/delegates: gcloud's
 //! #                             # impersonated_service_account file
 //!
+//! [[credentials]]               # workload or workforce identity federation
+//! name = "federated"
+//! kind = "external_account"
+//! file = "/etc/token-broker/wif.json"  # gcloud iam workload-identity-pools create-cred-config
+//! allow_executable = false      # whether an `executable` credential source may run
+//! # mtls_roots_file = "sts-ca.pem"  # roots a `certificate` source's mTLS connections trust
+//!
 //! [[credentials]]               # Google's discovery order: GOOGLE_APPLICATION_CREDENTIALS,
 //! name = "adc"                  # gcloud's well-known file, the metadata server
 //! kind = "application_default"
@@ -413,6 +420,22 @@ pub enum CredentialSettings {
         /// An `impersonated_service_account` file (its source credentials are the base).
         file: Option<PathBuf>,
     },
+    /// Workload or workforce identity federation: an `external_account` file as `gcloud iam
+    /// workload-identity-pools create-cred-config` (or `workforce-pools`) writes it.
+    ExternalAccount {
+        /// The name policies and requests use.
+        name: String,
+        /// The `external_account` JSON file.
+        file: PathBuf,
+        /// Whether its `executable` credential source may run (the broker's equivalent of
+        /// `GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES=1`). Default false: a file with an
+        /// executable source is refused.
+        #[serde(default)]
+        allow_executable: bool,
+        /// PEM CA certificates that a `certificate` source's mTLS connections to STS and IAM
+        /// trust instead of the platform's roots (a private endpoint, or the emulator).
+        mtls_roots_file: Option<PathBuf>,
+    },
     /// Google's Application Default Credentials: `GOOGLE_APPLICATION_CREDENTIALS`, then
     /// gcloud's well-known file, then the metadata server; whichever is found first.
     ApplicationDefault {
@@ -433,6 +456,7 @@ impl CredentialSettings {
             | Self::Metadata { name, .. }
             | Self::AuthorizedUser { name, .. }
             | Self::Impersonated { name, .. }
+            | Self::ExternalAccount { name, .. }
             | Self::ApplicationDefault { name } => name,
         }
     }
@@ -444,6 +468,7 @@ impl CredentialSettings {
             Self::Metadata { .. } => "metadata",
             Self::AuthorizedUser { .. } => "authorized_user",
             Self::Impersonated { .. } => "impersonated",
+            Self::ExternalAccount { .. } => "external_account",
             Self::ApplicationDefault { .. } => "application_default",
         }
     }
@@ -534,6 +559,16 @@ impl Settings {
             match credential {
                 CredentialSettings::ServiceAccount { key_file, .. } => resolve(key_file),
                 CredentialSettings::AuthorizedUser { file, .. } => resolve(file),
+                CredentialSettings::ExternalAccount {
+                    file,
+                    mtls_roots_file,
+                    ..
+                } => {
+                    resolve(file);
+                    if let Some(roots) = mtls_roots_file {
+                        resolve(roots);
+                    }
+                }
                 CredentialSettings::Impersonated {
                     file: Some(file), ..
                 } => resolve(file),

@@ -49,6 +49,16 @@ pub enum RpcError {
         /// For INVALID_LIFETIME: the largest value accepted.
         max_seconds: Option<u64>,
     },
+    /// ExchangeToken was asked for a token type the broker does not accept.
+    #[error("invalid {field}: {description}")]
+    UnsupportedTokenType {
+        /// `subject_token_type` or `requested_token_type`.
+        field: &'static str,
+        /// The rejected value (not a secret), cut at [`MAX_TOKEN_TYPE_SHOWN`] characters.
+        token_type: String,
+        /// What the broker accepts instead.
+        description: String,
+    },
     /// The policy denied the request.
     #[error("permission denied for {caller}: {message}")]
     PolicyDenied {
@@ -123,12 +133,34 @@ pub enum RpcError {
     Unimplemented(&'static str),
 }
 
+/// The most characters of a rejected token type an error repeats.
+pub const MAX_TOKEN_TYPE_SHOWN: usize = 128;
+
 /// How long clients should wait after an overload.
 const OVERLOAD_RETRY_DELAY: Duration = Duration::from_millis(200);
 /// How long clients should wait after an upstream failure that gave no Retry-After.
 const UPSTREAM_RETRY_DELAY: Duration = Duration::from_secs(1);
 
 impl RpcError {
+    /// The same error, with an invalid field's path inside the request's message `parent`
+    /// (such as `options`); other errors are unchanged.
+    pub fn within(self, parent: &str) -> Self {
+        match self {
+            Self::InvalidField {
+                reason,
+                field,
+                description,
+                max_seconds,
+            } => Self::InvalidField {
+                reason,
+                field: format!("{parent}.{field}"),
+                description,
+                max_seconds,
+            },
+            other => other,
+        }
+    }
+
     /// The error of the cache or source, if this is one.
     fn source_error(&self) -> Option<&SourceError> {
         match self {
@@ -148,6 +180,7 @@ impl RpcError {
                 "CLIENT_CERTIFICATE_NOT_TRUSTED"
             }
             Self::InvalidField { reason, .. } => reason,
+            Self::UnsupportedTokenType { .. } => "UNSUPPORTED_TOKEN_TYPE",
             Self::PolicyDenied { .. } => "POLICY_DENIED",
             Self::CredentialNotFound(_) => "CREDENTIAL_NOT_FOUND",
             Self::FlowUnsupported { .. } => "CREDENTIAL_FLOW_UNSUPPORTED",
@@ -184,7 +217,7 @@ impl RpcError {
     fn code(&self) -> Code {
         match self {
             Self::NoCertificate | Self::Unauthenticated(_) => Code::Unauthenticated,
-            Self::InvalidField { .. } => Code::InvalidArgument,
+            Self::InvalidField { .. } | Self::UnsupportedTokenType { .. } => Code::InvalidArgument,
             Self::PolicyDenied { .. } => Code::PermissionDenied,
             Self::CredentialNotFound(_) => Code::NotFound,
             Self::FlowUnsupported { .. } => Code::FailedPrecondition,
@@ -238,6 +271,12 @@ impl RpcError {
                 if let Some(max) = max_seconds {
                     put("max_seconds", &max.to_string());
                 }
+            }
+            Self::UnsupportedTokenType {
+                field, token_type, ..
+            } => {
+                put("field", field);
+                put("token_type", token_type);
             }
             Self::PolicyDenied {
                 caller,
@@ -310,7 +349,9 @@ impl RpcError {
                         put("upstream", host);
                         put("upstream_status", &rejection.status.to_string());
                         put("upstream_error", &rejection.error);
-                        put("credential", credential);
+                        if !credential.is_empty() {
+                            put("credential", credential);
+                        }
                         if let Some(field) = &rejection.field {
                             put("field", field);
                         }
@@ -352,6 +393,9 @@ impl RpcError {
             Self::InvalidField {
                 field, description, ..
             } => Some((field, description.clone())),
+            Self::UnsupportedTokenType {
+                field, description, ..
+            } => Some((field, description.clone())),
             _ => match self.source_error() {
                 Some(SourceError::InvalidRequest { field, message }) => {
                     Some((field, message.clone()))
@@ -382,6 +426,7 @@ impl RpcError {
 
 /// The INVALID_* reason for a request field.
 fn field_reason(field: &str) -> &'static str {
+    let field = field.strip_prefix("options.").unwrap_or(field);
     if field.starts_with("access_boundary") {
         "INVALID_ACCESS_BOUNDARY"
     } else if field.starts_with("scopes") {
@@ -508,6 +553,21 @@ mod tests {
                 Code::InvalidArgument,
                 Some("INVALID_SCOPE"),
                 vec![("field", "scopes[1]")],
+                false,
+                true,
+            ),
+            (
+                RpcError::UnsupportedTokenType {
+                    field: "subject_token_type",
+                    token_type: "urn:ietf:params:oauth:token-type:mtls".into(),
+                    description: "x".into(),
+                },
+                Code::InvalidArgument,
+                Some("UNSUPPORTED_TOKEN_TYPE"),
+                vec![
+                    ("field", "subject_token_type"),
+                    ("token_type", "urn:ietf:params:oauth:token-type:mtls"),
+                ],
                 false,
                 true,
             ),

@@ -121,7 +121,7 @@ async fn dev_mode_serves_tokens_to_the_example_workloads() {
         .get_access_token(allowed.clone())
         .await
         .expect("read-only storage");
-    // The read-only workload has a small budget (20 requests a second, 40 at once), so a
+    // The read-only workload has a small budget (10 requests a second, 20 at once), so a
     // burst runs out of it; the app's budget is untouched.
     let mut limited = 0;
     for _ in 0..60 {
@@ -165,7 +165,7 @@ async fn check_config_accepts_the_dev_configuration_and_lists_every_problem() {
         "{}",
         String::from_utf8_lossy(&good.stderr)
     );
-    assert!(String::from_utf8_lossy(&good.stdout).contains("ok (4 credentials, 7 grants)"));
+    assert!(String::from_utf8_lossy(&good.stdout).contains("ok (6 credentials, 11 grants)"));
 
     // Three independent problems: a TLS key that is not a key, a credential whose key file is
     // missing, a policy grant naming an unknown credential.
@@ -181,7 +181,7 @@ async fn check_config_accepts_the_dev_configuration_and_lists_every_problem() {
     for expected in [
         "tls:",
         "server-key.pem",
-        "credentials[4] (ghost)",
+        "credentials[6] (ghost)",
         "missing.json",
         "grants[6]",
         "nowhere",

@@ -596,3 +596,371 @@ pub fn bad_request_field(status: &tonic::Status) -> Option<String> {
         .bad_request()
         .and_then(|b| b.field_violations.first().map(|v| v.field.clone()))
 }
+
+// Identity federation: subject tokens, `external_account` files and a token server.
+
+/// `subject_token_type` of an OIDC JWT.
+pub const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+/// `subject_token_type` of an OIDC ID token.
+pub const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
+/// `subject_token_type` of a SAML 2.0 assertion.
+pub const SAML2_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:saml2";
+/// `subject_token_type` of a signed AWS `GetCallerIdentity` request.
+pub const AWS4_TOKEN_TYPE: &str = "urn:ietf:params:aws:token-type:aws4_request";
+/// `subject_token_type` of X.509 federation.
+pub const MTLS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:mtls";
+/// A Google access token: the subject of downscoping, and what every exchange issues.
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+/// The intermediate token of client-side Credential Access Boundaries.
+pub const INTERMEDIATE_TOKEN_TYPE: &str =
+    "urn:ietf:params:oauth:token-type:access_boundary_intermediate_token";
+/// RFC 8693's grant type.
+pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// Google's `iam` scope: what a federated token that impersonates is asked for.
+pub const IAM_SCOPE: &str = "https://www.googleapis.com/auth/iam";
+/// The default world's workload identity pool, as principal sets and audiences name it.
+pub const WORKLOAD_POOL: &str =
+    "iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/dev-pool";
+/// The default world's workforce pool.
+pub const WORKFORCE_POOL: &str = "iam.googleapis.com/locations/global/workforcePools/dev-workforce";
+
+/// The STS audience of a provider of the default workload pool, such as `dev-oidc`.
+pub fn workload_provider(provider: &str) -> String {
+    format!("//{WORKLOAD_POOL}/providers/{provider}")
+}
+
+/// The STS audience of a provider of the default workforce pool.
+pub fn workforce_provider(provider: &str) -> String {
+    format!("//{WORKFORCE_POOL}/providers/{provider}")
+}
+
+/// The federated principal the emulator records for `subject` of the default workload pool.
+pub fn workload_principal(subject: &str) -> String {
+    format!("principal://{WORKLOAD_POOL}/subject/{subject}")
+}
+
+/// An ExchangeToken request with these three fields and nothing else.
+pub fn exchange(
+    subject_token: &str,
+    subject_token_type: &str,
+    audience: &str,
+) -> broker_proto::tokenbroker::v1::ExchangeTokenRequest {
+    broker_proto::tokenbroker::v1::ExchangeTokenRequest {
+        subject_token: subject_token.to_owned(),
+        subject_token_type: subject_token_type.to_owned(),
+        audience: audience.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// A Credential Access Boundary of one rule: `roles` on `resource`.
+pub fn boundary(
+    resource: &str,
+    roles: &[&str],
+) -> broker_proto::tokenbroker::v1::CredentialAccessBoundary {
+    broker_proto::tokenbroker::v1::CredentialAccessBoundary {
+        access_boundary_rules: vec![broker_proto::tokenbroker::v1::AccessBoundaryRule {
+            available_resource: resource.to_owned(),
+            available_permissions: roles.iter().map(|r| (*r).to_owned()).collect(),
+            availability_condition: None,
+        }],
+    }
+}
+
+impl Harness {
+    /// A subject token of the emulator's OIDC provider `provider` (an id such as `dev-oidc`,
+    /// or its audience) for `subject`, valid for 10 minutes, with `extra_claims` (an object,
+    /// or null) set over the standard ones.
+    pub fn oidc_token(
+        &self,
+        provider: &str,
+        subject: &str,
+        extra_claims: serde_json::Value,
+    ) -> String {
+        self.emulator
+            .mint_oidc_token(provider, subject, Duration::from_secs(600), extra_claims)
+            .expect("subject token")
+    }
+
+    /// A subject token of `provider` for `subject` that expired an hour ago (well past STS's
+    /// five minutes of clock skew).
+    pub fn expired_oidc_token(&self, provider: &str, subject: &str) -> String {
+        let now = unix_now();
+        self.oidc_token(
+            provider,
+            subject,
+            serde_json::json!({"iat": now - 7200, "exp": now - 3600}),
+        )
+    }
+
+    /// The STS requests the emulator saw, oldest first (its request log, normalized).
+    pub fn sts_requests(&self) -> Vec<gcp_emulator::RecordedRequest> {
+        self.emulator.requests(gcp_emulator::Endpoint::StsToken)
+    }
+
+    /// Forgets the STS requests seen so far.
+    pub fn clear_sts_requests(&self) {
+        self.emulator
+            .clear_requests(Some(gcp_emulator::Endpoint::StsToken));
+    }
+}
+
+/// Lowercase hex of the SHA-256 of `bytes` (the emulator's request log fingerprints
+/// credentials so).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Writes `json` as the file `name` of `dir` (an `external_account` file, an executable's
+/// answer).
+pub fn write_json(dir: &Path, name: &str, json: &serde_json::Value) {
+    std::fs::write(
+        dir.join(name),
+        serde_json::to_string_pretty(json).expect("json"),
+    )
+    .expect("write");
+}
+
+/// AWS credentials to sign a `GetCallerIdentity` request with.
+#[derive(Debug, Clone)]
+pub struct AwsKeys {
+    /// The access key id.
+    pub access_key_id: String,
+    /// Its secret.
+    pub secret_access_key: String,
+    /// The session token of temporary credentials.
+    pub session_token: Option<String>,
+    /// The region signed for.
+    pub region: String,
+}
+
+impl AwsKeys {
+    /// The credentials of the emulator's first AWS provider (the default world's `dev-aws`).
+    pub fn of(emulator: &RunningEmulator) -> Self {
+        let federation = emulator.federation();
+        let aws = federation
+            .aws_provider()
+            .expect("an AWS provider with credentials");
+        Self {
+            access_key_id: aws.access_key_id.clone().expect("access key id"),
+            secret_access_key: aws
+                .secret_access_key
+                .as_ref()
+                .expect("secret")
+                .expose()
+                .to_owned(),
+            session_token: aws.session_token.as_ref().map(|t| t.expose().to_owned()),
+            region: aws.region.clone(),
+        }
+    }
+}
+
+/// An `aws4_request` subject token as Google's client libraries build it: a SigV4-signed
+/// `POST` of STS `GetCallerIdentity` in `keys.region`, with the headers `host`, `x-amz-date`,
+/// `x-amz-security-token` (with a session token) and `x-goog-cloud-target-resource` (the
+/// provider's `audience`) signed, serialized as JSON and then percent-encoded. Signed at
+/// `time`.
+pub fn aws4_request_token(keys: &AwsKeys, audience: &str, time: SystemTime) -> String {
+    let host = format!("sts.{}.amazonaws.com", keys.region);
+    let url = format!("https://{host}?Action=GetCallerIdentity&Version=2011-06-15");
+    let amz_date = amz_date(time);
+    let date = &amz_date[..8];
+    let mut headers: Vec<(&str, String)> = vec![
+        ("host", host.clone()),
+        ("x-amz-date", amz_date.clone()),
+        ("x-goog-cloud-target-resource", audience.to_owned()),
+    ];
+    if let Some(token) = &keys.session_token {
+        headers.push(("x-amz-security-token", token.clone()));
+    }
+    headers.sort();
+    let signed_headers = headers
+        .iter()
+        .map(|(name, _)| *name)
+        .collect::<Vec<_>>()
+        .join(";");
+    let canonical_headers: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}:{}\n", value.trim()))
+        .collect();
+    let canonical_request = format!(
+        "POST\n/\nAction=GetCallerIdentity&Version=2011-06-15\n{canonical_headers}\n{signed_headers}\n{}",
+        sha256_hex(b"")
+    );
+    let scope = format!("{date}/{}/sts/aws4_request", keys.region);
+    let string_to_sign = format!(
+        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
+        sha256_hex(canonical_request.as_bytes())
+    );
+    let hmac = |key: &[u8], data: &str| {
+        aws_lc_rs::hmac::sign(
+            &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key),
+            data.as_bytes(),
+        )
+        .as_ref()
+        .to_vec()
+    };
+    let mut key = hmac(format!("AWS4{}", keys.secret_access_key).as_bytes(), date);
+    for part in [keys.region.as_str(), "sts", "aws4_request"] {
+        key = hmac(&key, part);
+    }
+    let signature: String = hmac(&key, &string_to_sign)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let authorization = format!(
+        "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}",
+        keys.access_key_id
+    );
+    let mut entries = vec![serde_json::json!({"key": "Authorization", "value": authorization})];
+    entries.extend(
+        headers
+            .iter()
+            .map(|(name, value)| serde_json::json!({"key": name, "value": value})),
+    );
+    let request = serde_json::json!({"url": url, "method": "POST", "headers": entries});
+    percent_encode(&request.to_string())
+}
+
+/// Every byte but `A-Za-z0-9-_.~` percent-encoded (a space as `%20`, a `+` as `%2B`).
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// `YYYYMMDDTHHMMSSZ` of `time`, UTC.
+fn amz_date(time: SystemTime) -> String {
+    let seconds = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rest) = (seconds / 86_400, seconds % 86_400);
+    // Days since 1970-01-01 to a civil date (proleptic Gregorian), by eras of 400 years.
+    let z = i64::try_from(days).unwrap_or(0) + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}T{:02}{:02}{:02}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
+/// A plain-HTTP server on 127.0.0.1 that answers every request with the same body (set with
+/// [`TokenServer::serve`]), as a token agent or an instance metadata endpoint would: what an
+/// `external_account` `url` source reads. Stops when dropped.
+#[derive(Debug)]
+pub struct TokenServer {
+    url: String,
+    body: Arc<std::sync::Mutex<String>>,
+    requests: Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TokenServer {
+    /// Listens on an ephemeral port of 127.0.0.1; answers 503 until a body is set.
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let body = Arc::new(std::sync::Mutex::new(String::new()));
+        let requests = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (served, seen) = (Arc::clone(&body), Arc::clone(&requests));
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (served, seen) = (Arc::clone(&served), Arc::clone(&seen));
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        answer(stream, &served, &seen),
+                    )
+                    .await;
+                });
+            }
+        });
+        Self {
+            url,
+            body,
+            requests,
+            task,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Answers `body` (as `application/json`) from now on.
+    pub fn serve(&self, body: &str) {
+        *self.body.lock().expect("lock") = body.to_owned();
+    }
+
+    /// The heads (request line and headers) of the requests seen, oldest first.
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().expect("lock").clone()
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads one request's head, records it, and answers with the body (503 while it is empty).
+async fn answer(
+    mut stream: tokio::net::TcpStream,
+    body: &std::sync::Mutex<String>,
+    requests: &std::sync::Mutex<Vec<String>>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut head = Vec::new();
+    let mut buffer = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 * 1024 {
+        let read = stream.read(&mut buffer).await?;
+        if read == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buffer[..read]);
+    }
+    requests
+        .lock()
+        .expect("lock")
+        .push(String::from_utf8_lossy(&head).into_owned());
+    let body = body.lock().expect("lock").clone();
+    let status = if body.is_empty() {
+        "503 Service Unavailable"
+    } else {
+        "200 OK"
+    };
+    let response = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}

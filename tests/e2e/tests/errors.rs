@@ -352,16 +352,24 @@ async fn every_row_of_the_error_table() {
     assert_eq!(status.code(), Code::Unavailable);
     assert_eq!(retry_delay(&status), Some(Duration::from_secs(60)));
 
-    // An RPC of a later release, and Google gone altogether.
+    // A feature of a later release (ExchangeToken's intermediate tokens of client-side
+    // boundaries), and Google gone altogether.
     let status = client
-        .exchange_token(pb::ExchangeTokenRequest::default())
+        .exchange_token(pb::ExchangeTokenRequest {
+            requested_token_type:
+                "urn:ietf:params:oauth:token-type:access_boundary_intermediate_token".into(),
+            ..exchange("a-token", JWT_TOKEN_TYPE, "")
+        })
         .await
         .expect_err("not yet");
     assert_eq!(status.code(), Code::Unimplemented);
     let (reason, metadata) = error_info(&status);
     assert_eq!(
         (reason.as_str(), metadata["feature"].as_str()),
-        ("FEATURE_NOT_IMPLEMENTED", "ExchangeToken")
+        (
+            "FEATURE_NOT_IMPLEMENTED",
+            "requested_token_type=urn:ietf:params:oauth:token-type:access_boundary_intermediate_token"
+        )
     );
     let Harness {
         emulator,

@@ -2,7 +2,12 @@
 //! fails and refuses: no token, assertion, key or subject token may appear in it. Nor, on the
 //! paths of impersonation, ID tokens and signing (every kind of credential, successes and
 //! injected IAM, token-endpoint and metadata failures): an ID token, an impersonated token, a
-//! signed JWT, a signature (raw or encoded), a refresh token or a client secret.
+//! signed JWT, a signature (raw or encoded), a refresh token or a client secret. Nor, on the
+//! paths of identity federation (ExchangeToken, plain, shaped by a credential and downscoping,
+//! and `external_account` credentials of file and AWS sources, with Google's refusals and
+//! failures): a subject token (OIDC or a signed AWS request), an exchanged or downscoped
+//! token, an AWS secret access key, session token or request signature, or a workforce
+//! client secret.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -175,6 +180,9 @@ async fn no_secret_reaches_the_logs_at_any_level() {
     let mut signatures: Vec<Vec<u8>> = Vec::new();
     let more_key_fragments = new_paths(&mut secrets, &mut signatures).await;
 
+    // Identity federation.
+    let federation_secrets = federation_paths(&mut secrets).await;
+
     let logs = String::from_utf8(capture.0.lock().expect("lock").clone()).expect("utf-8");
     assert!(
         logs.len() > 1000,
@@ -208,11 +216,19 @@ async fn no_secret_reaches_the_logs_at_any_level() {
             "a token prefix leaked into the logs"
         );
     }
+    for secret in &federation_secrets {
+        assert!(
+            !logs.contains(secret.as_str()),
+            "a federation secret leaked into the logs ({} characters of it)",
+            secret.len()
+        );
+    }
     for rpc in [
         "ImpersonateServiceAccount",
         "GenerateIdToken",
         "SignJwt",
         "SignBlob",
+        "ExchangeToken",
     ] {
         assert!(
             logs.contains(&format!("rpc=\"{rpc}\"")),
@@ -223,6 +239,26 @@ async fn no_secret_reaches_the_logs_at_any_level() {
         logs.contains("IAM_PERMISSION_DENIED"),
         "the capture saw the IAM refusal"
     );
+    for seen in [
+        "exchange=\"federation\"",
+        "exchange=\"downscoping\"",
+        "subject_token_sub=repo:org/app",
+    ] {
+        assert!(logs.contains(seen), "the capture saw {seen}");
+    }
+    for reason in [
+        "UPSTREAM_REJECTED",
+        "UPSTREAM_UNAVAILABLE",
+        "UPSTREAM_DEADLINE_EXCEEDED",
+    ] {
+        assert!(
+            logs.lines()
+                .any(|line| line.contains("rpc=\"ExchangeToken\"")
+                    && line.contains("outcome=\"error\"")
+                    && line.contains(&format!("reason=\"{reason}\""))),
+            "the capture saw an ExchangeToken failing with {reason}"
+        );
+    }
     for signature in &signatures {
         for encoded in encodings(signature) {
             assert!(
@@ -602,4 +638,321 @@ async fn new_paths(secrets: &mut Vec<String>, signatures: &mut Vec<Vec<u8>>) -> 
     let fragments = pem_fragments(key_file["private_key"].as_str().expect("pem"));
     harness.stop().await;
     fragments
+}
+
+/// `app` may exchange anything of the default pools and downscope, use `ext-reader` (an
+/// `external_account` credential impersonating reader@ whose source is a token file) for both
+/// RPCs, `wif-aws` (the emulator's IMDSv2) and `ext-workforce` (a workforce OAuth client).
+const FEDERATION_POLICY: &str = r#"
+[[grants]]
+name = "tokens"
+credential = "sa"
+default = true
+callers = [{ spiffe_id = "spiffe://example.org/ns/prod/sa/app" }]
+scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+
+[[grants]]
+name = "plain"
+callers = [{ spiffe_id = "spiffe://example.org/ns/prod/sa/app" }]
+rpcs = ["ExchangeToken"]
+audience_prefixes = [
+  "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/dev-pool/",
+  "//iam.googleapis.com/locations/global/workforcePools/dev-workforce/",
+]
+subject_token_types = [
+  "urn:ietf:params:oauth:token-type:jwt",
+  "urn:ietf:params:aws:token-type:aws4_request",
+  "urn:ietf:params:oauth:token-type:access_token",
+]
+scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+scope_prefixes = ["https://www.googleapis.com/auth/devstorage."]
+
+[[grants]]
+name = "ext-reader"
+credential = "ext-reader"
+callers = [{ spiffe_id = "spiffe://example.org/ns/prod/sa/app" }]
+rpcs = ["GetAccessToken", "ExchangeToken"]
+scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+scope_prefixes = ["https://www.googleapis.com/auth/devstorage."]
+subject_token_types = ["urn:ietf:params:oauth:token-type:jwt"]
+
+[[grants]]
+name = "wif-aws"
+credential = "wif-aws"
+callers = [{ spiffe_id = "spiffe://example.org/ns/prod/sa/app" }]
+scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+scope_prefixes = ["https://www.googleapis.com/auth/devstorage."]
+
+[[grants]]
+name = "ext-workforce"
+credential = "ext-workforce"
+callers = [{ spiffe_id = "spiffe://example.org/ns/prod/sa/app" }]
+rpcs = ["ExchangeToken"]
+scopes = ["https://www.googleapis.com/auth/cloud-platform"]
+subject_token_types = ["urn:ietf:params:oauth:token-type:jwt"]
+"#;
+
+const FEDERATION_CREDENTIALS: &str = r#"
+[[credentials]]
+name = "ext-reader"
+kind = "external_account"
+file = "ext-reader.json"
+
+[[credentials]]
+name = "wif-aws"
+kind = "external_account"
+file = "wif-aws.json"
+
+[[credentials]]
+name = "ext-workforce"
+kind = "external_account"
+file = "ext-workforce.json"
+"#;
+
+/// The workforce provider's OAuth client secret in the default world.
+const WORKFORCE_CLIENT_SECRET: &str = "dev-workforce-secret";
+
+/// The `external_account` files: `ext-reader` reads `subject-token` (a dev-oidc token),
+/// `wif-aws` the emulator's IMDSv2, `ext-workforce` authenticates its client.
+fn write_federation_files(emulator: &RunningEmulator, dir: &std::path::Path) {
+    let federation = emulator.federation();
+    let sts = format!("{}/v1/token", emulator.url());
+    let token = emulator
+        .mint_oidc_token(
+            "dev-oidc",
+            "file-workload",
+            std::time::Duration::from_secs(600),
+            serde_json::Value::Null,
+        )
+        .expect("subject token");
+    std::fs::write(dir.join("subject-token"), token).expect("write");
+    write_json(
+        dir,
+        "ext-reader.json",
+        &json!({
+            "type": "external_account",
+            "audience": workload_provider("dev-oidc"),
+            "subject_token_type": JWT_TOKEN_TYPE,
+            "token_url": sts,
+            "service_account_impersonation_url": format!(
+                "{}/v1/projects/-/serviceAccounts/{READER_SA}:generateAccessToken",
+                emulator.url()
+            ),
+            "credential_source": {"file": dir.join("subject-token").display().to_string()},
+        }),
+    );
+    let aws = federation.aws_provider().expect("dev-aws");
+    write_json(
+        dir,
+        "wif-aws.json",
+        &json!({
+            "type": "external_account",
+            "audience": aws.audience,
+            "subject_token_type": AWS4_TOKEN_TYPE,
+            "token_url": sts,
+            "credential_source": aws.credential_source(),
+        }),
+    );
+    write_json(
+        dir,
+        "ext-workforce.json",
+        &json!({
+            "type": "external_account",
+            "audience": workforce_provider("dev-workforce-oidc"),
+            "subject_token_type": JWT_TOKEN_TYPE,
+            "client_id": "dev-workforce-client",
+            "client_secret": WORKFORCE_CLIENT_SECRET,
+            "token_url": sts,
+            "credential_source": {"file": dir.join("subject-token").display().to_string()},
+        }),
+    );
+}
+
+/// Exchanges, federates and downscopes, and fails doing so; collects the tokens that must
+/// stay secret into `secrets` and returns the other federation secrets: the subject tokens
+/// (and, of signed AWS requests, the signature), the AWS secret access key and session token,
+/// the workforce client secret.
+async fn federation_paths(secrets: &mut Vec<String>) -> Vec<String> {
+    let harness = Harness::start(Options {
+        policy: FEDERATION_POLICY.to_owned(),
+        extra_config: FEDERATION_CREDENTIALS.to_owned(),
+        setup: Some(write_federation_files),
+        ..Options::default()
+    })
+    .await;
+    let mut client = harness.client_for(APP).await;
+    let keys = AwsKeys::of(&harness.emulator);
+    let mut other: Vec<String> = vec![
+        keys.secret_access_key.clone(),
+        "devEmulatorSecretAccessKey".to_owned(),
+        WORKFORCE_CLIENT_SECRET.to_owned(),
+    ];
+    let session = keys.session_token.clone().expect("a session token");
+    other.push(session.clone());
+    other.push(session[..24].to_owned());
+    let dev_oidc = workload_provider("dev-oidc");
+    let dev_aws = workload_provider("dev-aws");
+    let mut subject_tokens: Vec<String> = Vec::new();
+
+    // Plain federation: OIDC and AWS, each twice (never cached).
+    let oidc = harness.oidc_token("dev-oidc", "repo:org/app", serde_json::Value::Null);
+    let aws = aws4_request_token(&keys, &dev_aws, std::time::SystemTime::now());
+    for (token, token_type, audience) in [
+        (&oidc, JWT_TOKEN_TYPE, &dev_oidc),
+        (&aws, AWS4_TOKEN_TYPE, &dev_aws),
+    ] {
+        for _ in 0..2 {
+            secrets.push(
+                client
+                    .exchange_token(exchange(token, token_type, audience))
+                    .await
+                    .unwrap_or_else(|e| panic!("{token_type}: {e:?}"))
+                    .into_inner()
+                    .access_token,
+            );
+        }
+    }
+    subject_tokens.push(oidc.clone());
+    subject_tokens.push(aws.clone());
+    let signature = aws
+        .split("Signature%3D")
+        .nth(1)
+        .map(|rest| rest[..64].to_owned())
+        .expect("the AWS signature");
+    other.push(signature);
+
+    // Shaped by credentials: impersonation, and a workforce client.
+    secrets.push(
+        client
+            .exchange_token(broker_proto::tokenbroker::v1::ExchangeTokenRequest {
+                credential: "ext-reader".into(),
+                ..exchange(&oidc, JWT_TOKEN_TYPE, "")
+            })
+            .await
+            .expect("impersonated")
+            .into_inner()
+            .access_token,
+    );
+    let alice = harness.oidc_token("dev-workforce-oidc", "alice", serde_json::Value::Null);
+    secrets.push(
+        client
+            .exchange_token(broker_proto::tokenbroker::v1::ExchangeTokenRequest {
+                credential: "ext-workforce".into(),
+                ..exchange(&alice, JWT_TOKEN_TYPE, "")
+            })
+            .await
+            .expect("workforce")
+            .into_inner()
+            .access_token,
+    );
+    subject_tokens.push(alice);
+
+    // Configured credentials: a token file, AWS through IMDSv2; minted, then cached.
+    for credential in ["ext-reader", "wif-aws"] {
+        for _ in 0..2 {
+            secrets.push(
+                client
+                    .get_access_token(pb::GetAccessTokenRequest {
+                        credential: credential.to_owned(),
+                        ..request(&[CLOUD_PLATFORM])
+                    })
+                    .await
+                    .unwrap_or_else(|e| panic!("{credential}: {e:?}"))
+                    .into_inner()
+                    .access_token,
+            );
+        }
+    }
+    subject_tokens.push(
+        std::fs::read_to_string(harness.dir.path().join("subject-token")).expect("token file"),
+    );
+
+    // Downscoping a broker token.
+    let broker_token = client
+        .get_access_token(request(&[CLOUD_PLATFORM]))
+        .await
+        .expect("sa")
+        .into_inner()
+        .access_token;
+    secrets.push(broker_token.clone());
+    let downscope = broker_proto::tokenbroker::v1::ExchangeTokenRequest {
+        options: Some(broker_proto::tokenbroker::v1::ExchangeTokenOptions {
+            user_project: String::new(),
+            access_boundary: Some(boundary(
+                "//storage.googleapis.com/projects/_/buckets/b",
+                &["inRole:roles/storage.objectViewer"],
+            )),
+        }),
+        ..exchange(&broker_token, ACCESS_TOKEN_TYPE, "")
+    };
+    for _ in 0..2 {
+        secrets.push(
+            client
+                .exchange_token(downscope.clone())
+                .await
+                .expect("downscoped")
+                .into_inner()
+                .access_token,
+        );
+    }
+
+    // Refusals and failures: an expired subject token, a forged AWS request, an unknown
+    // provider, STS failing and refusing with a description, the caller's deadline, an expired
+    // token file.
+    let expired = harness.expired_oidc_token("dev-oidc", "repo:org/app");
+    let forged = aws4_request_token(
+        &AwsKeys {
+            secret_access_key: "forged-secret-access-key/0000000000000000".into(),
+            ..keys.clone()
+        },
+        &dev_aws,
+        std::time::SystemTime::now(),
+    );
+    for (token, token_type, audience) in [
+        (&expired, JWT_TOKEN_TYPE, dev_oidc.clone()),
+        (&forged, AWS4_TOKEN_TYPE, dev_aws.clone()),
+        (&oidc, JWT_TOKEN_TYPE, workload_provider("nope")),
+    ] {
+        client
+            .exchange_token(exchange(token, token_type, &audience))
+            .await
+            .expect_err("refused");
+    }
+    subject_tokens.push(expired.clone());
+    subject_tokens.push(forged);
+    inject(&harness, json!({"endpoint": "sts.token", "status": 503}));
+    client
+        .exchange_token(exchange(&oidc, JWT_TOKEN_TYPE, &dev_oidc))
+        .await
+        .expect_err("unavailable");
+    inject(
+        &harness,
+        json!({"endpoint": "sts.token", "status": 400, "error": "invalid_grant",
+            "error_description": "The subject token is invalid."}),
+    );
+    client
+        .exchange_token(downscope.clone())
+        .await
+        .expect_err("refused");
+    inject(&harness, json!({"endpoint": "sts.token", "delay_ms": 1000}));
+    let mut hurried = tonic::Request::new(exchange(&oidc, JWT_TOKEN_TYPE, &dev_oidc));
+    hurried.set_timeout(std::time::Duration::from_millis(300));
+    assert!(client.exchange_token(hurried).await.is_err());
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    harness.emulator.clear_faults();
+    harness.replace_file("subject-token", &expired);
+    client
+        .get_access_token(pb::GetAccessTokenRequest {
+            credential: "ext-reader".to_owned(),
+            ..request(&[STORAGE_READ])
+        })
+        .await
+        .expect_err("the token file holds an expired token");
+    harness.stop().await;
+
+    for token in &subject_tokens {
+        other.push(token.clone());
+        other.push(token[token.len() - 24..].to_owned());
+    }
+    other
 }

@@ -2,13 +2,15 @@
 //! for its response and sending the next, for a fixed time after a warm-up; every latency is
 //! kept, so percentiles are exact.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use broker_proto::tokenbroker::v1::token_broker_client::TokenBrokerClient;
 use broker_proto::tokenbroker::v1::{
-    GenerateIdTokenRequest, GetAccessTokenRequest, ImpersonateServiceAccountRequest,
+    ExchangeTokenRequest, GenerateIdTokenRequest, GetAccessTokenRequest,
+    ImpersonateServiceAccountRequest,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -28,6 +30,8 @@ pub(crate) enum Target {
         /// Whether a response that is not a cache hit counts as unexpected.
         want_hit: bool,
     },
+    /// An RFC 8693 exchange posted straight to the emulator's STS, as the broker posts it.
+    Sts(Arc<StsCall>),
 }
 
 /// A broker RPC and its request.
@@ -39,6 +43,8 @@ pub(crate) enum BrokerCall {
     Impersonate(ImpersonateServiceAccountRequest),
     /// `GenerateIdToken`.
     IdToken(GenerateIdTokenRequest),
+    /// `ExchangeToken`, never cached (answered as not a cache hit).
+    Exchange(ExchangeTokenRequest),
 }
 
 impl BrokerCall {
@@ -69,7 +75,88 @@ impl BrokerCall {
                     .get_ref()
                     .cache_hit
             }
+            Self::Exchange(request) => {
+                client.exchange_token(request.clone()).await?;
+                false
+            }
         })
+    }
+}
+
+/// The token-exchange grant type.
+const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// The token type an exchange asks for, and STS must say it issued.
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// One STS token exchange, the same every time: the form the broker's plain ExchangeToken
+/// posts, posted by the load tool's own HTTP client.
+#[derive(Debug)]
+pub(crate) struct StsCall {
+    client: reqwest::Client,
+    url: String,
+    form: Vec<(&'static str, String)>,
+}
+
+/// The fields of STS's answer that the broker checks too.
+#[derive(Deserialize)]
+struct StsAnswer {
+    access_token: String,
+    issued_token_type: Option<String>,
+    expires_in: Option<u64>,
+}
+
+impl StsCall {
+    /// The exchange of `subject_token` (of `subject_token_type`) for an access token of
+    /// `scope` at the provider `audience`, posted to `url` by `client`.
+    pub(crate) fn new(
+        client: reqwest::Client,
+        url: String,
+        audience: &str,
+        scope: &str,
+        subject_token: &str,
+        subject_token_type: &str,
+    ) -> Self {
+        let form = vec![
+            ("grant_type", TOKEN_EXCHANGE.to_owned()),
+            ("audience", audience.to_owned()),
+            ("scope", scope.to_owned()),
+            ("requested_token_type", ACCESS_TOKEN_TYPE.to_owned()),
+            ("subject_token", subject_token.to_owned()),
+            ("subject_token_type", subject_token_type.to_owned()),
+        ];
+        Self { client, url, form }
+    }
+
+    /// Posts the exchange; an answer other than HTTP 200 with an access token is an error.
+    async fn call(&self) -> Outcome {
+        let response = match self.client.post(&self.url).form(&self.form).send().await {
+            Ok(response) => response,
+            Err(error) => return Outcome::Error(format!("STS request failed: {error}")),
+        };
+        let status = response.status();
+        let body = match response.bytes().await {
+            Ok(body) => body,
+            Err(error) => return Outcome::Error(format!("STS answer unreadable: {error}")),
+        };
+        if !status.is_success() {
+            // STS's error bodies hold an error code and a description, never a token.
+            let text = String::from_utf8_lossy(&body);
+            let text: String = text.chars().take(300).collect();
+            return Outcome::Error(format!("STS answered HTTP {status}: {text}"));
+        }
+        match serde_json::from_slice::<StsAnswer>(&body) {
+            Ok(answer)
+                if !answer.access_token.is_empty()
+                    && answer.issued_token_type.as_deref() == Some(ACCESS_TOKEN_TYPE)
+                    && answer.expires_in.is_some() =>
+            {
+                Outcome::Ok
+            }
+            Ok(_) => Outcome::Unexpected(
+                "STS answered HTTP 200 without an access token, its type or expires_in".to_owned(),
+            ),
+            Err(error) => Outcome::Unexpected(format!("STS answer is not a token: {error}")),
+        }
     }
 }
 
@@ -122,6 +209,7 @@ impl Target {
                 Ok(_) => Outcome::Unexpected("response was not a cache hit".to_owned()),
                 Err(status) => Outcome::Error(describe(&status)),
             },
+            Self::Sts(call) => call.call().await,
         }
     }
 }
@@ -141,6 +229,21 @@ pub(crate) struct Timing {
     pub(crate) duration: Duration,
 }
 
+impl Timing {
+    /// Slice `round` of `rounds` alternating slices: an equal share of the measured time, and
+    /// the warm-up before the first slice only.
+    pub(crate) fn slice(self, round: usize, rounds: usize) -> Self {
+        Self {
+            warmup: if round == 0 {
+                self.warmup
+            } else {
+                Duration::ZERO
+            },
+            duration: self.duration / u32::try_from(rounds).unwrap_or(u32::MAX),
+        }
+    }
+}
+
 fn seconds<S: serde::Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_f64(value.as_secs_f64())
 }
@@ -158,6 +261,8 @@ pub(crate) struct LoadResult {
     pub(crate) requests: u64,
     /// Calls made during the warm-ups.
     pub(crate) warmup_requests: u64,
+    /// Calls during the warm-ups that failed or were answered, but not as required.
+    pub(crate) warmup_problems: u64,
     /// Calls that failed.
     pub(crate) errors: u64,
     /// Calls answered, but not as required.
@@ -190,6 +295,7 @@ pub(crate) struct Slice {
     channels: usize,
     samples: Vec<u32>,
     warmup_requests: u64,
+    warmup_problems: u64,
     errors: u64,
     unexpected: u64,
     first_problem: Option<String>,
@@ -200,6 +306,7 @@ pub(crate) struct Slice {
 struct TaskResult {
     samples: Vec<u32>,
     warmup_requests: u64,
+    warmup_problems: u64,
     errors: u64,
     unexpected: u64,
     first_problem: Option<String>,
@@ -215,20 +322,33 @@ pub(crate) async fn run(
     timing: Timing,
     make: impl Fn(Channel) -> Target,
 ) -> Slice {
+    run_tasks(concurrency, channels.len(), timing, |i| {
+        make(channels[i % channels.len()].clone())
+    })
+    .await
+}
+
+/// Runs `concurrency` tasks, task `i` calling the target `make(i)` in a closed loop over
+/// `connections` connections (as reported; the targets hold them); returns once every task has
+/// its last response.
+pub(crate) async fn run_tasks(
+    concurrency: usize,
+    connections: usize,
+    timing: Timing,
+    make: impl Fn(usize) -> Target,
+) -> Slice {
     let start = Instant::now();
     let measure_from = start + timing.warmup;
     let until = measure_from + timing.duration;
     let tasks: Vec<_> = (0..concurrency)
-        .map(|i| {
-            let target = make(channels[i % channels.len()].clone());
-            tokio::spawn(task(target, measure_from, until))
-        })
+        .map(|i| tokio::spawn(task(make(i), measure_from, until)))
         .collect();
     let mut slice = Slice {
         concurrency,
-        channels: channels.len(),
+        channels: connections,
         samples: Vec::new(),
         warmup_requests: 0,
+        warmup_problems: 0,
         errors: 0,
         unexpected: 0,
         first_problem: None,
@@ -240,6 +360,7 @@ pub(crate) async fn run(
             Ok(result) => {
                 slice.samples.extend_from_slice(&result.samples);
                 slice.warmup_requests += result.warmup_requests;
+                slice.warmup_problems += result.warmup_problems;
                 slice.errors += result.errors;
                 slice.unexpected += result.unexpected;
                 if slice.first_problem.is_none() {
@@ -263,13 +384,22 @@ async fn task(mut target: Target, measure_from: Instant, until: Instant) -> Task
     let mut result = TaskResult {
         samples: Vec::with_capacity(1 << 14),
         warmup_requests: 0,
+        warmup_problems: 0,
         errors: 0,
         unexpected: 0,
         first_problem: None,
         last: measure_from,
     };
     while Instant::now() < measure_from {
-        let _ = target.call().await;
+        match target.call().await {
+            Outcome::Ok => {}
+            Outcome::Unexpected(problem) | Outcome::Error(problem) => {
+                result.warmup_problems += 1;
+                result
+                    .first_problem
+                    .get_or_insert(format!("during the warm-up: {problem}"));
+            }
+        }
         result.warmup_requests += 1;
     }
     loop {
@@ -308,7 +438,8 @@ impl LoadResult {
         let channels = slices.first().map_or(0, |s| s.channels);
         let mut samples: Vec<u32> =
             Vec::with_capacity(slices.iter().map(|s| s.samples.len()).sum());
-        let (mut errors, mut unexpected, mut warmup_requests, mut seconds) = (0, 0, 0, 0.0);
+        let (mut errors, mut unexpected, mut seconds) = (0, 0, 0.0);
+        let (mut warmup_requests, mut warmup_problems) = (0, 0);
         let mut first_problem = None;
         let slice_rps = slices
             .iter()
@@ -326,6 +457,7 @@ impl LoadResult {
             errors += slice.errors;
             unexpected += slice.unexpected;
             warmup_requests += slice.warmup_requests;
+            warmup_problems += slice.warmup_problems;
             seconds += slice.seconds;
             if first_problem.is_none() {
                 first_problem = slice.first_problem;
@@ -345,6 +477,7 @@ impl LoadResult {
             rounds,
             requests,
             warmup_requests,
+            warmup_problems,
             errors,
             unexpected,
             first_problem,

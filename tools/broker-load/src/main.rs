@@ -6,6 +6,8 @@
 //!   cache hits of `ImpersonateServiceAccount` and `GenerateIdToken` likewise;
 //! - the broker's cold path (cache disabled: every request signs an RS256 assertion and calls
 //!   the Google emulator, which verifies it);
+//! - the broker's plain ExchangeToken (never cached: every request is one RFC 8693 exchange at
+//!   the emulator's STS), against the same exchange posted to that STS directly;
 //! - the crypto library's raw RS256 signing rate, on one thread and on all cores;
 //!
 //! and reporting requests/s, latency percentiles and the ratios between them as a Markdown
@@ -19,31 +21,34 @@ mod sign;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use broker_proto::tokenbroker::v1::token_broker_client::TokenBrokerClient;
 use broker_proto::tokenbroker::v1::{
-    GenerateIdTokenRequest, GetAccessTokenRequest, ImpersonateServiceAccountRequest,
+    ExchangeTokenRequest, GenerateIdTokenRequest, GetAccessTokenRequest,
+    ImpersonateServiceAccountRequest,
 };
 use clap::{Parser, ValueEnum};
 use gcp_emulator::Endpoint as EmulatorEndpoint;
 
-use crate::load::{BrokerCall, LoadResult, Target, Timing};
-use crate::report::{Checks, Report, Scenario};
+use crate::load::{BrokerCall, LoadResult, StsCall, Target, Timing};
+use crate::report::{Checks, ExchangeChecks, Report, Scenario};
 use crate::setup::World;
 
 /// Errors of the tool.
 pub(crate) type Error = Box<dyn std::error::Error + Send + Sync>;
 
 /// Load-test the token broker's cache-hit and cold paths against a bare tonic service and the
-/// raw RS256 signing rate, on loopback over mutual TLS.
+/// raw RS256 signing rate, and its ExchangeToken against the same STS exchange made directly,
+/// on loopback over mutual TLS.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Cli {
     /// Concurrencies of the echo and cache-hit scenarios.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
     concurrency: Vec<usize>,
-    /// Concurrencies of the cold-path scenarios (cache disabled).
+    /// Concurrencies of the cold-path scenarios (cache disabled) and of ExchangeToken.
     #[arg(long, value_delimiter = ',', default_value = "1,16")]
     cold_concurrency: Vec<usize>,
     /// Most HTTP/2 connections per scenario; a scenario of concurrency N uses min(N, this).
@@ -56,7 +61,8 @@ struct Cli {
     #[arg(long, default_value_t = 5.0)]
     duration: f64,
     /// Slices each echo and cache-hit scenario is measured in, alternating echo and cache-hit
-    /// at the same concurrency, so that drifting machine load affects both alike.
+    /// at the same concurrency, so that drifting machine load affects both alike; likewise
+    /// ExchangeToken and the direct STS exchange.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Time of each signing baseline, seconds.
@@ -70,7 +76,7 @@ struct Cli {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "echo,hit,impersonate,id-token,id-token-echo,cold,sign"
+        default_value = "echo,hit,impersonate,id-token,id-token-echo,cold,exchange,sign"
     )]
     scenarios: Vec<Measurement>,
     /// Also write every number as JSON to this file.
@@ -100,6 +106,9 @@ enum Measurement {
     IdTokenEcho,
     /// The broker's cold path.
     Cold,
+    /// The broker's plain ExchangeToken (never cached), and the same STS exchange made
+    /// directly over HTTP, alternating.
+    Exchange,
     /// The signing baselines.
     Sign,
 }
@@ -249,14 +258,7 @@ async fn scenarios(cli: &Cli, timing: Timing, world: &World) -> Result<Report, E
         let mut hit_slices: Vec<Vec<load::Slice>> = hit_calls.iter().map(|_| Vec::new()).collect();
         // Alternating slices of the same concurrency; the warm-up precedes the first of each.
         for round in 0..cli.rounds {
-            let slice = Timing {
-                warmup: if round == 0 {
-                    timing.warmup
-                } else {
-                    Duration::ZERO
-                },
-                duration: timing.duration / u32::try_from(cli.rounds).unwrap_or(u32::MAX),
-            };
+            let slice = timing.slice(round, cli.rounds);
             if run_echo {
                 echo_slices.push(load::run(&echo_channels, concurrency, slice, Target::echo).await);
             }
@@ -319,6 +321,13 @@ async fn scenarios(cli: &Cli, timing: Timing, world: &World) -> Result<Report, E
     }
     let after_cold = token_calls();
 
+    let (exchange, exchange_direct, exchange_checks) =
+        if cli.scenarios.contains(&Measurement::Exchange) {
+            exchange_scenarios(cli, timing, world).await?
+        } else {
+            Default::default()
+        };
+
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let sign = if !cli.scenarios.contains(&Measurement::Sign) {
         None
@@ -345,6 +354,8 @@ async fn scenarios(cli: &Cli, timing: Timing, world: &World) -> Result<Report, E
             id_token,
             id_token_echo,
             cold,
+            exchange,
+            exchange_direct,
         },
         sign,
         Checks {
@@ -354,8 +365,87 @@ async fn scenarios(cli: &Cli, timing: Timing, world: &World) -> Result<Report, E
             cache_misses: hits_after.misses - hits_before.misses,
             cold_requests,
             cold_token_calls: after_cold - before_cold,
+            exchange: exchange_checks,
         },
     ))
+}
+
+/// The broker's plain ExchangeToken on the cold broker and the same exchange posted to the
+/// emulator's STS by the load tool, in alternating slices at each cold concurrency; with the
+/// STS calls each side made.
+async fn exchange_scenarios(
+    cli: &Cli,
+    timing: Timing,
+    world: &World,
+) -> Result<(Vec<LoadResult>, Vec<LoadResult>, ExchangeChecks), Error> {
+    let input = &world.exchange;
+    // What the broker posts for this request: the form of StsCall (an empty
+    // requested_token_type asks for an access token).
+    let request = BrokerCall::Exchange(ExchangeTokenRequest {
+        subject_token: input.subject_token.clone(),
+        subject_token_type: setup::JWT_TOKEN_TYPE.to_owned(),
+        audience: input.audience.clone(),
+        scopes: vec![setup::SCOPE.to_owned()],
+        ..Default::default()
+    });
+    // Like the broker's HTTP client: one pool for the run, HTTP/1.1 to the plain-HTTP
+    // emulator, the brokers' 5 s request timeout, no redirects, no proxy.
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let direct_call = Arc::new(StsCall::new(
+        client,
+        world.sts_url(),
+        &input.audience,
+        setup::SCOPE,
+        &input.subject_token,
+        setup::JWT_TOKEN_TYPE,
+    ));
+    let sts_calls = || world.emulator.count(EmulatorEndpoint::StsToken);
+
+    let (mut broker, mut direct) = (Vec::new(), Vec::new());
+    let mut checks = ExchangeChecks::default();
+    for &concurrency in &cli.cold_concurrency {
+        let channels = world
+            .channels(world.cold.addr(), cli.channels.min(concurrency))
+            .await?;
+        let (mut broker_slices, mut direct_slices) = (Vec::new(), Vec::new());
+        for round in 0..cli.rounds {
+            let slice = timing.slice(round, cli.rounds);
+            let before = sts_calls();
+            // HTTP/1.1: one connection per outstanding request.
+            direct_slices.push(
+                load::run_tasks(concurrency, concurrency, slice, |_| {
+                    Target::Sts(Arc::clone(&direct_call))
+                })
+                .await,
+            );
+            let between = sts_calls();
+            broker_slices.push(
+                load::run(&channels, concurrency, slice, |channel| {
+                    Target::broker(channel, request.clone(), false)
+                })
+                .await,
+            );
+            let after = sts_calls();
+            checks.direct_sts_calls += between - before;
+            checks.broker_sts_calls += after - between;
+        }
+        let (b, d) = (
+            LoadResult::merge(broker_slices),
+            LoadResult::merge(direct_slices),
+        );
+        checks.broker_requests += b.requests + b.warmup_requests;
+        checks.broker_failures += b.errors + b.unexpected + b.warmup_problems;
+        checks.direct_requests += d.requests + d.warmup_requests;
+        checks.direct_failures += d.errors + d.unexpected + d.warmup_problems;
+        broker.push(b);
+        direct.push(d);
+    }
+    Ok((broker, direct, checks))
 }
 
 fn cli_summary(cli: &Cli, timing: Timing, cores: usize) -> serde_json::Value {

@@ -29,6 +29,11 @@ pub(crate) struct Scenario {
     pub(crate) id_token_echo: Vec<LoadResult>,
     /// The broker's cold path, one per cold concurrency.
     pub(crate) cold: Vec<LoadResult>,
+    /// The broker's plain ExchangeToken (never cached), one per cold concurrency.
+    pub(crate) exchange: Vec<LoadResult>,
+    /// The same STS exchange posted directly, in slices alternating with `exchange`, one per
+    /// cold concurrency.
+    pub(crate) exchange_direct: Vec<LoadResult>,
 }
 
 /// The signing baselines.
@@ -56,6 +61,39 @@ pub(crate) struct Checks {
     pub(crate) cold_requests: u64,
     /// Emulator token calls during the cold scenarios (expected: one per request).
     pub(crate) cold_token_calls: u64,
+    /// The ExchangeToken scenario's.
+    pub(crate) exchange: ExchangeChecks,
+}
+
+/// What the ExchangeToken scenario verified: one STS call per call, on both sides, and no
+/// failure (warm-ups included).
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct ExchangeChecks {
+    /// ExchangeToken calls to the broker, warm-up included.
+    pub(crate) broker_requests: u64,
+    /// Emulator STS calls during the broker's slices (expected: `broker_requests`).
+    pub(crate) broker_sts_calls: u64,
+    /// Broker calls that failed or were answered unexpectedly, warm-up included (expected: 0).
+    pub(crate) broker_failures: u64,
+    /// Exchanges posted directly to STS, warm-up included.
+    pub(crate) direct_requests: u64,
+    /// Emulator STS calls during the direct slices (expected: `direct_requests`).
+    pub(crate) direct_sts_calls: u64,
+    /// Direct exchanges that failed or were answered unexpectedly (expected: 0).
+    pub(crate) direct_failures: u64,
+    /// Whether all of the above is as expected; `None` when the scenario did not run.
+    pub(crate) passed: Option<bool>,
+}
+
+impl ExchangeChecks {
+    fn verdict(&self) -> Option<bool> {
+        (self.broker_requests > 0 || self.direct_requests > 0).then_some(
+            self.broker_sts_calls == self.broker_requests
+                && self.broker_failures == 0
+                && self.direct_sts_calls == self.direct_requests
+                && self.direct_failures == 0,
+        )
+    }
 }
 
 /// One ratio, with its target where the issue sets one.
@@ -89,8 +127,9 @@ impl Report {
         config: serde_json::Value,
         scenarios: Scenario,
         signing: Option<Signing>,
-        checks: Checks,
+        mut checks: Checks,
     ) -> Self {
+        checks.exchange.passed = checks.exchange.verdict();
         let mut ratios = Vec::new();
         let target_at = scenarios
             .hit
@@ -123,6 +162,17 @@ impl Report {
                 echo,
                 hit,
                 Some(hit.concurrency) == target_at,
+            );
+        }
+        // The broker's cost of an uncached pass-through: mTLS, policy, audit and its HTTP client
+        // around the same STS call.
+        for (direct, broker) in scenarios.exchange_direct.iter().zip(&scenarios.exchange) {
+            push_ratios(
+                &mut ratios,
+                "broker ExchangeToken / direct STS exchange",
+                direct,
+                broker,
+                false,
             );
         }
         if let Some(signing) = &signing {
@@ -161,7 +211,7 @@ impl Report {
         let config = &self.config;
         let _ = writeln!(
             out,
-            "## broker-load: 127.0.0.1, mTLS (TLS 1.3, aws-lc-rs), {} cores; {} s per scenario after {} s warm-up; echo and the cache-hit scenarios alternate in {} slices\n",
+            "## broker-load: 127.0.0.1, mTLS (TLS 1.3, aws-lc-rs), {} cores; {} s per scenario after {} s warm-up; echo and the cache-hit scenarios alternate in {} slices, as do the direct STS exchange and ExchangeToken\n",
             config["cores"], config["duration_s"], config["warmup_s"], config["rounds"]
         );
         out.push_str("| scenario | concurrency | connections | req/s | p50 µs | p90 µs | p99 µs | max µs | mean µs | errors | unexpected |\n");
@@ -189,6 +239,22 @@ impl Report {
                 sc.cold
                     .iter()
                     .map(|cold| ("broker GetAccessToken, cold (cache off)", cold)),
+            )
+            .chain(
+                (0..sc.exchange.len().max(sc.exchange_direct.len()))
+                    .flat_map(|i| {
+                        [
+                            (
+                                "direct STS exchange (reqwest, HTTP/1.1 to /v1/token)",
+                                sc.exchange_direct.get(i),
+                            ),
+                            (
+                                "broker ExchangeToken, plain (jwt → STS, never cached)",
+                                sc.exchange.get(i),
+                            ),
+                        ]
+                    })
+                    .filter_map(|(name, result)| Some((name, result?))),
             );
         for (name, r) in rows {
             let _ = writeln!(
@@ -256,6 +322,20 @@ impl Report {
             c.cold_requests,
             c.cold_token_calls
         );
+        let x = &c.exchange;
+        if let Some(passed) = x.passed {
+            let _ = writeln!(
+                out,
+                "Exchange check: broker ExchangeToken: {} calls, {} STS calls, {} failed; direct: {} exchanges, {} STS calls, {} failed (warm-ups included; expected: one STS call per call, none failed): {}.",
+                x.broker_requests,
+                x.broker_sts_calls,
+                x.broker_failures,
+                x.direct_requests,
+                x.direct_sts_calls,
+                x.direct_failures,
+                if passed { "ok" } else { "**FAILED**" }
+            );
+        }
         for r in self
             .scenarios
             .echo
@@ -265,6 +345,8 @@ impl Report {
             .chain(&self.scenarios.id_token)
             .chain(&self.scenarios.id_token_echo)
             .chain(&self.scenarios.cold)
+            .chain(&self.scenarios.exchange_direct)
+            .chain(&self.scenarios.exchange)
         {
             if let Some(problem) = &r.first_problem {
                 let _ = writeln!(out, "Problem at concurrency {}: {problem}", r.concurrency);

@@ -2,7 +2,8 @@
 //! brokers started from configuration files (cache on, cache off), and a bare tonic health
 //! service behind the broker's own listener (same TLS configuration, same
 //! `token_broker::transport`, same options), so that the only difference from the broker is the
-//! handler.
+//! handler. The emulator's OIDC provider `dev-oidc` issues the subject token of the
+//! ExchangeToken scenario, once per run.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,7 +29,18 @@ pub(crate) const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 /// The key file the emulator writes for [`SERVICE_ACCOUNT`], relative to the work directory.
 const KEY_FILE: &str = "emulator/keys/broker.json";
 
-/// The policy: the load generator may get cloud-platform tokens of `sa` by default.
+/// The emulator's OIDC provider whose subject tokens the ExchangeToken scenario exchanges.
+const EXCHANGE_PROVIDER: &str = "dev-oidc";
+/// The subject of that subject token.
+const EXCHANGE_SUBJECT: &str = "broker-load";
+/// The subject token's lifetime: longer than any run.
+const EXCHANGE_SUBJECT_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The type of that subject token (an OIDC JWT).
+pub(crate) const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+
+/// The policy: the load generator may get cloud-platform tokens of `sa` by default, and (grant
+/// `exchange`, `{exchange_audience}` filled in) make plain exchanges of JWTs at the emulator's
+/// `dev-oidc` provider.
 const POLICY: &str = r#"
 [[grants]]
 name = "load"
@@ -40,6 +52,16 @@ scopes = ["https://www.googleapis.com/auth/cloud-platform"]
 service_accounts = ["reader@dev-project.iam.gserviceaccount.com"]
 audiences = ["https://load.example.com"]
 # The load generator is one caller doing tens of thousands of calls a second.
+rate_limit = { per_second = 1000000, burst = 1000000 }
+
+# A plain exchange: no credential; the broker sends the caller's subject token to STS.
+[[grants]]
+name = "exchange"
+callers = [{ spiffe_id = "spiffe://example.org/ns/load/sa/broker-load" }]
+rpcs = ["ExchangeToken"]
+audiences = ["{exchange_audience}"]
+subject_token_types = ["urn:ietf:params:oauth:token-type:jwt"]
+scopes = ["https://www.googleapis.com/auth/cloud-platform"]
 rate_limit = { per_second = 1000000, burst = 1000000 }
 "#;
 
@@ -108,6 +130,38 @@ impl EchoServer {
     }
 }
 
+/// The ExchangeToken scenario's input: a subject token of the emulator's `dev-oidc` provider,
+/// minted once per run, and that provider's STS audience.
+#[derive(Debug, Clone)]
+pub(crate) struct ExchangeInput {
+    /// The provider's STS `audience`, `//iam.googleapis.com/projects/.../providers/dev-oidc`.
+    pub(crate) audience: String,
+    /// The subject token, a JWT (never printed).
+    pub(crate) subject_token: String,
+}
+
+impl ExchangeInput {
+    fn mint(emulator: &RunningEmulator) -> Result<Self, Error> {
+        let audience = emulator
+            .federation()
+            .oidc
+            .into_iter()
+            .find(|provider| provider.provider_id == EXCHANGE_PROVIDER)
+            .ok_or_else(|| format!("the emulator has no OIDC provider {EXCHANGE_PROVIDER}"))?
+            .audience;
+        let subject_token = emulator.mint_oidc_token(
+            EXCHANGE_PROVIDER,
+            EXCHANGE_SUBJECT,
+            EXCHANGE_SUBJECT_TTL,
+            serde_json::Value::Null,
+        )?;
+        Ok(Self {
+            audience,
+            subject_token,
+        })
+    }
+}
+
 /// Everything the scenarios run against.
 #[derive(Debug)]
 pub(crate) struct World {
@@ -119,6 +173,8 @@ pub(crate) struct World {
     pub(crate) cold: RunningBroker,
     /// The bare tonic service.
     pub(crate) echo: EchoServer,
+    /// What the ExchangeToken scenario exchanges.
+    pub(crate) exchange: ExchangeInput,
     client_tls: ClientTlsConfig,
     dir: TempDir,
 }
@@ -139,7 +195,11 @@ impl World {
         let server_cert = ca.issue(&LeafSpec::localhost_server())?;
         std::fs::write(path.join("server.pem"), &server_cert.cert_pem)?;
         std::fs::write(path.join("server-key.pem"), server_cert.key_pem.as_bytes())?;
-        std::fs::write(path.join("policy.toml"), POLICY)?;
+        let exchange = ExchangeInput::mint(&emulator)?;
+        std::fs::write(
+            path.join("policy.toml"),
+            POLICY.replace("{exchange_audience}", &exchange.audience),
+        )?;
         let client = ca.issue(&LeafSpec::spiffe_client(CALLER))?;
         let client_tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(ca.certificate_pem()))
@@ -159,6 +219,7 @@ impl World {
             hit,
             cold,
             echo,
+            exchange,
             client_tls,
             dir,
         })
@@ -167,6 +228,12 @@ impl World {
     /// The bare service's address.
     pub(crate) fn echo_addr(&self) -> SocketAddr {
         self.echo.addr
+    }
+
+    /// The emulator's STS token endpoint, `http://127.0.0.1:PORT/v1/token` (the brokers'
+    /// `sts_url`).
+    pub(crate) fn sts_url(&self) -> String {
+        format!("{}/v1/token", self.emulator.url())
     }
 
     /// The service-account key file the backend signs with.

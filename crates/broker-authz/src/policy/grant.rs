@@ -6,17 +6,19 @@ use std::time::Duration;
 use broker_core::{AccessBoundary, AccessBoundaryRule, CredentialName};
 
 use super::account::ServiceAccountPattern;
-use super::request::{AccessRequest, Decision, DenialRule, JwtClaims};
+use super::request::{AccessRequest, DenialRule, JwtClaims};
 use super::rpc::Rpc;
 use super::{Failure, Stage};
 use crate::identity::{CallerIdentity, CallerName, SpiffeId};
 
 /// One grant of a [`Policy`](super::Policy): a set of callers may use one credential, through
-/// some RPCs, within limits.
+/// some RPCs, within limits; or, for a *plain-exchange grant* (no credential, `rpcs` exactly
+/// `["ExchangeToken"]`), may make token exchanges to which the broker adds nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     pub(super) name: String,
-    pub(super) credential: CredentialName,
+    /// `None` only for a plain-exchange grant.
+    pub(super) credential: Option<CredentialName>,
     pub(super) default: bool,
     pub(super) callers: Vec<CallerMatcher>,
     pub(super) rpcs: Vec<Rpc>,
@@ -28,6 +30,7 @@ pub struct Grant {
     pub(super) delegates: Vec<Vec<ServiceAccountPattern>>,
     pub(super) audiences: Vec<String>,
     pub(super) audience_prefixes: Vec<String>,
+    pub(super) subject_token_types: Vec<String>,
     pub(super) sign_jwt: Option<SignJwtConstraints>,
     pub(super) max_lifetime: Option<Duration>,
     pub(super) access_boundary: Option<AccessBoundary>,
@@ -185,12 +188,20 @@ impl Grant {
         &self.name
     }
 
-    /// The credential it lets callers use.
-    pub fn credential(&self) -> &CredentialName {
-        &self.credential
+    /// The credential it lets callers use; `None` for a
+    /// [plain-exchange grant](Grant::is_plain_exchange), which names none.
+    pub fn credential(&self) -> Option<&CredentialName> {
+        self.credential.as_ref()
     }
 
-    /// Whether it is a default grant (used when a request names no credential).
+    /// Whether it is a plain-exchange grant: one without a credential, allowing only
+    /// ExchangeToken requests that name no credential (plain exchanges and downscoping).
+    pub fn is_plain_exchange(&self) -> bool {
+        self.credential.is_none()
+    }
+
+    /// Whether it is a default grant (used when a request names no credential). A
+    /// plain-exchange grant never is.
     pub fn is_default(&self) -> bool {
         self.default
     }
@@ -252,14 +263,22 @@ impl Grant {
         &self.delegates
     }
 
-    /// The ID-token audiences it allows exactly, sorted.
+    /// The audiences it allows exactly (ID tokens, and the identity providers of token
+    /// exchanges), sorted.
     pub fn audiences(&self) -> &[String] {
         &self.audiences
     }
 
-    /// The ID-token audience prefixes it allows.
+    /// The audience prefixes it allows (ID tokens, and the identity providers of token
+    /// exchanges).
     pub fn audience_prefixes(&self) -> &[String] {
         &self.audience_prefixes
+    }
+
+    /// The subject-token types it allows ExchangeToken callers to bring, sorted; empty allows
+    /// none.
+    pub fn subject_token_types(&self) -> &[String] {
+        &self.subject_token_types
     }
 
     /// Its constraints on SignJwt payloads, if any.
@@ -329,8 +348,9 @@ impl Grant {
             })
     }
 
-    /// Whether the grant allows ID tokens for `audience`: one of its `audiences` exactly, or
-    /// starting with one of its `audience_prefixes` (compared byte for byte).
+    /// Whether the grant allows `audience` (an ID token's, or a token exchange's identity
+    /// provider): one of its `audiences` exactly, or starting with one of its
+    /// `audience_prefixes` (compared byte for byte).
     pub fn allows_audience(&self, audience: &str) -> bool {
         self.audiences
             .binary_search_by(|a| a.as_str().cmp(audience))
@@ -341,10 +361,18 @@ impl Grant {
                 .any(|prefix| audience.starts_with(prefix.as_str()))
     }
 
+    /// Whether the grant allows ExchangeToken callers to bring a subject token of type
+    /// `subject_token_type` (one of its `subject_token_types`, compared byte for byte).
+    pub fn allows_subject_token_type(&self, subject_token_type: &str) -> bool {
+        self.subject_token_types
+            .binary_search_by(|t| t.as_str().cmp(subject_token_type))
+            .is_ok()
+    }
+
     /// Checks a request against this grant's limits; the caller and credential have matched.
     /// The order, which is also the order of [`Stage`]: rpc, service account, delegates,
-    /// scopes, subject, audience, SignJwt claims, access boundary.
-    pub(super) fn check(&self, request: &AccessRequest<'_>) -> Result<Decision, Failure> {
+    /// audience, subject-token type, scopes, subject, SignJwt claims, access boundary.
+    pub(super) fn check(&self, request: &AccessRequest<'_>) -> Result<Allowed<'_>, Failure> {
         let fail = |stage, rule| Failure {
             stage,
             disallowed: 0,
@@ -374,6 +402,31 @@ impl Grant {
                 },
             ));
         }
+        if let Some(audience) = request.audience
+            && !self.allows_audience(audience)
+        {
+            return Err(fail(
+                Stage::Audience,
+                DenialRule::AudienceNotAllowed {
+                    audience: audience.to_owned(),
+                },
+            ));
+        }
+        // Every ExchangeToken request carries a subject-token type; one without is refused
+        // rather than let through unchecked.
+        if request.rpc == Rpc::ExchangeToken || request.subject_token_type.is_some() {
+            match request.subject_token_type {
+                Some(token_type) if self.allows_subject_token_type(token_type) => {}
+                token_type => {
+                    return Err(fail(
+                        Stage::SubjectTokenType,
+                        DenialRule::SubjectTokenTypeNotAllowed {
+                            subject_token_type: token_type.map(str::to_owned),
+                        },
+                    ));
+                }
+            }
+        }
         let disallowed: Vec<String> = request
             .scopes
             .iter()
@@ -394,16 +447,6 @@ impl Grant {
                 Stage::Subject,
                 DenialRule::SubjectNotAllowed {
                     subject: subject.to_owned(),
-                },
-            ));
-        }
-        if let Some(audience) = request.audience
-            && !self.allows_audience(audience)
-        {
-            return Err(fail(
-                Stage::Audience,
-                DenialRule::AudienceNotAllowed {
-                    audience: audience.to_owned(),
                 },
             ));
         }
@@ -438,16 +481,21 @@ impl Grant {
         let lifetime = request
             .lifetime
             .map(|wanted| self.max_lifetime.map_or(wanted, |max| wanted.min(max)));
-        Ok(Decision {
-            grant: self.name.clone(),
-            credential: self.credential.clone(),
+        Ok(Allowed {
+            grant: self,
             lifetime,
-            max_lifetime: self.max_lifetime,
             boundary,
-            rate_limit: self.rate_limit,
-            distinct_keys: self.distinct_keys,
         })
     }
+}
+
+/// What [`Grant::check`] allowed: the grant, and the effective lifetime and boundary; made into
+/// a [`Decision`](super::Decision) or an [`ExchangeDecision`](super::ExchangeDecision).
+#[derive(Debug)]
+pub(super) struct Allowed<'g> {
+    pub(super) grant: &'g Grant,
+    pub(super) lifetime: Option<Duration>,
+    pub(super) boundary: Option<AccessBoundary>,
 }
 
 /// Whether the grant's rule `outer` allows at least what the request's rule `inner` does: the

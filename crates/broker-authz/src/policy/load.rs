@@ -12,7 +12,9 @@ use serde::Deserialize;
 use super::account::ServiceAccountPattern;
 use super::grant::{CallerMatcher, Grant, RateLimit, SignJwtConstraints};
 use super::rpc::Rpc;
-use super::{MAX_DELEGATES, MAX_MAX_EXPIRY, MAX_MAX_LIFETIME, MIN_MAX_LIFETIME, Policy};
+use super::{
+    MAX_DELEGATES, MAX_MAX_EXPIRY, MAX_MAX_LIFETIME, MIN_MAX_LIFETIME, Policy, SUBJECT_TOKEN_TYPES,
+};
 use crate::identity::{SpiffeId, validate_trust_domain};
 
 /// A policy that cannot be loaded. `Display` gives the place and the problem, such as
@@ -100,7 +102,8 @@ pub(super) struct RawPolicy {
 #[serde(deny_unknown_fields)]
 struct RawGrant {
     name: String,
-    credential: String,
+    /// Left out only by a plain-exchange grant.
+    credential: Option<String>,
     #[serde(default)]
     default: bool,
     callers: Vec<RawCaller>,
@@ -121,6 +124,8 @@ struct RawGrant {
     audiences: Vec<String>,
     #[serde(default)]
     audience_prefixes: Vec<String>,
+    #[serde(default)]
+    subject_token_types: Vec<String>,
     sign_jwt: Option<RawSignJwt>,
     /// Parsed by hand rather than by humantime-serde, whose error does not say what is wrong.
     max_lifetime: Option<String>,
@@ -220,7 +225,11 @@ impl RawGrant {
                 ),
             ));
         }
-        let credential = CredentialName::new(&self.credential)
+        let credential = self
+            .credential
+            .as_deref()
+            .map(CredentialName::new)
+            .transpose()
             .map_err(|e| PolicyError::at(format!("{at}.credential"), e.to_string()))?;
 
         if self.callers.is_empty() {
@@ -274,6 +283,28 @@ impl RawGrant {
                 rpcs
             }
         };
+
+        // A grant without a credential is a plain-exchange grant: it allows ExchangeToken
+        // requests that name no credential, and nothing else (every other RPC, and an exchange
+        // naming a credential, needs a credential to check the request against).
+        if credential.is_none() {
+            if rpcs != [Rpc::ExchangeToken] {
+                let names: Vec<&str> = rpcs.iter().map(|rpc| rpc.name()).collect();
+                return Err(PolicyError::at(
+                    at,
+                    format!(
+                        "missing field `credential`: only a plain-exchange grant, whose rpcs is exactly [\"ExchangeToken\"], may leave it out, and this grant allows {}",
+                        names.join(", ")
+                    ),
+                ));
+            }
+            if self.default {
+                return Err(PolicyError::at(
+                    format!("{at}.default"),
+                    "a plain-exchange grant (one without a credential) cannot be a default grant: a default grant supplies the credential of requests that name none, and an ExchangeToken request without a credential is a plain exchange, which never uses one",
+                ));
+            }
+        }
 
         let rate_limit = match self.rate_limit {
             None => None,
@@ -370,13 +401,17 @@ impl RawGrant {
                 return Err(unused("delegates", SA_RPCS));
             }
         }
-        if !rpcs.contains(&Rpc::GenerateIdToken) {
+        if !rpcs.contains(&Rpc::GenerateIdToken) && !rpcs.contains(&Rpc::ExchangeToken) {
+            const AUDIENCE_RPCS: &str = "GenerateIdToken, ExchangeToken";
             if !self.audiences.is_empty() {
-                return Err(unused("audiences", "GenerateIdToken"));
+                return Err(unused("audiences", AUDIENCE_RPCS));
             }
             if !self.audience_prefixes.is_empty() {
-                return Err(unused("audience_prefixes", "GenerateIdToken"));
+                return Err(unused("audience_prefixes", AUDIENCE_RPCS));
             }
+        }
+        if !self.subject_token_types.is_empty() && !rpcs.contains(&Rpc::ExchangeToken) {
+            return Err(unused("subject_token_types", "ExchangeToken"));
         }
         if self.sign_jwt.is_some() && !rpcs.contains(&Rpc::SignJwt) {
             return Err(unused("sign_jwt", "SignJwt"));
@@ -469,6 +504,23 @@ impl RawGrant {
             audience_prefixes.push(prefix);
         }
 
+        let mut subject_token_types = Vec::with_capacity(self.subject_token_types.len());
+        for (j, token_type) in self.subject_token_types.into_iter().enumerate() {
+            if !SUBJECT_TOKEN_TYPES.contains(&token_type.as_str()) {
+                return Err(PolicyError::at(
+                    format!("{at}.subject_token_types[{j}]"),
+                    format!(
+                        "{:?} is not a subject-token type the broker exchanges: use {}",
+                        truncate(&token_type, 80),
+                        SUBJECT_TOKEN_TYPES.join(", ")
+                    ),
+                ));
+            }
+            subject_token_types.push(token_type);
+        }
+        subject_token_types.sort();
+        subject_token_types.dedup();
+
         let sign_jwt = match self.sign_jwt {
             None => None,
             Some(raw) => Some(raw.validate(&format!("{at}.sign_jwt"))?),
@@ -499,6 +551,7 @@ impl RawGrant {
             delegates,
             audiences,
             audience_prefixes,
+            subject_token_types,
             sign_jwt,
             max_lifetime,
             access_boundary,
@@ -675,12 +728,23 @@ fn check_audience(audience: &str) -> Result<(), String> {
 
 /// Checks that an audience prefix cannot reach past what it names: a URL scheme followed by
 /// `://` (`https://`: every audience of that scheme), or such a URL with a host and a path
-/// ending with `/` (`https://api.example.com/`, `https://api.example.com/v1/`). A prefix must
-/// end with `/` because audiences are compared as strings: `https://example.com` would also
-/// match `https://example.com.evil.net` and `https://example.com@evil.net`, and
-/// `https://example.com/api` would match `https://example.com/api-admin`.
+/// ending with `/` (`https://api.example.com/`, `https://api.example.com/v1/`), or a full
+/// resource name with a DNS host and a path ending with `/`, as token exchanges name identity
+/// providers (`//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/pool/`:
+/// every provider of that pool). A prefix must end with `/` because audiences are compared as
+/// strings: `https://example.com` would also match `https://example.com.evil.net` and
+/// `https://example.com@evil.net`, and `https://example.com/api` would match
+/// `https://example.com/api-admin` (as `.../workloadIdentityPools/pool` would match
+/// `.../workloadIdentityPools/pool-2`).
 fn check_audience_prefix(prefix: &str) -> Result<(), String> {
-    const HELP: &str = "an audience prefix must be a URL scheme such as https:// (every https audience) or a URL ending with '/' such as https://api.example.com/ (a prefix https://example.com would also match https://example.com.evil.net)";
+    const HELP: &str = "an audience prefix must be a URL scheme such as https:// (every https audience), a URL ending with '/' such as https://api.example.com/ (a prefix https://example.com would also match https://example.com.evil.net), or a resource name ending with '/' such as //iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/my-pool/";
+    if let Some(rest) = prefix.strip_prefix("//") {
+        let valid = rest.ends_with('/')
+            && rest
+                .split_once('/')
+                .is_some_and(|(host, _)| is_dns_name(host));
+        return if valid { Ok(()) } else { Err(HELP.to_owned()) };
+    }
     let Some((scheme, rest)) = prefix.split_once("://") else {
         return Err(HELP.to_owned());
     };

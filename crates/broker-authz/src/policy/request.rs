@@ -20,17 +20,20 @@ use crate::identity::CallerIdentity;
 pub struct AccessRequest<'a> {
     /// The RPC being called.
     pub rpc: Rpc,
-    /// The credential named in the request; `None` uses the caller's default grant.
+    /// The credential named in the request; `None` uses the caller's default grant, except for
+    /// ExchangeToken, where `None` is a plain exchange (see
+    /// [`Policy::authorize_exchange`](super::Policy::authorize_exchange)).
     pub credential: Option<&'a CredentialName>,
-    /// The scopes asked for, with the RPC's default already applied: GetAccessToken and
-    /// ImpersonateServiceAccount. GenerateIdToken, SignJwt and SignBlob ask for none: an empty
-    /// set, which every grant allows.
+    /// The scopes asked for, with the RPC's default already applied: GetAccessToken,
+    /// ImpersonateServiceAccount and ExchangeToken (cloud-platform for a federation exchange
+    /// that asks for none). GenerateIdToken, SignJwt, SignBlob and downscoping exchanges ask
+    /// for none: an empty set, which every grant allows.
     pub scopes: &'a ScopeSet,
     /// The domain-wide delegation subject.
     pub subject: Option<&'a str>,
     /// The requested lifetime; `None` leaves it to the flow (see [`Decision::lifetime_or`]).
     pub lifetime: Option<Duration>,
-    /// The access boundary the request asks for.
+    /// The access boundary the request asks for (for ExchangeToken, `options.access_boundary`).
     pub boundary: Option<&'a AccessBoundary>,
     /// The service account the caller acts as, by email (rule `service_accounts`): the target
     /// of ImpersonateServiceAccount and of GenerateIdToken with `target_service_account`, the
@@ -40,8 +43,16 @@ pub struct AccessRequest<'a> {
     /// The delegation chain to `service_account`, in order (rule `delegates`); empty for
     /// direct impersonation, which every grant allows.
     pub delegates: &'a [String],
-    /// The audience of the ID token asked for (GenerateIdToken; rule `audiences`).
+    /// The audience (rule `audiences`): of the ID token asked for (GenerateIdToken), or the
+    /// identity provider of a plain exchange (ExchangeToken without `credential`; `None` for
+    /// downscoping). For ExchangeToken with a credential, `None`: the credential's
+    /// configuration fixes the audience (the server checks that a requested one equals it).
     pub audience: Option<&'a str>,
+    /// The type of the subject token (ExchangeToken; rule `subject_token_types`), one of
+    /// [`SUBJECT_TOKEN_TYPES`](super::SUBJECT_TOKEN_TYPES). Set it for every ExchangeToken
+    /// request, with or without a credential: for ExchangeToken, `None` is denied by every
+    /// grant.
+    pub subject_token_type: Option<&'a str>,
     /// The claims of the payload to sign (SignJwt; rule `jwt_claims`). For SignJwt, `None` is
     /// a payload without `aud` and `exp`.
     pub jwt_claims: Option<JwtClaims<'a>>,
@@ -73,8 +84,15 @@ impl<'a> AccessRequest<'a> {
             service_account: None,
             delegates: &[],
             audience: None,
+            subject_token_type: None,
             jwt_claims: None,
         }
+    }
+
+    /// Whether this is a plain exchange: ExchangeToken without a credential, which only
+    /// plain-exchange grants allow and which never uses the caller's default grant.
+    pub fn is_plain_exchange(&self) -> bool {
+        self.rpc == Rpc::ExchangeToken && self.credential.is_none()
     }
 }
 
@@ -102,8 +120,7 @@ impl Decision {
     /// The lifetime to mint with where the flow can choose it: the capped requested lifetime, or
     /// `default` capped at the grant's `max_lifetime`.
     pub fn lifetime_or(&self, default: Duration) -> Duration {
-        let lifetime = self.lifetime.unwrap_or(default);
-        self.max_lifetime.map_or(lifetime, |max| lifetime.min(max))
+        cap(self.lifetime.unwrap_or(default), self.max_lifetime)
     }
 
     /// For flows where Google fixes the lifetime (`fixed`, about an hour): a denial with rule
@@ -114,17 +131,65 @@ impl Decision {
         caller: &CallerIdentity,
         fixed: Duration,
     ) -> Result<(), Denial> {
-        match self.max_lifetime {
-            Some(max) if fixed > max => Err(Denial {
-                caller: caller.to_string(),
-                grant: Some(self.grant.clone()),
-                rule: DenialRule::LifetimeAboveMax {
-                    lifetime: fixed,
-                    max,
-                },
-            }),
-            _ => Ok(()),
-        }
+        check_fixed_lifetime(caller, &self.grant, self.max_lifetime, fixed)
+    }
+}
+
+/// What the policy allowed for ExchangeToken
+/// ([`Policy::authorize_exchange`](super::Policy::authorize_exchange)): the effective request.
+/// Like [`Decision`], except that a plain exchange has no credential and that ExchangeToken
+/// requests ask for no lifetime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExchangeDecision {
+    /// The grant that allowed it (for the audit event).
+    pub grant: String,
+    /// The `external_account` credential whose configuration shapes the exchange: the
+    /// request's. `None` for a plain exchange (a request without `credential`), which the
+    /// broker sends to Google adding nothing; never the default grant's credential.
+    pub credential: Option<CredentialName>,
+    /// The grant's `max_lifetime`.
+    pub max_lifetime: Option<Duration>,
+    /// The access boundary to send as `options.access_boundary`: the request's (if it is
+    /// allowed) or the grant's.
+    pub boundary: Option<AccessBoundary>,
+    /// The grant's own per-caller rate limit, if it sets one.
+    pub rate_limit: Option<RateLimit>,
+    /// The grant's own cap on distinct cache keys per caller, if it sets one.
+    pub distinct_keys: Option<u32>,
+}
+
+impl ExchangeDecision {
+    /// As [`Decision::check_fixed_lifetime`]: a denial with rule `max_lifetime` if the grant's
+    /// `max_lifetime` is shorter than `fixed`, the lifetime Google gives the exchanged token.
+    pub fn check_fixed_lifetime(
+        &self,
+        caller: &CallerIdentity,
+        fixed: Duration,
+    ) -> Result<(), Denial> {
+        check_fixed_lifetime(caller, &self.grant, self.max_lifetime, fixed)
+    }
+}
+
+fn cap(lifetime: Duration, max_lifetime: Option<Duration>) -> Duration {
+    max_lifetime.map_or(lifetime, |max| lifetime.min(max))
+}
+
+fn check_fixed_lifetime(
+    caller: &CallerIdentity,
+    grant: &str,
+    max_lifetime: Option<Duration>,
+    fixed: Duration,
+) -> Result<(), Denial> {
+    match max_lifetime {
+        Some(max) if fixed > max => Err(Denial {
+            caller: caller.to_string(),
+            grant: Some(grant.to_owned()),
+            rule: DenialRule::LifetimeAboveMax {
+                lifetime: fixed,
+                max,
+            },
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -141,6 +206,9 @@ pub enum DenialRule {
         /// The credential asked for.
         credential: CredentialName,
     },
+    /// A plain exchange (ExchangeToken without `credential`), and grants match the caller, but
+    /// none is a plain-exchange grant. Rule `no_grant`.
+    NoPlainExchangeGrant,
     /// The grant does not list the RPC in its `rpcs`. Rule `rpc`.
     RpcNotAllowed {
         /// The RPC called.
@@ -167,10 +235,17 @@ pub enum DenialRule {
         /// The chain's emails joined with `,`, as the request named them.
         chain: String,
     },
-    /// The ID-token audience is not allowed. Rule `audiences`.
+    /// The audience (of an ID token, or a token exchange's identity provider) is not allowed.
+    /// Rule `audiences`.
     AudienceNotAllowed {
         /// The audience asked for.
         audience: String,
+    },
+    /// The ExchangeToken subject-token type is not among the grant's `subject_token_types`.
+    /// Rule `subject_token_types`.
+    SubjectTokenTypeNotAllowed {
+        /// The type, as the request named it; `None` if the server set none.
+        subject_token_type: Option<String>,
     },
     /// The SignJwt payload's `aud` is missing or names an audience outside the grant's
     /// `sign_jwt.required_audiences`. Rule `jwt_claims`, value `aud`.
@@ -204,11 +279,13 @@ pub enum DenialRule {
 impl DenialRule {
     /// The stable name of the rule, the `rule` metadata of ErrorInfo reason `POLICY_DENIED` in
     /// `error_reason.proto`: `no_grant`, `default_grant`, `rpc`, `service_accounts`,
-    /// `delegates`, `scopes`, `subjects`, `audiences`, `jwt_claims`, `access_boundary` or
-    /// `max_lifetime`.
+    /// `delegates`, `scopes`, `subjects`, `audiences`, `subject_token_types`, `jwt_claims`,
+    /// `access_boundary` or `max_lifetime`.
     pub fn rule_name(&self) -> &'static str {
         match self {
-            Self::NoGrantForCaller | Self::CredentialNotGranted { .. } => "no_grant",
+            Self::NoGrantForCaller
+            | Self::CredentialNotGranted { .. }
+            | Self::NoPlainExchangeGrant => "no_grant",
             Self::NoDefaultGrant => "default_grant",
             Self::RpcNotAllowed { .. } => "rpc",
             Self::ServiceAccountNotAllowed { .. } => "service_accounts",
@@ -216,6 +293,7 @@ impl DenialRule {
             Self::ScopeNotAllowed { .. } => "scopes",
             Self::SubjectNotAllowed { .. } => "subjects",
             Self::AudienceNotAllowed { .. } => "audiences",
+            Self::SubjectTokenTypeNotAllowed { .. } => "subject_token_types",
             Self::JwtAudienceNotAllowed | Self::JwtExpiryNotAllowed { .. } => "jwt_claims",
             Self::BoundaryWider { .. } => "access_boundary",
             Self::LifetimeAboveMax { .. } => "max_lifetime",
@@ -224,11 +302,15 @@ impl DenialRule {
 
     /// The denied value, the `value` metadata of ErrorInfo: the credential, the RPC, the
     /// service account's email, the delegation chain joined with `,`, the first denied scope,
-    /// the subject, the audience, the name of the SignJwt claim (`aud` or `exp`, never the
-    /// payload), or the resource of the boundary rule. None of them is secret.
+    /// the subject, the audience, the subject-token type (never the token), the name of the
+    /// SignJwt claim (`aud` or `exp`, never the payload), or the resource of the boundary rule.
+    /// None of them is secret.
     pub fn value(&self) -> Option<&str> {
         match self {
-            Self::NoGrantForCaller | Self::NoDefaultGrant | Self::LifetimeAboveMax { .. } => None,
+            Self::NoGrantForCaller
+            | Self::NoDefaultGrant
+            | Self::NoPlainExchangeGrant
+            | Self::LifetimeAboveMax { .. } => None,
             Self::CredentialNotGranted { credential } => Some(credential.as_str()),
             Self::RpcNotAllowed { rpc } => Some(rpc.name()),
             Self::ServiceAccountNotAllowed { service_account } => Some(service_account),
@@ -236,6 +318,9 @@ impl DenialRule {
             Self::ScopeNotAllowed { scopes } => scopes.first().map(String::as_str),
             Self::SubjectNotAllowed { subject } => Some(subject),
             Self::AudienceNotAllowed { audience } => Some(audience),
+            Self::SubjectTokenTypeNotAllowed { subject_token_type } => {
+                subject_token_type.as_deref()
+            }
             Self::JwtAudienceNotAllowed => Some("aud"),
             Self::JwtExpiryNotAllowed { .. } => Some("exp"),
             Self::BoundaryWider { resource, .. } => Some(resource),
@@ -253,11 +338,12 @@ impl DenialRule {
 pub struct Denial {
     /// The caller, as [`CallerIdentity`]'s `Display` names it.
     pub caller: String,
-    /// The grant that came closest: among the grants that match the caller and the credential,
-    /// the one whose check failed latest (in the order of the checks: rpc, service account,
-    /// delegates, scopes, subject, audience, SignJwt claims, boundary), ties going to the one
-    /// with fewer disallowed scopes, then to the first in the file. `None` for `no_grant` and
-    /// `default_grant`.
+    /// The grant that came closest: among the candidates (the grants that match the caller and
+    /// are for the credential, or for a plain exchange the plain-exchange grants that match the
+    /// caller), the one whose check failed latest (in the order of the checks: rpc, service
+    /// account, delegates, audience, subject-token type, scopes, subject, SignJwt claims,
+    /// boundary), ties going to the one with fewer disallowed scopes, then to the first in the
+    /// file. `None` for `no_grant` and `default_grant`.
     pub grant: Option<String>,
     /// Why.
     pub rule: DenialRule,
@@ -290,6 +376,10 @@ impl fmt::Display for Denial {
             DenialRule::CredentialNotGranted { credential } => write!(
                 f,
                 "no policy grant lets caller {caller} use credential {credential}"
+            ),
+            DenialRule::NoPlainExchangeGrant => write!(
+                f,
+                "no policy grant lets caller {caller} exchange tokens without a credential (a plain exchange)"
             ),
             DenialRule::RpcNotAllowed { rpc } => write!(
                 f,
@@ -327,7 +417,19 @@ impl fmt::Display for Denial {
             ),
             DenialRule::AudienceNotAllowed { audience } => write!(
                 f,
-                "grant {grant} (the closest for caller {caller}) does not allow ID tokens for audience {audience}"
+                "grant {grant} (the closest for caller {caller}) does not allow audience {audience}: the grant's audiences or audience_prefixes must allow it"
+            ),
+            DenialRule::SubjectTokenTypeNotAllowed {
+                subject_token_type: Some(token_type),
+            } => write!(
+                f,
+                "grant {grant} (the closest for caller {caller}) does not allow exchanging subject tokens of type {token_type}: the grant's subject_token_types must list it"
+            ),
+            DenialRule::SubjectTokenTypeNotAllowed {
+                subject_token_type: None,
+            } => write!(
+                f,
+                "grant {grant} (the closest for caller {caller}) does not allow an exchange without a subject-token type"
             ),
             DenialRule::JwtAudienceNotAllowed => write!(
                 f,
@@ -369,8 +471,10 @@ impl std::error::Error for Denial {}
 pub enum GrantOutcome {
     /// None of its caller entries matches the caller.
     CallerNotMatched,
-    /// It matches the caller but is for another credential (or, with no credential in the
-    /// request, the caller has no default grant).
+    /// It matches the caller but is not a candidate: it is for another credential (or, with no
+    /// credential in the request, the caller has no default grant), or it is a plain-exchange
+    /// grant and the request is not a plain exchange, or the request is a plain exchange and it
+    /// is not a plain-exchange grant.
     CredentialNotMatched,
     /// It allows the request.
     Allowed,
@@ -388,10 +492,13 @@ pub struct GrantCheck {
 }
 
 /// Why a request is allowed or denied, grant by grant: for a dry-run or "why denied" answer.
+/// `Explanation` is [`Policy::explain`](super::Policy::explain)'s, `Explanation<ExchangeDecision>`
+/// [`Policy::explain_exchange`](super::Policy::explain_exchange)'s.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Explanation {
-    /// What [`Policy::authorize`](super::Policy::authorize) answers.
-    pub result: Result<Decision, Denial>,
+pub struct Explanation<D = Decision> {
+    /// What [`Policy::authorize`](super::Policy::authorize) (or
+    /// [`Policy::authorize_exchange`](super::Policy::authorize_exchange)) answers.
+    pub result: Result<D, Denial>,
     /// Every grant in policy order.
     pub grants: Vec<GrantCheck>,
 }

@@ -89,6 +89,58 @@ async fn google_application_credentials_comes_first_whatever_its_type() {
     emulator.shutdown().await;
 }
 
+/// An `external_account` file in GOOGLE_APPLICATION_CREDENTIALS (how Google's clients find
+/// workload identity federation on AWS or in CI): federation with the file's token, and the
+/// AWS variables of the same environment; an executable source is refused, never run.
+#[tokio::test]
+async fn google_application_credentials_may_be_an_external_account_file() {
+    use crate::external_account::{DEV_OIDC, JWT_TYPE, file_for, impersonating, subject_token};
+
+    let emulator = emulator().await;
+    let dir = TempDir::new();
+    let token_file = dir.write(
+        "oidc-token",
+        &subject_token(&emulator, DEV_OIDC, "ci-job-7"),
+    );
+    let federated = impersonating(
+        &emulator,
+        file_for(
+            &emulator,
+            DEV_OIDC,
+            JWT_TYPE,
+            json!({"file": token_file.display().to_string()}),
+        ),
+        READER,
+    );
+    let path = dir.write("wif.json", &federated.to_string());
+    let env = Env::from_vars([(GOOGLE_APPLICATION_CREDENTIALS, path.display().to_string())]);
+    let found = find_default_credentials(&options(&emulator, env))
+        .await
+        .expect("found");
+    assert_eq!(found.origin, AdcOrigin::EnvironmentVariable(path.clone()));
+    assert_eq!(found.source.kind(), "external_account");
+    assert_eq!(found.source.principal(), READER);
+    let token = found
+        .source
+        .fetch(&request(&[CLOUD_PLATFORM]), None)
+        .await
+        .expect("token");
+    assert_eq!(tokeninfo(&emulator, &token.secret).await["email"], READER);
+
+    let mut executable = federated.clone();
+    executable["credential_source"] = json!({"executable": {"command": "/bin/false"}});
+    let path = dir.write("executable.json", &executable.to_string());
+    let env = Env::from_vars([(GOOGLE_APPLICATION_CREDENTIALS, path.display().to_string())]);
+    let error = find_default_credentials(&options(&emulator, env))
+        .await
+        .expect_err("executables are not allowed");
+    assert!(
+        matches!(error, BackendError::ExecutableNotAllowed { .. }),
+        "{error:?}"
+    );
+    emulator.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_bad_google_application_credentials_is_an_error_not_a_fall_through() {
     let emulator = emulator().await;
@@ -96,11 +148,21 @@ async fn a_bad_google_application_credentials_is_an_error_not_a_fall_through() {
     let external = dir.write(
         "external.json",
         &json!({
+            "type": "external_account_authorized_user",
+            "audience": "//iam.googleapis.com/locations/global/workforcePools/p/providers/x",
+            "refresh_token": "not yet",
+        })
+        .to_string(),
+    );
+    let unknown_field = dir.write(
+        "federation.json",
+        &json!({
             "type": "external_account",
             "audience": "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/x",
             "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
             "token_url": "https://sts.googleapis.com/v1/token",
             "credential_source": {"file": "/var/run/token"},
+            "service_acount_impersonation_url": "typo",
         })
         .to_string(),
     );
@@ -110,7 +172,11 @@ async fn a_bad_google_application_credentials_is_an_error_not_a_fall_through() {
         "{\"type\": \"service_account\", \"private_key\": \"-----BEGIN",
     );
     for (path, expected) in [
-        (&external, "\"external_account\" are not supported yet"),
+        (
+            &external,
+            "\"external_account_authorized_user\" are not supported yet",
+        ),
+        (&unknown_field, "service_acount_impersonation_url"),
         (&missing, "cannot read credential file"),
         (&garbage, "not valid JSON"),
     ] {
@@ -131,7 +197,7 @@ async fn a_bad_google_application_credentials_is_an_error_not_a_fall_through() {
         .await
         .expect_err("refused");
     assert!(
-        matches!(&error, BackendError::UnsupportedCredentialType { found, .. } if found == "external_account"),
+        matches!(&error, BackendError::UnsupportedCredentialType { found, .. } if found == "external_account_authorized_user"),
         "{error:?}"
     );
     assert_eq!(emulator.count(Endpoint::Metadata), 0);

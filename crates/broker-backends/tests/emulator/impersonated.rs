@@ -427,7 +427,7 @@ async fn impersonated_files_build_their_base_and_use_the_configured_iam_endpoint
     let file = CredentialFile::parse(&json, "impersonated.json").expect("file");
     assert_eq!(file.kind(), "impersonated_service_account");
     let source = file
-        .into_source(&endpoints, &http(), None)
+        .into_source(&endpoints, &http(), None, &broker_backends::Env::process())
         .await
         .expect("source");
     assert_eq!(source.kind(), "impersonated");

@@ -6,6 +6,7 @@
 
 mod adc;
 mod authorized_user;
+mod external_account;
 mod iam;
 mod impersonated;
 mod metadata;

@@ -352,3 +352,121 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// The lowercase hex SHA-256 of `bytes` (how the emulator's request log names credentials).
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A request a [`TokenServer`] received: its request line and headers (names lowercase).
+#[derive(Debug, Clone)]
+pub(crate) struct SeenRequest {
+    pub(crate) method: String,
+    pub(crate) target: String,
+    pub(crate) headers: Vec<(String, String)>,
+}
+
+impl SeenRequest {
+    /// The value of the header `name` (lowercase), when it was sent once.
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        let mut values = self.headers.iter().filter(|(n, _)| n == name);
+        let (_, value) = values.next()?;
+        values.next().is_none().then_some(value.as_str())
+    }
+}
+
+/// A subject-token server on 127.0.0.1 (what a `url` credential source calls: an instance
+/// metadata identity endpoint, a local token agent): plain HTTP/1.1, one request per
+/// connection, every request answered with the current canned status and body, and recorded.
+pub(crate) struct TokenServer {
+    pub(crate) url: String,
+    seen: Arc<Mutex<Vec<SeenRequest>>>,
+    answer: Arc<Mutex<(u16, String)>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TokenServer {
+    pub(crate) async fn start(status: u16, body: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let answer = Arc::new(Mutex::new((status, body.to_owned())));
+        let (task_seen, task_answer) = (seen.clone(), answer.clone());
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (seen, answer) = (task_seen.clone(), task_answer.clone());
+                tokio::spawn(async move {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        Self::serve(stream, seen, answer),
+                    )
+                    .await;
+                });
+            }
+        });
+        Self {
+            url,
+            seen,
+            answer,
+            task,
+        }
+    }
+
+    async fn serve(
+        mut stream: tokio::net::TcpStream,
+        seen: Arc<Mutex<Vec<SeenRequest>>>,
+        answer: Arc<Mutex<(u16, String)>>,
+    ) -> std::io::Result<()> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut head = Vec::new();
+        let mut buffer = [0u8; 1024];
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let read = stream.read(&mut buffer).await?;
+            if read == 0 || head.len() > 16 * 1024 {
+                return Ok(());
+            }
+            head.extend_from_slice(&buffer[..read]);
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let mut lines = head.split("\r\n");
+        let mut request_line = lines.next().unwrap_or_default().split(' ');
+        let request = SeenRequest {
+            method: request_line.next().unwrap_or_default().to_owned(),
+            target: request_line.next().unwrap_or_default().to_owned(),
+            headers: lines
+                .filter_map(|line| line.split_once(':'))
+                .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+                .collect(),
+        };
+        seen.lock().unwrap_or_else(|e| e.into_inner()).push(request);
+        let (status, body) = answer.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let response = format!(
+            "HTTP/1.1 {status} Canned\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    }
+
+    /// Answers `status` and `body` from now on.
+    pub(crate) fn answer(&self, status: u16, body: &str) {
+        *self.answer.lock().unwrap_or_else(|e| e.into_inner()) = (status, body.to_owned());
+    }
+
+    /// The requests received so far, oldest first.
+    pub(crate) fn requests(&self) -> Vec<SeenRequest> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Drop for TokenServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

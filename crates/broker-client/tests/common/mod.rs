@@ -176,12 +176,14 @@ pub(crate) fn whole_seconds_from_now(ahead: Duration) -> SystemTime {
 
 /// A fake broker. GetAccessToken answers with numbered tokens (`ya29.fake-1`,
 /// `ya29.fake-2`, ...) expiring at `expire_time`; ImpersonateServiceAccount, GenerateIdToken,
-/// SignJwt and SignBlob answer in kind (see [`FakeBroker::impersonated_token`] and friends),
-/// numbered from the same counter. ExchangeToken is UNIMPLEMENTED. Every request is recorded
-/// before it is answered; callers without a verified client certificate get UNAUTHENTICATED.
+/// SignJwt, SignBlob and ExchangeToken answer in kind (see [`FakeBroker::impersonated_token`]
+/// and friends), numbered from the same counter. Every request is recorded before it is
+/// answered; callers without a verified client certificate get UNAUTHENTICATED.
 ///
 /// Like the broker, SignJwt refuses a payload that is not a JSON object and SignBlob an empty
-/// one (INVALID_ARGUMENT naming `payload`).
+/// one (INVALID_ARGUMENT naming `payload`); ExchangeToken refuses an empty subject token, a
+/// type it does not know, federation without an audience, and downscoping without a boundary or
+/// with an audience or scopes. A downscoped token has no expiry, principal or credential.
 #[derive(Debug)]
 pub(crate) struct FakeBroker {
     calls: AtomicUsize,
@@ -195,6 +197,7 @@ pub(crate) struct FakeBroker {
     id_token_requests: Mutex<Vec<GenerateIdTokenRequest>>,
     sign_jwt_requests: Mutex<Vec<SignJwtRequest>>,
     sign_blob_requests: Mutex<Vec<SignBlobRequest>>,
+    exchange_requests: Mutex<Vec<ExchangeTokenRequest>>,
 }
 
 /// The key ID of every fake signature.
@@ -214,6 +217,7 @@ impl FakeBroker {
             id_token_requests: Mutex::new(Vec::new()),
             sign_jwt_requests: Mutex::new(Vec::new()),
             sign_blob_requests: Mutex::new(Vec::new()),
+            exchange_requests: Mutex::new(Vec::new()),
         })
     }
 
@@ -259,6 +263,14 @@ impl FakeBroker {
             .clone()
     }
 
+    /// The ExchangeToken requests received so far.
+    pub(crate) fn exchange_requests(&self) -> Vec<ExchangeTokenRequest> {
+        self.exchange_requests
+            .lock()
+            .expect("requests lock")
+            .clone()
+    }
+
     /// The next calls, of whichever RPC, fail with these statuses, in order.
     pub(crate) fn fail_with(&self, statuses: impl IntoIterator<Item = Status>) {
         self.script.lock().expect("script lock").extend(statuses);
@@ -292,6 +304,17 @@ impl FakeBroker {
     /// The JWT SignJwt answers with as the `number`th token.
     pub(crate) fn signed_jwt(number: usize) -> String {
         format!("eyJhbGciOiJSUzI1NiJ9.fake-signed-jwt-{number}.c2lnbmF0dXJl")
+    }
+
+    /// The access token ExchangeToken answers a federation exchange with as the `number`th
+    /// token.
+    pub(crate) fn exchanged_token(number: usize) -> String {
+        format!("ya29.exchanged-{number}")
+    }
+
+    /// The access token ExchangeToken answers downscoping with as the `number`th token.
+    pub(crate) fn downscoped_token(number: usize) -> String {
+        format!("ya29.downscoped-{number}")
     }
 
     /// The signature SignBlob answers with for `payload`: not a real one, but raw bytes that
@@ -407,8 +430,70 @@ pub(crate) fn upstream_unavailable(retry_after: Duration) -> Status {
     Status::with_error_details(Code::Unavailable, "Google is unavailable", details)
 }
 
-fn unimplemented<T>() -> Result<Response<T>, Status> {
-    Err(Status::unimplemented("not implemented by the fake broker"))
+/// The subject token types ExchangeToken accepts.
+const SUBJECT_TOKEN_TYPES: [&str; 5] = [
+    "urn:ietf:params:oauth:token-type:jwt",
+    "urn:ietf:params:oauth:token-type:id_token",
+    "urn:ietf:params:oauth:token-type:saml2",
+    "urn:ietf:params:aws:token-type:aws4_request",
+    ACCESS_TOKEN_TYPE,
+];
+
+const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+
+/// The principal of a federated token without impersonation.
+pub(crate) const FEDERATED_PRINCIPAL: &str = "principal://iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/pool/subject/ci";
+
+/// The broker's checks of an ExchangeTokenRequest's shape, in brief.
+fn check_exchange(request: &ExchangeTokenRequest) -> Result<(), Status> {
+    if request.subject_token.is_empty() {
+        return Err(invalid_argument(
+            "subject_token",
+            "INVALID_FIELD",
+            "must hold 1 to 65536 bytes",
+        ));
+    }
+    if !SUBJECT_TOKEN_TYPES.contains(&request.subject_token_type.as_str()) {
+        return Err(invalid_argument(
+            "subject_token_type",
+            "UNSUPPORTED_TOKEN_TYPE",
+            "not a subject token type the broker accepts",
+        ));
+    }
+    let boundary = request
+        .options
+        .as_ref()
+        .and_then(|options| options.access_boundary.as_ref());
+    if request.subject_token_type == ACCESS_TOKEN_TYPE {
+        if boundary.is_none() {
+            return Err(invalid_argument(
+                "options.access_boundary",
+                "INVALID_ACCESS_BOUNDARY",
+                "required for downscoping",
+            ));
+        }
+        if !request.audience.is_empty() || !request.scopes.is_empty() {
+            return Err(invalid_argument(
+                "audience",
+                "INVALID_FIELD",
+                "must be empty for downscoping",
+            ));
+        }
+    } else if request.audience.is_empty() && request.credential.is_empty() {
+        return Err(invalid_argument(
+            "audience",
+            "INVALID_FIELD",
+            "required without a credential",
+        ));
+    }
+    if boundary.is_some_and(|boundary| boundary.access_boundary_rules.is_empty()) {
+        return Err(invalid_argument(
+            "options.access_boundary.access_boundary_rules",
+            "INVALID_ACCESS_BOUNDARY",
+            "between 1 and 10 rules are required",
+        ));
+    }
+    Ok(())
 }
 
 #[tonic::async_trait]
@@ -441,9 +526,35 @@ impl TokenBroker for FakeBroker {
 
     async fn exchange_token(
         &self,
-        _request: Request<ExchangeTokenRequest>,
+        request: Request<ExchangeTokenRequest>,
     ) -> Result<Response<ExchangeTokenResponse>, Status> {
-        unimplemented()
+        let (request, number) = self.accept(request, &self.exchange_requests).await?;
+        check_exchange(&request)?;
+        let response = if request.subject_token_type == ACCESS_TOKEN_TYPE {
+            ExchangeTokenResponse {
+                access_token: self.unless_malformed(Self::downscoped_token(number)),
+                issued_token_type: ACCESS_TOKEN_TYPE.to_owned(),
+                token_type: "Bearer".to_owned(),
+                expire_time: None,
+                principal: String::new(),
+                credential: String::new(),
+            }
+        } else {
+            ExchangeTokenResponse {
+                access_token: self.unless_malformed(Self::exchanged_token(number)),
+                issued_token_type: ACCESS_TOKEN_TYPE.to_owned(),
+                token_type: "Bearer".to_owned(),
+                expire_time: self.expire_time(),
+                // A credential impersonates; a plain exchange is a federated principal.
+                principal: if request.credential.is_empty() {
+                    FEDERATED_PRINCIPAL.to_owned()
+                } else {
+                    PRINCIPAL.to_owned()
+                },
+                credential: request.credential,
+            }
+        };
+        Ok(Response::new(response))
     }
 
     async fn impersonate_service_account(

@@ -9,6 +9,7 @@
 //! caller's deadline or the broker's `rpc_timeout`, and end with `DEADLINE_EXCEEDED` (the
 //! caller's) or `UNAVAILABLE` with `RetryInfo` (the broker's), never `CANCELLED`.
 
+mod exchange_token;
 mod generate_id_token;
 mod get_access_token;
 mod impersonate_service_account;
@@ -23,7 +24,9 @@ use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use broker_authz::{CallerIdentity, Decision, Denial, Policy, Rpc};
-use broker_backends::{GoogleEndpoints, HttpClient, IamCredentials, upstream_host};
+use broker_backends::{
+    ExternalAccountSource, GoogleEndpoints, HttpClient, IamCredentials, upstream_host,
+};
 use broker_cache::{CacheError, TokenCache};
 use broker_core::{Capabilities, Clock, CredentialName, SourceError, TokenKey, TokenSource};
 use broker_proto::tokenbroker::v1 as pb;
@@ -45,6 +48,8 @@ pub struct Credential {
     pub cached: Arc<dyn TokenSource>,
     /// The source's principal, shared by every cache key of this credential.
     pub principal: Arc<str>,
+    /// The `external_account` source itself, for ExchangeToken with this credential.
+    pub federation: Option<Arc<ExternalAccountSource>>,
     /// The Google host its tokens come from, for errors and audit.
     pub upstream: String,
 }
@@ -153,6 +158,12 @@ struct Inner {
     impersonation: Arc<Impersonation>,
     /// The IAM Credentials host, for errors and audit.
     iam_upstream: String,
+    /// The HTTP client of ExchangeToken's calls to STS.
+    http: HttpClient,
+    /// The Security Token Service of plain exchanges and downscoping.
+    sts_url: String,
+    /// Its host, for errors and audit.
+    sts_upstream: String,
 }
 
 impl TokenBrokerService {
@@ -164,6 +175,8 @@ impl TokenBrokerService {
     pub fn new(parts: ServiceParts) -> Result<Self, broker_backends::BackendError> {
         let iam = IamCredentials::new(&parts.google, parts.http.clone())?;
         let iam_upstream = upstream_host(&parts.google.iam_credentials_url);
+        let sts_url = parts.google.sts_url.clone();
+        let sts_upstream = upstream_host(&sts_url);
         Ok(Self {
             inner: Arc::new(Inner {
                 policy: parts.policy,
@@ -175,10 +188,13 @@ impl TokenBrokerService {
                 iam,
                 impersonation: Arc::new(Impersonation::new(
                     parts.google,
-                    parts.http,
+                    parts.http.clone(),
                     Arc::clone(&parts.clock),
                 )),
                 iam_upstream,
+                http: parts.http,
+                sts_url,
+                sts_upstream,
                 clock: parts.clock,
             }),
         })
@@ -455,12 +471,6 @@ impl Inner {
         );
         error.into()
     }
-
-    /// An RPC this release does not implement: the caller is still authenticated first.
-    fn unimplemented<T, R>(&self, rpc: Rpc, request: &Request<T>) -> Result<Response<R>, Status> {
-        let _started = self.begin(rpc, request)?;
-        Err(self.refuse(rpc, request, RpcError::Unimplemented(rpc.name())))
-    }
 }
 
 #[tonic::async_trait]
@@ -484,7 +494,15 @@ impl pb::token_broker_server::TokenBroker for TokenBrokerService {
         &self,
         request: Request<pb::ExchangeTokenRequest>,
     ) -> Result<Response<pb::ExchangeTokenResponse>, Status> {
-        self.inner.unimplemented(Rpc::ExchangeToken, &request)
+        let inner = &self.inner;
+        let (context, _permit) = inner.begin(Rpc::ExchangeToken, &request)?;
+        let request = request.into_inner();
+        let presented = exchange_token::Presented::of(&request);
+        let result = exchange_token::serve(inner, &context, request, &presented).await;
+        if let Err(error) = &result {
+            presented.audit_error(&context, error);
+        }
+        result.map(Response::new).map_err(Status::from)
     }
 
     async fn impersonate_service_account(

@@ -7,7 +7,7 @@ use broker_core::{
 };
 use broker_proto::tokenbroker::v1 as pb;
 
-use crate::status::RpcError;
+use crate::status::{MAX_TOKEN_TYPE_SHOWN, RpcError};
 
 /// The scope a request without scopes gets.
 pub(crate) const DEFAULT_SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
@@ -207,6 +207,203 @@ pub(crate) fn jwt_payload(payload: &str, now: i64) -> Result<JwtClaims, RpcError
     })
 }
 
+pub(crate) use broker_backends::ACCESS_TOKEN_TYPE;
+/// The subject-token types federation accepts (the caller's external credential).
+const FEDERATION_TOKEN_TYPES: [&str; 4] = [
+    "urn:ietf:params:oauth:token-type:jwt",
+    "urn:ietf:params:oauth:token-type:id_token",
+    "urn:ietf:params:oauth:token-type:saml2",
+    "urn:ietf:params:aws:token-type:aws4_request",
+];
+/// X.509 federation: authenticated by the TLS connection to STS, which the broker cannot
+/// open with the caller's key.
+const MTLS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:mtls";
+/// What client-side Credential Access Boundaries ask for.
+const INTERMEDIATE_TOKEN_TYPE: &str =
+    "urn:ietf:params:oauth:token-type:access_boundary_intermediate_token";
+/// The longest subject token.
+const MAX_SUBJECT_TOKEN: usize = 64 * 1024;
+/// The longest provider audience.
+const MAX_PROVIDER_AUDIENCE: usize = 512;
+/// The longest workforce `userProject`.
+const MAX_USER_PROJECT: usize = 32;
+
+/// What an ExchangeToken request exchanges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Exchange {
+    /// Federation: an external credential of this type, for a provider.
+    Federation(&'static str),
+    /// Downscoping a Google access token.
+    Downscoping,
+}
+
+impl Exchange {
+    /// The subject-token type Google is sent.
+    pub(crate) fn token_type(self) -> &'static str {
+        match self {
+            Self::Federation(token_type) => token_type,
+            Self::Downscoping => ACCESS_TOKEN_TYPE,
+        }
+    }
+}
+
+/// `subject_token`: 1 to 65536 bytes.
+pub(crate) fn subject_token(value: &str) -> Result<(), RpcError> {
+    if (1..=MAX_SUBJECT_TOKEN).contains(&value.len()) {
+        Ok(())
+    } else {
+        Err(invalid(
+            "INVALID_FIELD",
+            "subject_token",
+            "must be 1 to 65536 bytes",
+        ))
+    }
+}
+
+/// `subject_token_type`: one of the federation types, or a Google access token to downscope.
+pub(crate) fn subject_token_type(value: &str) -> Result<Exchange, RpcError> {
+    if value == ACCESS_TOKEN_TYPE {
+        return Ok(Exchange::Downscoping);
+    }
+    if let Some(known) = FEDERATION_TOKEN_TYPES.iter().find(|t| **t == value) {
+        return Ok(Exchange::Federation(known));
+    }
+    let why = if value == MTLS_TOKEN_TYPE {
+        "X.509 federation is authenticated by the TLS connection to Google's Security Token Service, which the broker cannot open with the caller's private key; configure an external_account credential with a certificate source instead".to_owned()
+    } else {
+        format!(
+            "must be one of {}, or {ACCESS_TOKEN_TYPE} to downscope",
+            FEDERATION_TOKEN_TYPES.join(", ")
+        )
+    };
+    Err(unsupported_token_type("subject_token_type", value, why))
+}
+
+/// INVALID_ARGUMENT (UNSUPPORTED_TOKEN_TYPE) for the token type `value` of `field`, which
+/// the error repeats (cut, escaped: it is the caller's text).
+fn unsupported_token_type(
+    field: &'static str,
+    value: &str,
+    description: impl Into<String>,
+) -> RpcError {
+    RpcError::UnsupportedTokenType {
+        field,
+        token_type: value
+            .chars()
+            .take(MAX_TOKEN_TYPE_SHOWN)
+            .flat_map(char::escape_default)
+            .collect(),
+        description: description.into(),
+    }
+}
+
+/// `requested_token_type`: empty or an access token. The intermediate token of client-side
+/// Credential Access Boundaries is UNIMPLEMENTED.
+pub(crate) fn requested_token_type(value: &str) -> Result<&'static str, RpcError> {
+    match value {
+        "" | ACCESS_TOKEN_TYPE => Ok(ACCESS_TOKEN_TYPE),
+        INTERMEDIATE_TOKEN_TYPE => Err(RpcError::Unimplemented(
+            "requested_token_type=urn:ietf:params:oauth:token-type:access_boundary_intermediate_token",
+        )),
+        _ => Err(unsupported_token_type(
+            "requested_token_type",
+            value,
+            format!("must be empty or {ACCESS_TOKEN_TYPE}"),
+        )),
+    }
+}
+
+/// A provider `audience`: the full resource name of a workload or workforce identity pool
+/// provider; empty means unset.
+pub(crate) fn provider_audience(value: &str) -> Result<Option<String>, RpcError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    let valid = value.len() <= MAX_PROVIDER_AUDIENCE && (is_workload(value) || is_workforce(value));
+    if valid {
+        Ok(Some(value.to_owned()))
+    } else {
+        Err(invalid(
+            "INVALID_FIELD",
+            "audience",
+            format!(
+                "must be the full resource name of an identity pool provider, at most {MAX_PROVIDER_AUDIENCE} bytes: //iam.googleapis.com/projects/NUMBER/locations/global/workloadIdentityPools/POOL/providers/PROVIDER, or //iam.googleapis.com/locations/global/workforcePools/POOL/providers/PROVIDER"
+            ),
+        ))
+    }
+}
+
+/// Whether a provider audience is exactly
+/// `//iam.googleapis.com/projects/NUMBER/locations/LOCATION/workloadIdentityPools/POOL/providers/PROVIDER`,
+/// each part an identifier (so that a grant's `audience_prefixes` mean what they say: no
+/// `..`, escapes, queries or extra segments).
+fn is_workload(audience: &str) -> bool {
+    let Some(rest) = audience.strip_prefix("//iam.googleapis.com/") else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split('/').collect();
+    matches!(
+        parts.as_slice(),
+        ["projects", number, "locations", location, "workloadIdentityPools", pool, "providers", provider]
+            if !number.is_empty()
+                && number.bytes().all(|b| b.is_ascii_digit())
+                && is_identifier(location)
+                && is_identifier(pool)
+                && is_identifier(provider)
+    )
+}
+
+/// Whether a provider audience is exactly
+/// `//iam.googleapis.com/locations/LOCATION/workforcePools/POOL/providers/PROVIDER`.
+pub(crate) fn is_workforce(audience: &str) -> bool {
+    let Some(rest) = audience.strip_prefix("//iam.googleapis.com/") else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split('/').collect();
+    matches!(
+        parts.as_slice(),
+        ["locations", location, "workforcePools", pool, "providers", provider]
+            if is_identifier(location) && is_identifier(pool) && is_identifier(provider)
+    )
+}
+
+/// A location, pool or provider ID: 1 to 63 lowercase letters, digits and hyphens.
+fn is_identifier(value: &str) -> bool {
+    (1..=63).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// `options.user_project`: a project ID or number, for workforce audiences only.
+pub(crate) fn user_project(value: &str, workforce: bool) -> Result<Option<String>, RpcError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    let field = "options.user_project";
+    if !workforce {
+        return Err(invalid(
+            "INVALID_FIELD",
+            field,
+            "only for workforce identity federation (an audience of a workforce pool)",
+        ));
+    }
+    let alphanumeric = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let valid = value.len() <= MAX_USER_PROJECT
+        && value.bytes().all(|b| alphanumeric(b) || b == b'-')
+        && value.bytes().next().is_some_and(alphanumeric)
+        && value.bytes().last().is_some_and(alphanumeric);
+    if valid {
+        Ok(Some(value.to_owned()))
+    } else {
+        Err(invalid(
+            "INVALID_FIELD",
+            field,
+            format!("must be a project ID or number of at most {MAX_USER_PROJECT} characters"),
+        ))
+    }
+}
+
 /// A JSON object whose top-level keys are all different.
 struct DistinctClaims;
 
@@ -384,6 +581,9 @@ mod tests {
     fn field(error: RpcError) -> (String, &'static str) {
         match error {
             RpcError::InvalidField { field, reason, .. } => (field, reason),
+            RpcError::UnsupportedTokenType { field, .. } => {
+                (field.to_owned(), "UNSUPPORTED_TOKEN_TYPE")
+            }
             other => panic!("not a field error: {other}"),
         }
     }
@@ -521,6 +721,63 @@ mod tests {
         }
         assert!(blob(b"x").is_ok());
         assert!(blob(b"").is_err() && blob(&vec![0; MAX_PAYLOAD + 1]).is_err());
+    }
+
+    #[test]
+    fn exchanges_providers_and_token_types() {
+        let workload = "//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/pool/providers/oidc";
+        let workforce = "//iam.googleapis.com/locations/global/workforcePools/staff/providers/okta";
+        assert_eq!(
+            provider_audience(workload).expect("workload"),
+            Some(workload.to_owned())
+        );
+        assert!(is_workforce(workforce) && !is_workforce(workload));
+        assert_eq!(provider_audience("").expect("unset"), None);
+        for bad in [
+            "https://iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/p/providers/o",
+            "//iam.googleapis.com/projects//locations/global/workloadIdentityPools/p/providers/o",
+            "//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/p/providers/",
+            "//iam.googleapis.com/locations/global/workforcePools/staff",
+            "//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/ci/providers/x/../../prod/providers/y",
+            "//iam.googleapis.com/projects/123/locations//workloadIdentityPools/p/providers/o",
+            "//iam.googleapis.com/projects/abc/locations/global/workloadIdentityPools/p/providers/o",
+            "//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/p/providers/%2e%2e",
+            "//iam.googleapis.com/projects/123/locations/global/workloadIdentityPools/p/providers/o?x=1",
+            "//iam.googleapis.com/locations/global/workforcePools/staff/providers/okta/",
+            &format!("{workload}{}", "x".repeat(512)),
+        ] {
+            assert_eq!(field(provider_audience(bad).expect_err(bad)).0, "audience");
+        }
+        assert_eq!(
+            subject_token_type("urn:ietf:params:aws:token-type:aws4_request").expect("aws"),
+            Exchange::Federation("urn:ietf:params:aws:token-type:aws4_request")
+        );
+        assert_eq!(
+            subject_token_type(ACCESS_TOKEN_TYPE).expect("downscoping"),
+            Exchange::Downscoping
+        );
+        for bad in [MTLS_TOKEN_TYPE, "jwt", ""] {
+            assert_eq!(
+                field(subject_token_type(bad).expect_err(bad)),
+                ("subject_token_type".to_owned(), "UNSUPPORTED_TOKEN_TYPE")
+            );
+        }
+        assert_eq!(
+            requested_token_type("").expect("default"),
+            ACCESS_TOKEN_TYPE
+        );
+        assert!(matches!(
+            requested_token_type(INTERMEDIATE_TOKEN_TYPE),
+            Err(RpcError::Unimplemented(_))
+        ));
+        assert!(subject_token("").is_err() && subject_token(&"a".repeat(65_537)).is_err());
+        assert_eq!(
+            user_project("my-project", true).expect("workforce"),
+            Some("my-project".to_owned())
+        );
+        assert!(user_project("my-project", false).is_err());
+        assert!(user_project("My_Project", true).is_err());
+        assert!(user_project("-", true).is_err() && user_project("p-", true).is_err());
     }
 
     #[test]

@@ -6,19 +6,23 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use broker_client::{
-    AccessToken, BlobSigningRequest, CallOptions, ClientError, Code, ConnectOptions, IdToken,
-    IdTokenRequest, ImpersonationRequest, JwtSigningRequest, RetryPolicy, SignedBlob, SignedJwt,
-    TlsFiles, TokenRequest, connect, generate_id_token, get_access_token, impersonate, sign_blob,
-    sign_jwt, split_scopes, whole_seconds_ceil,
+    AccessToken, BlobSigningRequest, CallOptions, ClientError, Code, ConnectOptions,
+    ExchangeRequest, ExchangedToken, IdToken, IdTokenRequest, ImpersonationRequest,
+    JwtSigningRequest, RetryPolicy, Secret, SignedBlob, SignedJwt, TlsFiles, TokenRequest, connect,
+    exchange_token, generate_id_token, get_access_token, impersonate, read_access_boundary,
+    sign_blob, sign_jwt, split_scopes, token_type, whole_seconds_ceil,
 };
 use clap::error::ErrorKind;
 use clap::{ArgAction, Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
+use zeroize::Zeroize as _;
 
 const LONG_ABOUT: &str = "\
 Command-line client of the token broker. It authenticates with a TLS client certificate and
 prints short-lived Google credentials: access tokens (also of impersonated service accounts),
 ID tokens, and JWTs and signatures made with a service account's Google-managed key, as
-gcloud's print-access-token, print-identity-token, sign-jwt and sign-blob do.
+gcloud's print-access-token, print-identity-token, sign-jwt and sign-blob do. It also exchanges
+external tokens for Google access tokens (workload and workforce identity federation) and
+downscopes access tokens with Credential Access Boundaries, at Google's Security Token Service.
 
 The broker's address and the client's TLS files come from flags or from the environment
 (TOKEN_BROKER_ADDR, TOKEN_BROKER_CA, TOKEN_BROKER_CERT, TOKEN_BROKER_KEY).
@@ -27,9 +31,11 @@ Exit codes:
   0  success
   1  any other error (TLS files, TLS handshake, NOT_FOUND, FAILED_PRECONDITION, an invalid
      response, an output file that cannot be written, ...)
-  2  usage error (bad flags or settings, an input file that cannot be read)
+  2  usage error (bad flags or settings, an input file that cannot be read, an empty token
+     file, an access boundary file that is not a boundary)
   3  permission denied: PERMISSION_DENIED or UNAUTHENTICATED
-  4  invalid argument: INVALID_ARGUMENT (a field, a JWT payload, a blob the broker refused)
+  4  invalid argument: INVALID_ARGUMENT (a field, a JWT payload, a blob the broker refused, a
+     subject token Google rejected)
   5  unavailable, retry later: UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED, or the
      broker could not be reached";
 
@@ -133,7 +139,79 @@ with --format json, a JSON object with the key ID and the base64 signature is pr
 --output still receives the raw bytes). The certificate of the key is at
 https://www.googleapis.com/service_accounts/v1/metadata/x509/SERVICE_ACCOUNT_EMAIL.")]
     SignBlob(SignBlob),
+    /// Exchange a token for a Google access token at Google's Security Token Service (workload
+    /// or workforce identity federation).
+    #[command(long_about = EXCHANGE_ABOUT, after_help = EXCHANGE_EXAMPLES)]
+    Exchange(Exchange),
+    /// Downscope a Google access token with a Credential Access Boundary.
+    #[command(long_about = DOWNSCOPE_ABOUT, after_help = DOWNSCOPE_EXAMPLES)]
+    Downscope(Downscope),
 }
+
+const EXCHANGE_ABOUT: &str = "\
+Exchange a token for a Google access token at Google's Security Token Service (an RFC 8693
+token exchange, as https://sts.googleapis.com/v1/token does), for workload or workforce
+identity federation: an OIDC ID token or other JWT, a SAML assertion or a signed AWS request,
+for the identity provider named by --audience (or by the external_account --credential, which
+may also impersonate a service account with the exchanged token).
+
+The subject token is read from --subject-token-file, or from standard input with `-`, as it is
+except for trailing line breaks (\\n, \\r\\n), which are removed. An empty or unreadable file is a
+usage error (exit 2); Google verifies the token itself (a rejected one is INVALID_ARGUMENT,
+exit 4). The token is never printed, not even in errors.
+
+With --format text only the access token is printed; with --format json, also its type, expiry,
+principal and credential.";
+
+const EXCHANGE_EXAMPLES: &str = "\
+Examples:
+  # Workload identity federation with a Kubernetes projected service-account token
+  tokenctl exchange --subject-token-type jwt \\
+      --subject-token-file /var/run/secrets/tokens/gcp-token \\
+      --audience //iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/my-pool/providers/my-provider
+
+  # Through a configured external_account credential (its audience, its impersonation), a
+  # Vault-issued OIDC token from standard input, as JSON
+  vault read -field=token identity/oidc/token/gcp | tokenctl exchange \\
+      --credential vault-federation --subject-token-type id_token --subject-token-file - \\
+      --format json
+
+  # Workforce identity federation, billed to a project, downscoped to one bucket
+  tokenctl exchange --subject-token-type saml2 --subject-token-file assertion.b64 \\
+      --audience //iam.googleapis.com/locations/global/workforcePools/my-pool/providers/my-saml \\
+      --user-project my-project --boundary bucket-reader.json";
+
+const DOWNSCOPE_ABOUT: &str = "\
+Downscope a Google access token with a Credential Access Boundary: exchange it at Google's
+Security Token Service for a token that can do at most what the boundary's rules allow (Cloud
+Storage enforces them). The downscoped token expires with the token it was made from, so
+--format json shows no expiry.
+
+The access token is read from --access-token-file, or from standard input when that is absent
+or `-`, as it is except for trailing line breaks. An empty or unreadable file is a usage error
+(exit 2).
+
+The boundary is a JSON file in Google's format:
+
+  {\"accessBoundary\": {\"accessBoundaryRules\": [{
+    \"availableResource\": \"//storage.googleapis.com/projects/_/buckets/BUCKET\",
+    \"availablePermissions\": [\"inRole:roles/storage.objectViewer\"],
+    \"availabilityCondition\": {
+      \"expression\": \"resource.name.startsWith('projects/_/buckets/BUCKET/objects/reports/')\",
+      \"title\": \"reports only\"}}]}}
+
+or its inner object {\"accessBoundaryRules\": [...]}. tokenctl checks its shape and refuses
+unknown keys (exit 2, naming the key at fault); the broker checks its limits (1 to 10 rules,
+roles written inRole:..., lengths) and its policy (INVALID_ARGUMENT exit 4, PERMISSION_DENIED
+exit 3).";
+
+const DOWNSCOPE_EXAMPLES: &str = "\
+Examples:
+  # A token that can only read the objects of one bucket
+  tokenctl print-access-token | tokenctl downscope --boundary bucket-reader.json
+
+  # From a file, as JSON
+  tokenctl downscope --boundary reports-only.json --access-token-file token.txt --format json";
 
 #[derive(Debug, Args)]
 struct PrintAccessToken {
@@ -295,6 +373,66 @@ struct SignBlob {
     format: Format,
 }
 
+#[derive(Debug, Args)]
+struct Exchange {
+    /// The file with the token to exchange (`-`: standard input). Trailing line breaks are
+    /// removed.
+    #[arg(long, value_name = "FILE")]
+    subject_token_file: PathBuf,
+
+    /// The type of the subject token: jwt, id_token, saml2, aws4_request, access_token, or a
+    /// token-type URN such as urn:ietf:params:oauth:token-type:jwt.
+    #[arg(long, value_parser = parse_token_type, value_name = "TYPE")]
+    subject_token_type: String,
+
+    /// The identity provider, for example
+    /// //iam.googleapis.com/projects/NUMBER/locations/global/workloadIdentityPools/POOL/providers/PROVIDER.
+    /// Required unless --credential supplies it.
+    #[arg(long, value_name = "AUDIENCE")]
+    audience: Option<String>,
+
+    /// OAuth 2.0 scopes of the issued token; repeat the flag or separate with commas. Default:
+    /// https://www.googleapis.com/auth/cloud-platform.
+    #[arg(long = "scopes", alias = "scope", action = ArgAction::Append, value_name = "SCOPE[,SCOPE...]")]
+    scopes: Vec<String>,
+
+    /// The project a workforce identity federation exchange is billed to (Google's
+    /// userProject).
+    #[arg(long, value_name = "PROJECT")]
+    user_project: Option<String>,
+
+    /// Downscope the issued token with the Credential Access Boundary in this JSON file
+    /// (Google's format; see `tokenctl downscope --help`).
+    #[arg(long, value_name = "FILE")]
+    boundary: Option<PathBuf>,
+
+    /// An external_account credential of the broker that shapes the exchange (its audience,
+    /// workforce client and service-account impersonation). Default: a plain exchange.
+    #[arg(long, value_name = "NAME")]
+    credential: Option<String>,
+
+    /// Output format: `text` prints only the access token; `json` prints it with its metadata.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
+#[derive(Debug, Args)]
+struct Downscope {
+    /// The Credential Access Boundary: a JSON file in Google's format.
+    #[arg(long, value_name = "FILE")]
+    boundary: PathBuf,
+
+    /// The file with the Google access token to downscope. Default, or `-`: standard input.
+    /// Trailing line breaks are removed.
+    #[arg(long, value_name = "FILE")]
+    access_token_file: Option<PathBuf>,
+
+    /// Output format: `text` prints only the downscoped token; `json` prints it with its
+    /// metadata.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    format: Format,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Format {
     /// Only the credential (token, JWT or base64 signature) and a newline.
@@ -305,6 +443,31 @@ enum Format {
 
 fn parse_duration(value: &str) -> Result<Duration, String> {
     humantime::parse_duration(value.trim()).map_err(|error| error.to_string())
+}
+
+/// The short names of the subject token types, and their URNs.
+const TOKEN_TYPES: [(&str, &str); 5] = [
+    ("jwt", token_type::JWT),
+    ("id_token", token_type::ID_TOKEN),
+    ("saml2", token_type::SAML2),
+    ("aws4_request", token_type::AWS4_REQUEST),
+    ("access_token", token_type::ACCESS_TOKEN),
+];
+
+/// A short name or any `urn:` (the broker names the types it does not accept).
+fn parse_token_type(value: &str) -> Result<String, String> {
+    let value = value.trim();
+    if let Some((_, urn)) = TOKEN_TYPES.iter().find(|(name, _)| *name == value) {
+        return Ok((*urn).to_owned());
+    }
+    if value.starts_with("urn:") {
+        return Ok(value.to_owned());
+    }
+    let names: Vec<&str> = TOKEN_TYPES.iter().map(|(name, _)| *name).collect();
+    Err(format!(
+        "expected one of {} or a token-type URN",
+        names.join(", ")
+    ))
 }
 
 fn parse_whole_seconds(value: &str) -> Result<Duration, String> {
@@ -392,6 +555,8 @@ enum Prepared {
     Impersonate(ImpersonationRequest),
     SignJwt(JwtSigningRequest),
     SignBlob(BlobSigningRequest),
+    Exchange(ExchangeRequest),
+    Downscope(ExchangeRequest),
 }
 
 /// What the broker answered.
@@ -402,6 +567,7 @@ enum Outcome {
     Impersonated(AccessToken),
     SignedJwt(SignedJwt),
     SignedBlob(SignedBlob),
+    Exchanged(ExchangedToken),
 }
 
 impl PrintAccessToken {
@@ -509,6 +675,73 @@ impl SignBlob {
     }
 }
 
+impl Exchange {
+    fn request(&self, stdin: &mut dyn std::io::Read) -> Result<ExchangeRequest, UsageError> {
+        let audience = non_empty(self.audience.as_ref());
+        let credential = non_empty(self.credential.as_ref());
+        if audience.is_none()
+            && credential.is_none()
+            && self.subject_token_type != token_type::ACCESS_TOKEN
+        {
+            return Err(UsageError::Flags(
+                ErrorKind::MissingRequiredArgument,
+                "--audience is required unless --credential names a credential that supplies it"
+                    .to_owned(),
+            ));
+        }
+        let access_boundary = self.boundary.as_deref().map(boundary).transpose()?;
+        Ok(ExchangeRequest {
+            subject_token: read_token(Some(&self.subject_token_file), stdin, "subject token")?,
+            subject_token_type: self.subject_token_type.clone(),
+            audience,
+            scopes: split_scopes(&self.scopes),
+            requested_token_type: None,
+            user_project: non_empty(self.user_project.as_ref()),
+            access_boundary,
+            credential,
+        })
+    }
+}
+
+impl Downscope {
+    fn request(&self, stdin: &mut dyn std::io::Read) -> Result<ExchangeRequest, UsageError> {
+        let boundary = boundary(&self.boundary)?;
+        let token = read_token(self.access_token_file.as_deref(), stdin, "access token")?;
+        Ok(ExchangeRequest::downscoping(token, boundary))
+    }
+}
+
+fn boundary(path: &Path) -> Result<broker_client::CredentialAccessBoundary, UsageError> {
+    read_access_boundary(path).map_err(|error| UsageError::Input(error.to_string()))
+}
+
+/// Reads a token (`what`, for messages) from a file, or standard input for `None` and `-`, as it
+/// is except for trailing line breaks. Refuses an empty token and one that is not UTF-8. The
+/// final buffer is zeroized when dropped, refused or not (copies left behind by reallocations
+/// while reading are not).
+fn read_token(
+    path: Option<&Path>,
+    stdin: &mut dyn std::io::Read,
+    what: &str,
+) -> Result<Secret, UsageError> {
+    let (bytes, source) = read_input(path, stdin)?;
+    let mut token = String::from_utf8(bytes).map_err(|error| {
+        let reason = error.utf8_error();
+        error.into_bytes().zeroize();
+        UsageError::Input(format!(
+            "the {what} in {source} is not UTF-8 text ({reason})"
+        ))
+    })?;
+    token.truncate(token.trim_end_matches(['\r', '\n']).len());
+    let token = Secret::new(token);
+    if token.expose().is_empty() {
+        return Err(UsageError::Input(format!(
+            "the {what} in {source} is empty"
+        )));
+    }
+    Ok(token)
+}
+
 /// Reads a whole input file, or standard input for `None` and `-`. Returns the bytes and a name
 /// of where they came from, for messages.
 fn read_input(
@@ -541,6 +774,8 @@ impl Command {
             Self::Impersonate(args) => Prepared::Impersonate(args.request()),
             Self::SignJwt(args) => Prepared::SignJwt(args.request(stdin)?),
             Self::SignBlob(args) => Prepared::SignBlob(args.request(stdin)?),
+            Self::Exchange(args) => Prepared::Exchange(args.request(stdin)?),
+            Self::Downscope(args) => Prepared::Downscope(args.request(stdin)?),
         })
     }
 
@@ -551,6 +786,8 @@ impl Command {
             Self::Impersonate(args) => args.format,
             Self::SignJwt(args) => args.format,
             Self::SignBlob(args) => args.format,
+            Self::Exchange(args) => args.format,
+            Self::Downscope(args) => args.format,
         }
     }
 }
@@ -613,6 +850,33 @@ struct SignedBlobJson<'a> {
     /// Standard base64 with padding.
     signature: String,
     credential: &'a str,
+}
+
+/// The JSON output of `exchange` and `downscope`.
+#[derive(Debug, serde::Serialize)]
+struct ExchangedJson<'a> {
+    access_token: &'a str,
+    issued_token_type: &'a str,
+    token_type: &'a str,
+    /// Absent for a downscoped token, which expires with the token it was made from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expire_time: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_in: Option<u64>,
+    principal: &'a str,
+    credential: &'a str,
+}
+
+fn exchanged_json(token: &ExchangedToken, now: SystemTime) -> ExchangedJson<'_> {
+    ExchangedJson {
+        access_token: token.secret(),
+        issued_token_type: &token.issued_token_type,
+        token_type: &token.token_type,
+        expire_time: token.expire_time.map(rfc3339),
+        expires_in: token.expires_in(now).map(|left| left.as_secs()),
+        principal: &token.principal,
+        credential: &token.credential,
+    }
 }
 
 fn rfc3339(time: SystemTime) -> String {
@@ -693,6 +957,8 @@ fn write_outcome(
                 credential: &blob.credential,
             },
         )?,
+        (Outcome::Exchanged(token), Format::Text) => writeln!(out, "{}", token.secret())?,
+        (Outcome::Exchanged(token), Format::Json) => write_json(out, &exchanged_json(token, now))?,
     }
     out.flush()
 }
@@ -807,6 +1073,9 @@ async fn run(target: Target, prepared: &Prepared) -> Result<Outcome, ClientError
         Prepared::SignBlob(request) => {
             Outcome::SignedBlob(sign_blob(&client, request, &options).await?)
         }
+        Prepared::Exchange(request) | Prepared::Downscope(request) => {
+            Outcome::Exchanged(exchange_token(&client, request, &options).await?)
+        }
     })
 }
 
@@ -873,7 +1142,8 @@ mod tests {
 
     use broker_client::{ERROR_DOMAIN, Secret};
     use broker_proto::tokenbroker::v1::{
-        GenerateIdTokenResponse, GetAccessTokenResponse, SignBlobResponse, SignJwtResponse,
+        ExchangeTokenResponse, GenerateIdTokenResponse, GetAccessTokenResponse, SignBlobResponse,
+        SignJwtResponse,
     };
     use tonic_types::{ErrorDetails, FieldViolation, StatusExt as _};
 
@@ -1479,10 +1749,410 @@ mod tests {
             "impersonate",
             "sign-jwt",
             "sign-blob",
+            "exchange",
+            "downscope",
             "2  usage error",
         ] {
             assert!(help.contains(needle), "{needle:?} missing from:\n{help}");
         }
+    }
+
+    /// A scratch directory for one test, removed when dropped.
+    struct Scratch(std::path::PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Self {
+            let dir =
+                std::env::temp_dir().join(format!("tokenctl-unit-{name}-{}", std::process::id()));
+            assert!(std::fs::create_dir_all(&dir).is_ok());
+            Self(dir)
+        }
+
+        /// Writes `contents` to `file` and returns its path as a string.
+        fn file(&self, file: &str, contents: &[u8]) -> String {
+            let path = self.0.join(file);
+            assert!(std::fs::write(&path, contents).is_ok());
+            path.to_string_lossy().into_owned()
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const BOUNDARY: &str = r#"{"accessBoundary": {"accessBoundaryRules": [{
+        "availableResource": "//storage.googleapis.com/projects/_/buckets/b",
+        "availablePermissions": ["inRole:roles/storage.objectViewer"]}]}}"#;
+
+    #[test]
+    fn parses_exchange_with_every_flag() {
+        let scratch = Scratch::new("exchange");
+        let token = scratch.file("token.jwt", b"eyJ.subject-secret.sig\r\n\n");
+        let boundary = scratch.file("boundary.json", BOUNDARY.as_bytes());
+        let prepared = prepare(
+            &[
+                "exchange",
+                "--subject-token-file",
+                &token,
+                "--subject-token-type",
+                "jwt",
+                "--audience",
+                "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/q",
+                "--scopes",
+                "https://a,https://b",
+                "--scope",
+                "https://a",
+                "--user-project",
+                "my-project",
+                "--boundary",
+                &boundary,
+                "--credential",
+                "federation",
+                "--format",
+                "json",
+            ],
+            b"stdin is not read",
+        );
+        let debug = format!("{prepared:?}");
+        assert!(!debug.contains("subject-secret"), "{debug}");
+        let Ok(Prepared::Exchange(request)) = prepared else {
+            panic!("an exchange request: {debug}");
+        };
+        assert_eq!(
+            request.subject_token.expose(),
+            "eyJ.subject-secret.sig",
+            "trailing line breaks are removed"
+        );
+        assert_eq!(request.subject_token_type, token_type::JWT);
+        assert_eq!(
+            request.audience.as_deref(),
+            Some(
+                "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/q"
+            )
+        );
+        assert_eq!(request.scopes, vec!["https://a", "https://b"]);
+        assert_eq!(request.user_project.as_deref(), Some("my-project"));
+        assert_eq!(
+            request
+                .access_boundary
+                .map(|b| b.access_boundary_rules[0].available_resource.clone()),
+            Some("//storage.googleapis.com/projects/_/buckets/b".to_owned())
+        );
+        assert_eq!(request.credential.as_deref(), Some("federation"));
+        assert_eq!(request.requested_token_type, None);
+
+        // Standard input, kept as it is but for trailing line breaks; a credential may supply
+        // the audience.
+        let prepared = prepare(
+            &[
+                "exchange",
+                "--subject-token-file",
+                "-",
+                "--subject-token-type",
+                "aws4_request",
+                "--credential",
+                "aws",
+            ],
+            b" %7B%22url%22 \n",
+        );
+        let Ok(Prepared::Exchange(request)) = prepared else {
+            panic!("an exchange request: {prepared:?}");
+        };
+        assert_eq!(request.subject_token.expose(), " %7B%22url%22 ");
+        assert_eq!(request.subject_token_type, token_type::AWS4_REQUEST);
+        assert_eq!(request.audience, None);
+        assert_eq!(request.access_boundary, None);
+        assert!(request.scopes.is_empty());
+    }
+
+    #[test]
+    fn token_types_have_short_names_and_urns_pass_through() {
+        for (name, urn) in [
+            ("jwt", "urn:ietf:params:oauth:token-type:jwt"),
+            ("id_token", "urn:ietf:params:oauth:token-type:id_token"),
+            ("saml2", "urn:ietf:params:oauth:token-type:saml2"),
+            (
+                "aws4_request",
+                "urn:ietf:params:aws:token-type:aws4_request",
+            ),
+            (
+                "access_token",
+                "urn:ietf:params:oauth:token-type:access_token",
+            ),
+            (
+                "urn:ietf:params:oauth:token-type:jwt",
+                "urn:ietf:params:oauth:token-type:jwt",
+            ),
+            // The broker names the types it does not accept.
+            (
+                "urn:ietf:params:oauth:token-type:mtls",
+                "urn:ietf:params:oauth:token-type:mtls",
+            ),
+        ] {
+            assert_eq!(parse_token_type(name).as_deref(), Ok(urn), "{name}");
+        }
+        assert_eq!(
+            parse_token_type("oidc"),
+            Err(
+                "expected one of jwt, id_token, saml2, aws4_request, access_token or a \
+                 token-type URN"
+                    .to_owned()
+            )
+        );
+        let error = parse(&[
+            "exchange",
+            "--subject-token-file",
+            "-",
+            "--subject-token-type",
+            "JWT",
+            "--audience",
+            "a",
+        ])
+        .err();
+        assert_eq!(error.map(|e| e.exit_code()), Some(2));
+    }
+
+    #[test]
+    fn exchange_and_downscope_usage_errors() {
+        let scratch = Scratch::new("exchange-usage");
+        let usage = |args: &[&str]| parse(args).err().map(|e| e.exit_code());
+        assert_eq!(
+            usage(&["exchange", "--subject-token-type", "jwt", "--audience", "a"]),
+            Some(2),
+            "no subject token file"
+        );
+        assert_eq!(
+            usage(&["exchange", "--subject-token-file", "-", "--audience", "a"]),
+            Some(2),
+            "no type"
+        );
+        assert_eq!(usage(&["downscope"]), Some(2), "no boundary");
+
+        // No audience, and no credential to supply one.
+        let error = prepare(
+            &[
+                "exchange",
+                "--subject-token-file",
+                "-",
+                "--subject-token-type",
+                "id_token",
+            ],
+            b"t",
+        );
+        let Err(UsageError::Flags(ErrorKind::MissingRequiredArgument, message)) = error else {
+            panic!("--audience is required: {error:?}");
+        };
+        assert!(message.starts_with("--audience is required"), "{message}");
+        // ... unless it is an access token (downscoping through exchange).
+        let boundary = scratch.file("boundary.json", BOUNDARY.as_bytes());
+        let prepared = prepare(
+            &[
+                "exchange",
+                "--subject-token-file",
+                "-",
+                "--subject-token-type",
+                "access_token",
+                "--boundary",
+                &boundary,
+            ],
+            b"ya29.t",
+        );
+        assert!(
+            matches!(prepared, Ok(Prepared::Exchange(_))),
+            "{prepared:?}"
+        );
+
+        let input_error = |args: &[&str], stdin: &[u8]| match prepare(args, stdin) {
+            Err(UsageError::Input(message)) => message,
+            other => panic!("{args:?} should be an input error: {other:?}"),
+        };
+        let exchange = |file: &str| {
+            vec![
+                "exchange".to_owned(),
+                "--subject-token-type".to_owned(),
+                "jwt".to_owned(),
+                "--audience".to_owned(),
+                "a".to_owned(),
+                "--subject-token-file".to_owned(),
+                file.to_owned(),
+            ]
+        };
+
+        let empty = scratch.file("empty.jwt", b"\r\n\n");
+        assert_eq!(
+            input_error(&args(&exchange(&empty)), b""),
+            format!("the subject token in {empty} is empty")
+        );
+        assert_eq!(
+            input_error(&args(&exchange("-")), b""),
+            "the subject token in standard input is empty"
+        );
+        let binary = scratch.file("binary.jwt", b"eyJ\xff.secret");
+        assert_eq!(
+            input_error(&args(&exchange(&binary)), b""),
+            format!(
+                "the subject token in {binary} is not UTF-8 text (invalid utf-8 sequence of 1 \
+                 bytes from index 3)"
+            )
+        );
+        let missing = scratch.0.join("missing.jwt").to_string_lossy().into_owned();
+        assert!(
+            input_error(&args(&exchange(&missing)), b"")
+                .starts_with(&format!("cannot read {missing}: ")),
+        );
+
+        // A boundary file that is not a boundary, checked before the token is read.
+        let bad = scratch.file(
+            "bad.json",
+            br#"{"accessBoundary": {"accessBoundaryRules": [{"availableResource": "//r",
+                "availablePermissions": ["inRole:roles/x"], "availabilityCondition": {}}]}}"#,
+        );
+        let mut with_bad_boundary = exchange("-");
+        with_bad_boundary.extend(["--boundary".to_owned(), bad.clone()]);
+        assert_eq!(
+            input_error(&args(&with_bad_boundary), b""),
+            format!(
+                "access boundary file {bad}: \
+                 accessBoundary.accessBoundaryRules[0].availabilityCondition.expression: missing"
+            )
+        );
+        assert_eq!(
+            input_error(&["downscope", "--boundary", &bad], b"ya29.t"),
+            format!(
+                "access boundary file {bad}: \
+                 accessBoundary.accessBoundaryRules[0].availabilityCondition.expression: missing"
+            )
+        );
+        let missing_boundary = scratch.0.join("none.json").to_string_lossy().into_owned();
+        assert!(
+            input_error(&["downscope", "--boundary", &missing_boundary], b"ya29.t").starts_with(
+                &format!("access boundary file {missing_boundary}: cannot be read: ")
+            )
+        );
+        assert_eq!(
+            input_error(&["downscope", "--boundary", &boundary], b"\n"),
+            "the access token in standard input is empty"
+        );
+    }
+
+    fn args(args: &[String]) -> Vec<&str> {
+        args.iter().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn parses_downscope_from_stdin_or_a_file() {
+        let scratch = Scratch::new("downscope");
+        let boundary = scratch.file("boundary.json", BOUNDARY.as_bytes());
+        let prepared = prepare(
+            &["downscope", "--boundary", &boundary],
+            b"ya29.access-secret\n",
+        );
+        let debug = format!("{prepared:?}");
+        assert!(!debug.contains("access-secret"), "{debug}");
+        let Ok(Prepared::Downscope(request)) = prepared else {
+            panic!("a downscoping request: {debug}");
+        };
+        assert_eq!(request.subject_token.expose(), "ya29.access-secret");
+        assert_eq!(request.subject_token_type, token_type::ACCESS_TOKEN);
+        assert_eq!(request.audience, None);
+        assert!(request.scopes.is_empty());
+        assert_eq!(
+            request
+                .access_boundary
+                .map(|b| b.access_boundary_rules[0].available_permissions.clone()),
+            Some(vec!["inRole:roles/storage.objectViewer".to_owned()])
+        );
+
+        let token = scratch.file("token.txt", b"ya29.from-a-file");
+        for file in [token.as_str(), "-"] {
+            let prepared = prepare(
+                &[
+                    "downscope",
+                    "--access-token-file",
+                    file,
+                    "--boundary",
+                    &boundary,
+                    "--format",
+                    "json",
+                ],
+                b"ya29.from-a-file",
+            );
+            let Ok(Prepared::Downscope(request)) = prepared else {
+                panic!("a downscoping request: {prepared:?}");
+            };
+            assert_eq!(request.subject_token.expose(), "ya29.from-a-file");
+        }
+        assert_eq!(
+            command(&["downscope", "--boundary", &boundary, "--format", "json"]).format(),
+            Format::Json
+        );
+    }
+
+    #[test]
+    fn writes_exchanged_tokens_as_text_and_json() {
+        let Ok(token) = ExchangedToken::from_response(ExchangeTokenResponse {
+            access_token: "ya29.exchanged".to_owned(),
+            issued_token_type: token_type::ACCESS_TOKEN.to_owned(),
+            token_type: "Bearer".to_owned(),
+            expire_time: Some(prost_types::Timestamp {
+                seconds: 1_800_003_600,
+                nanos: 0,
+            }),
+            principal: "sa@p.iam.gserviceaccount.com".to_owned(),
+            credential: "federation".to_owned(),
+        }) else {
+            panic!("valid response");
+        };
+        let prepared = Prepared::Exchange(ExchangeRequest::default());
+        let outcome = Outcome::Exchanged(token.clone());
+        assert_eq!(
+            outcome_text(&prepared, &outcome, Format::Text),
+            "ya29.exchanged\n"
+        );
+        let json = serde_json::to_value(exchanged_json(
+            &token,
+            SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+        ))
+        .unwrap_or_default();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "access_token": "ya29.exchanged",
+                "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
+                "token_type": "Bearer",
+                "expire_time": "2027-01-15T09:00:00Z",
+                "expires_in": 3600,
+                "principal": "sa@p.iam.gserviceaccount.com",
+                "credential": "federation",
+            })
+        );
+
+        // A downscoped token: no expiry to show.
+        let Ok(token) = ExchangedToken::from_response(ExchangeTokenResponse {
+            access_token: "ya29.downscoped".to_owned(),
+            issued_token_type: token_type::ACCESS_TOKEN.to_owned(),
+            token_type: "Bearer".to_owned(),
+            ..ExchangeTokenResponse::default()
+        }) else {
+            panic!("valid response");
+        };
+        let prepared = Prepared::Downscope(ExchangeRequest::default());
+        let outcome = Outcome::Exchanged(token);
+        let json: serde_json::Value =
+            serde_json::from_str(&outcome_text(&prepared, &outcome, Format::Json))
+                .unwrap_or_default();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "access_token": "ya29.downscoped",
+                "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
+                "token_type": "Bearer",
+                "principal": "",
+                "credential": "",
+            })
+        );
     }
 
     fn broker_proto_response() -> GetAccessTokenResponse {
