@@ -1440,3 +1440,951 @@ async fn help_documents_exchange_and_downscope_with_examples() {
         "{stdout}"
     );
 }
+
+/// Delivery to programs that cannot call the broker: `executable-source`,
+/// `print-external-account-config` and `write`.
+#[cfg(unix)]
+mod delivery {
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    use std::process::{Child, ExitStatus};
+    use std::time::SystemTime;
+
+    use super::*;
+
+    const ID_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:id_token";
+    const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+
+    /// Every variable Google's clients pass to an executable.
+    const GOOGLE_ENV: [&str; 7] = [
+        "GOOGLE_EXTERNAL_ACCOUNT_AUDIENCE",
+        "GOOGLE_EXTERNAL_ACCOUNT_TOKEN_TYPE",
+        "GOOGLE_EXTERNAL_ACCOUNT_INTERACTIVE",
+        "GOOGLE_EXTERNAL_ACCOUNT_OUTPUT_FILE",
+        "GOOGLE_EXTERNAL_ACCOUNT_IMPERSONATED_EMAIL",
+        "GOOGLE_EXTERNAL_ACCOUNT_ID",
+        "GOOGLE_EXTERNAL_ACCOUNT_REVOKE",
+    ];
+
+    /// The environment a Google client gives a non-interactive executable for the provider
+    /// `AUDIENCE` (impersonating `TARGET` after the exchange).
+    fn google_env(command: &mut Command, output_file: Option<&Path>) {
+        for name in GOOGLE_ENV {
+            command.env_remove(name);
+        }
+        command
+            .env("GOOGLE_EXTERNAL_ACCOUNT_AUDIENCE", AUDIENCE)
+            .env("GOOGLE_EXTERNAL_ACCOUNT_TOKEN_TYPE", ID_TOKEN_TYPE)
+            .env("GOOGLE_EXTERNAL_ACCOUNT_INTERACTIVE", "0")
+            .env("GOOGLE_EXTERNAL_ACCOUNT_IMPERSONATED_EMAIL", TARGET)
+            .env("GOOGLE_EXTERNAL_ACCOUNT_REVOKE", "0");
+        if let Some(file) = output_file {
+            command.env("GOOGLE_EXTERNAL_ACCOUNT_OUTPUT_FILE", file);
+        }
+    }
+
+    fn unix_seconds(time: SystemTime) -> u64 {
+        time.duration_since(SystemTime::UNIX_EPOCH)
+            .expect("after the epoch")
+            .as_secs()
+    }
+
+    /// The exact success response for the fake broker's `number`th ID token.
+    fn success_line(number: usize, token_type: &str, expiration_time: u64) -> String {
+        format!(
+            "{{\"version\":1,\"success\":true,\"token_type\":\"{token_type}\",\"id_token\":\"{}\",\
+             \"expiration_time\":{expiration_time}}}\n",
+            FakeBroker::id_token(number)
+        )
+    }
+
+    /// The exact success response for `id_token`.
+    fn jwt_line(id_token: &str, token_type: &str, expiration_time: u64) -> String {
+        format!(
+            "{{\"version\":1,\"success\":true,\"token_type\":\"{token_type}\",\"id_token\":\"{id_token}\",\
+             \"expiration_time\":{expiration_time}}}\n"
+        )
+    }
+
+    /// The exact output file for an ID token asked for with `credential` (empty: the default)
+    /// and `include_email`.
+    fn cached_line(id_token: &str, expiration_time: u64, credential: &str, email: bool) -> String {
+        format!(
+            "{{\"version\":1,\"success\":true,\"token_type\":\"{ID_TOKEN_TYPE}\",\"id_token\":\"{id_token}\",\
+             \"expiration_time\":{expiration_time},\"tokenctl_credential\":\"{credential}\",\
+             \"tokenctl_include_email\":{email}}}\n"
+        )
+    }
+
+    /// Asserts a failure response with exactly the contract's fields, `code`, the exit code,
+    /// nothing on stderr and no secret; returns the message.
+    fn failure(output: &Output, exit: i32, code: &str) -> String {
+        let stdout = text(&output.stdout);
+        assert_eq!(
+            output.status.code(),
+            Some(exit),
+            "stdout: {stdout} stderr: {}",
+            text(&output.stderr)
+        );
+        assert_eq!(
+            text(&output.stderr),
+            "",
+            "nothing on stderr: google-auth reads it together with stdout"
+        );
+        assert_eq!(stdout.lines().count(), 1, "{stdout}");
+        let json: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON response");
+        let mut keys: Vec<&str> = json
+            .as_object()
+            .expect("an object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["code", "message", "success", "version"], "{stdout}");
+        assert_eq!(json["version"], 1);
+        assert_eq!(json["success"], false);
+        assert_eq!(json["code"], code, "{stdout}");
+        let message = json["message"].as_str().expect("a message").to_owned();
+        assert!(!message.is_empty());
+        assert_no_secret(&stdout);
+        message
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path)
+            .expect("metadata")
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("read the directory")
+            .map(|entry| {
+                entry
+                    .expect("an entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn help_documents_the_delivery_commands() {
+        for (name, needles) in [
+            (
+                "executable-source",
+                &[
+                    "--audience <AUDIENCE>",
+                    "GOOGLE_EXTERNAL_ACCOUNT_AUDIENCE",
+                    "GOOGLE_EXTERNAL_ACCOUNT_OUTPUT_FILE",
+                    "GOOGLE_EXTERNAL_ACCOUNT_INTERACTIVE=1",
+                    "INTERACTIVE_NOT_SUPPORTED",
+                    "{\"version\":1,\"success\":true",
+                    "--issuer-uri=https://accounts.google.com",
+                ][..],
+            ),
+            (
+                "print-external-account-config",
+                &[
+                    "--audience <PROVIDER>",
+                    "--impersonate <EMAIL>",
+                    "--service-account-impersonation-url <URL>",
+                    "--token-url <URL>",
+                    "--timeout-millis <MILLIS>",
+                    "--executable-output-file <FILE>",
+                    "--output <FILE>",
+                    "GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES=1",
+                    "absolute path",
+                    "--tokenctl-path <PATH>",
+                    "shell-like",
+                    "backslashes",
+                    "--issuer-uri=https://accounts.google.com",
+                ][..],
+            ),
+            (
+                "write",
+                &[
+                    "--output <FILE>",
+                    "--kind <KIND>",
+                    "--audience <AUDIENCE>",
+                    "--scopes",
+                    "--format <FORMAT>",
+                    "--once",
+                    "--refresh-margin <DURATION>",
+                    "0600",
+                    "SIGTERM",
+                    "without a trailing newline",
+                    "earlier run",
+                ][..],
+            ),
+        ] {
+            let mut command = tokenctl();
+            command.args([name, "--help"]);
+            let stdout = success(&run(command).await);
+            for needle in needles.iter().chain(&["--addr <ADDR>"]) {
+                assert!(
+                    stdout.contains(needle),
+                    "{name}: {needle:?} missing from:\n{stdout}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn executable_source_prints_the_success_response() {
+        let pki = Pki::new("cli-exec-success");
+        let expire_time = whole_seconds_from_now(Duration::from_secs(3600));
+        let broker = FakeBroker::new(expire_time);
+        let addr = serve(&pki, broker.clone()).await;
+
+        let mut command = tokenctl_for(&pki, addr);
+        command.arg("executable-source");
+        google_env(&mut command, None);
+        let output = run(command).await;
+        assert_eq!(
+            success(&output),
+            success_line(1, ID_TOKEN_TYPE, unix_seconds(expire_time))
+        );
+        let request = broker.id_token_requests().pop().expect("a request");
+        assert_eq!(
+            request.audience, AUDIENCE,
+            "the provider, as the client passes it"
+        );
+        assert!(!request.include_email);
+        assert_eq!(request.target_service_account, "");
+        assert_eq!(request.credential, "");
+
+        // The flags, and a configuration whose subject_token_type is jwt.
+        let mut command = tokenctl_for(&pki, addr);
+        command.args([
+            "executable-source",
+            "--audience",
+            "https://iam.googleapis.com/custom",
+            "--credential",
+            "dev",
+            "--include-email",
+        ]);
+        google_env(&mut command, None);
+        command.env("GOOGLE_EXTERNAL_ACCOUNT_TOKEN_TYPE", JWT_TYPE);
+        let output = run(command).await;
+        assert_eq!(
+            success(&output),
+            success_line(2, JWT_TYPE, unix_seconds(expire_time))
+        );
+        let request = broker.id_token_requests().pop().expect("a request");
+        assert_eq!(request.audience, "https://iam.googleapis.com/custom");
+        assert!(request.include_email);
+        assert_eq!(request.credential, "dev");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn executable_source_failures_are_json_with_a_non_zero_exit() {
+        let pki = Pki::new("cli-exec-failure");
+        let broker = FakeBroker::new(whole_seconds_from_now(Duration::from_secs(3600)));
+        let addr = serve(&pki, broker.clone()).await;
+
+        // The broker refuses: its status and reason.
+        broker.fail_with([common::policy_denied("audiences", "ci", AUDIENCE)]);
+        let mut command = tokenctl_for(&pki, addr);
+        command.arg("executable-source");
+        google_env(&mut command, None);
+        let message = failure(&run(command).await, 3, "PERMISSION_DENIED/POLICY_DENIED");
+        assert!(
+            message.starts_with("PERMISSION_DENIED (POLICY_DENIED): grant ci does not allow"),
+            "{message}"
+        );
+        assert!(message.contains("rule=audiences"), "{message}");
+        assert_eq!(broker.id_token_requests().len(), 1);
+
+        // Interactive mode is refused before anything else.
+        let mut command = tokenctl_for(&pki, addr);
+        command.arg("executable-source");
+        google_env(&mut command, None);
+        command.env("GOOGLE_EXTERNAL_ACCOUNT_INTERACTIVE", "1");
+        let message = failure(&run(command).await, 2, "INTERACTIVE_NOT_SUPPORTED");
+        assert!(message.contains("non-interactively"), "{message}");
+
+        // No audience at all.
+        let mut command = tokenctl_for(&pki, addr);
+        command.arg("executable-source");
+        google_env(&mut command, None);
+        command.env_remove("GOOGLE_EXTERNAL_ACCOUNT_AUDIENCE");
+        failure(&run(command).await, 2, "MISSING_AUDIENCE");
+
+        // A SAML configuration.
+        let mut command = tokenctl_for(&pki, addr);
+        command.arg("executable-source");
+        google_env(&mut command, None);
+        command.env(
+            "GOOGLE_EXTERNAL_ACCOUNT_TOKEN_TYPE",
+            "urn:ietf:params:oauth:token-type:saml2",
+        );
+        failure(&run(command).await, 2, "UNSUPPORTED_TOKEN_TYPE");
+
+        // No connection settings.
+        let mut command = tokenctl();
+        command.arg("executable-source");
+        google_env(&mut command, None);
+        let message = failure(&run(command).await, 2, "INVALID_CONFIGURATION");
+        assert!(message.contains("--addr (TOKEN_BROKER_ADDR)"), "{message}");
+        assert_eq!(broker.id_token_requests().len(), 1, "none of these called");
+
+        // A broker that cannot be reached.
+        let closed = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            listener.local_addr().expect("address")
+        };
+        let mut command = tokenctl_for(&pki, closed);
+        command.arg("executable-source");
+        google_env(&mut command, None);
+        let message = failure(&run(command).await, 5, "UNAVAILABLE");
+        assert!(message.starts_with("cannot connect to"), "{message}");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn executable_source_reuses_a_valid_output_file_and_refreshes_an_expired_one() {
+        let pki = Pki::new("cli-exec-output-file");
+        let expire_time = whole_seconds_from_now(Duration::from_secs(3600));
+        let broker = FakeBroker::new(expire_time);
+        let addr = serve(&pki, broker.clone()).await;
+        let file = pki.dir.join("id-token.json");
+        let exec = |file: &Path| {
+            let mut command = tokenctl_for(&pki, addr);
+            command.arg("executable-source");
+            google_env(&mut command, Some(file));
+            command
+        };
+
+        broker.set_jwt_id_tokens(true);
+        let exp = unix_seconds(expire_time);
+        let token = |number: usize| FakeBroker::jwt_id_token(number, AUDIENCE, exp);
+
+        // No file yet: the broker is called and the response cached, mode 0600, with what
+        // the token was asked for.
+        let first = success(&run(exec(&file)).await);
+        assert_eq!(first, jwt_line(&token(1), ID_TOKEN_TYPE, exp));
+        assert_eq!(
+            std::fs::read_to_string(&file).expect("the file"),
+            cached_line(&token(1), exp, "", false)
+        );
+        assert_eq!(mode(&file), 0o600);
+        assert_eq!(broker.id_token_requests().len(), 1);
+
+        // Still valid: reused, the broker is not called.
+        assert_eq!(success(&run(exec(&file)).await), first);
+        assert_eq!(broker.id_token_requests().len(), 1);
+
+        // Expired, about to expire, for another audience, an expiry its token disagrees with,
+        // no record of the request, a failure, or not a response: a new token.
+        let now = unix_seconds(SystemTime::now());
+        let old = |aud: &str, exp: u64| FakeBroker::jwt_id_token(99, aud, exp);
+        for (number, stale) in [
+            (
+                2,
+                cached_line(&old(AUDIENCE, now - 10), now - 10, "", false),
+            ),
+            (
+                3,
+                cached_line(&old(AUDIENCE, now + 60), now + 60, "", false),
+            ),
+            (
+                4,
+                cached_line(&old("https://another.example", exp), exp, "", false),
+            ),
+            (5, cached_line(&old(AUDIENCE, exp + 60), exp, "", false)),
+            (6, jwt_line(&old(AUDIENCE, exp), ID_TOKEN_TYPE, exp)),
+            (
+                7,
+                r#"{"version":1,"success":false,"code":"UNAVAILABLE","message":"m"}"#.to_owned(),
+            ),
+            (8, "{".to_owned()),
+        ] {
+            std::fs::write(&file, &stale).expect("write a stale response");
+            let fresh = success(&run(exec(&file)).await);
+            assert_eq!(
+                fresh,
+                jwt_line(&token(number), ID_TOKEN_TYPE, exp),
+                "after {stale}"
+            );
+            assert_eq!(
+                std::fs::read_to_string(&file).expect("the file"),
+                cached_line(&token(number), exp, "", false)
+            );
+            assert_eq!(mode(&file), 0o600);
+            assert_eq!(broker.id_token_requests().len(), number);
+        }
+
+        // Another credential, or the email asked for: not the cached token, which is then
+        // replaced; the same request again reuses it.
+        let mut other = exec(&file);
+        other.args(["--credential", "other"]);
+        let fresh = success(&run(other).await);
+        assert_eq!(fresh, jwt_line(&token(9), ID_TOKEN_TYPE, exp));
+        assert_eq!(broker.id_token_requests().len(), 9);
+        assert_eq!(
+            broker.id_token_requests().pop().map(|r| r.credential),
+            Some("other".to_owned())
+        );
+        assert_eq!(
+            std::fs::read_to_string(&file).expect("the file"),
+            cached_line(&token(9), exp, "other", false)
+        );
+        let mut again = exec(&file);
+        again.args(["--credential", "other"]);
+        assert_eq!(success(&run(again).await), fresh);
+        assert_eq!(broker.id_token_requests().len(), 9);
+        let mut email = exec(&file);
+        email.args(["--credential", "other", "--include-email"]);
+        assert_eq!(
+            success(&run(email).await),
+            jwt_line(&token(10), ID_TOKEN_TYPE, exp)
+        );
+        assert_eq!(broker.id_token_requests().len(), 10);
+        // The default credential after another: the broker again.
+        assert_eq!(
+            success(&run(exec(&file)).await),
+            jwt_line(&token(11), ID_TOKEN_TYPE, exp)
+        );
+        assert_eq!(broker.id_token_requests().len(), 11);
+        assert_eq!(
+            entries(&pki.dir)
+                .iter()
+                .filter(|n| n.contains(".tmp"))
+                .count(),
+            0
+        );
+
+        // A file that cannot be written: the token is still printed, and nothing on stderr.
+        let unwritable = pki.dir.join("missing-dir").join("id-token.json");
+        let output = run(exec(&unwritable)).await;
+        assert_eq!(success(&output), jwt_line(&token(12), ID_TOKEN_TYPE, exp));
+        assert!(!unwritable.exists());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn print_external_account_config_writes_a_configuration_that_works() {
+        let pki = Pki::new("cli-wif-config");
+        let expire_time = whole_seconds_from_now(Duration::from_secs(3600));
+        let broker = FakeBroker::new(expire_time);
+        let addr = serve(&pki, broker.clone()).await;
+        std::fs::create_dir_all(pki.dir.join("cache")).expect("cache directory");
+
+        // Relative paths, made absolute against the current directory.
+        let mut command = tokenctl();
+        command.current_dir(&pki.dir).args([
+            "--addr",
+            &format!("localhost:{}", addr.port()),
+            "--ca",
+            "ca.pem",
+            "--cert",
+            "client.pem",
+            "--key",
+            "client.key",
+            "print-external-account-config",
+            "--audience",
+            AUDIENCE,
+            "--impersonate",
+            TARGET,
+            "--executable-output-file",
+            "cache/id-token.json",
+            "--output",
+            "wif.json",
+        ]);
+        assert_eq!(success(&run(command).await), "");
+        let config_file = pki.dir.join("wif.json");
+        assert_eq!(mode(&config_file), 0o644);
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&config_file).expect("the config"))
+                .expect("JSON");
+
+        let dir = std::fs::canonicalize(&pki.dir).expect("canonical directory");
+        let command_line = config["credential_source"]["executable"]["command"]
+            .as_str()
+            .expect("a command")
+            .to_owned();
+        let words: Vec<&str> = command_line.split_whitespace().collect();
+        assert_eq!(
+            std::fs::canonicalize(words[0]).expect("tokenctl exists"),
+            std::fs::canonicalize(env!("CARGO_BIN_EXE_tokenctl")).expect("tokenctl"),
+            "the absolute path of this tokenctl"
+        );
+        assert_eq!(
+            words[1..].join(" "),
+            format!(
+                "--addr localhost:{} --ca {dir}/ca.pem --cert {dir}/client.pem --key \
+                 {dir}/client.key --timeout 25000ms executable-source",
+                addr.port(),
+                dir = dir.display()
+            )
+        );
+        let output_file = dir.join("cache").join("id-token.json");
+        assert_eq!(
+            config,
+            serde_json::json!({
+                "type": "external_account",
+                "audience": AUDIENCE,
+                "subject_token_type": ID_TOKEN_TYPE,
+                "token_url": "https://sts.googleapis.com/v1/token",
+                "service_account_impersonation_url": format!(
+                    "https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/\
+                     {TARGET}:generateAccessToken"
+                ),
+                "credential_source": {"executable": {
+                    "command": command_line,
+                    "timeout_millis": 30000,
+                    "output_file": output_file.to_string_lossy(),
+                }},
+            })
+        );
+
+        // Run it as Google's clients do: split at whitespace, the variables set, from
+        // elsewhere, with nothing of tokenctl's in the environment.
+        let exec = || {
+            let mut command = Command::new(words[0]);
+            command.args(&words[1..]).current_dir("/");
+            for name in ENV {
+                command.env_remove(name);
+            }
+            google_env(&mut command, Some(&output_file));
+            command
+        };
+        broker.set_jwt_id_tokens(true);
+        let exp = unix_seconds(expire_time);
+        let first = success(&run(exec()).await);
+        assert_eq!(
+            first,
+            jwt_line(
+                &FakeBroker::jwt_id_token(1, AUDIENCE, exp),
+                ID_TOKEN_TYPE,
+                exp
+            )
+        );
+        assert_eq!(
+            broker
+                .id_token_requests()
+                .pop()
+                .map(|r| r.audience)
+                .as_deref(),
+            Some(AUDIENCE)
+        );
+        assert_eq!(
+            std::fs::read_to_string(&output_file).expect("cached"),
+            cached_line(&FakeBroker::jwt_id_token(1, AUDIENCE, exp), exp, "", false)
+        );
+        assert_eq!(
+            success(&run(exec()).await),
+            first,
+            "reused from output_file"
+        );
+        assert_eq!(
+            broker.id_token_requests().len(),
+            1,
+            "one broker call for both runs"
+        );
+
+        // To standard output, the connection left to the environment, with the other knobs.
+        let mut command = tokenctl();
+        command.args([
+            "print-external-account-config",
+            "--audience",
+            AUDIENCE,
+            "--service-account-impersonation-url",
+            "http://127.0.0.1:1/v1/projects/-/serviceAccounts/sa@p:generateAccessToken",
+            "--token-url",
+            "http://127.0.0.1:1/v1/token",
+            "--timeout-millis",
+            "10000",
+            "--id-token-audience",
+            "https://iam.googleapis.com/custom",
+            "--credential",
+            "dev",
+            "--include-email",
+            "--connection-from-env",
+        ]);
+        let config: serde_json::Value =
+            serde_json::from_str(&success(&run(command).await)).expect("JSON on stdout");
+        assert_eq!(config["token_url"], "http://127.0.0.1:1/v1/token");
+        assert_eq!(
+            config["service_account_impersonation_url"],
+            "http://127.0.0.1:1/v1/projects/-/serviceAccounts/sa@p:generateAccessToken"
+        );
+        let executable = &config["credential_source"]["executable"];
+        assert_eq!(executable["timeout_millis"], 10000);
+        assert!(executable.get("output_file").is_none(), "{executable}");
+        let command_line = executable["command"].as_str().expect("a command");
+        let (_, rest) = command_line.split_once(' ').expect("flags");
+        assert_eq!(
+            rest,
+            "--timeout 8000ms executable-source --audience https://iam.googleapis.com/custom \
+             --credential dev --include-email"
+        );
+
+        // --tokenctl-path names the executable as given (made absolute, links kept).
+        let mut command = tokenctl();
+        command.current_dir(&pki.dir).args([
+            "print-external-account-config",
+            "--audience",
+            AUDIENCE,
+            "--connection-from-env",
+            "--tokenctl-path",
+            "bin/tokenctl",
+        ]);
+        let config: serde_json::Value =
+            serde_json::from_str(&success(&run(command).await)).expect("JSON on stdout");
+        let command_line = config["credential_source"]["executable"]["command"]
+            .as_str()
+            .expect("a command");
+        assert_eq!(
+            command_line,
+            format!(
+                "{} --timeout 25000ms executable-source",
+                std::path::absolute(pki.dir.join("bin/tokenctl"))
+                    .expect("absolute")
+                    .display()
+            )
+        );
+
+        // A word that google-auth's shlex.split or Node would unquote: refused.
+        for credential in ["it's", "a\\b", "\"q\""] {
+            let mut command = tokenctl();
+            command.args([
+                "print-external-account-config",
+                "--audience",
+                AUDIENCE,
+                "--connection-from-env",
+                "--credential",
+                credential,
+            ]);
+            let output = run(command).await;
+            assert_eq!(output.status.code(), Some(2), "{credential}");
+            assert_eq!(text(&output.stdout), "");
+            assert!(
+                text(&output.stderr).contains("a quote, a backslash"),
+                "{}",
+                text(&output.stderr)
+            );
+        }
+
+        // Without connection settings (and without --connection-from-env): a usage error.
+        let mut command = tokenctl();
+        command.args(["print-external-account-config", "--audience", AUDIENCE]);
+        let output = run(command).await;
+        assert_eq!(output.status.code(), Some(2));
+        assert!(text(&output.stderr).contains("--addr (TOKEN_BROKER_ADDR)"));
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn write_once_replaces_the_file_atomically_with_mode_0600() {
+        let pki = Pki::new("cli-write-once");
+        let expire_time = whole_seconds_from_now(Duration::from_secs(3600));
+        let broker = FakeBroker::new(expire_time);
+        let addr = serve(&pki, broker.clone()).await;
+        let dir = pki.dir.join("tokens");
+        std::fs::create_dir_all(&dir).expect("token directory");
+        let file = dir.join("access-token");
+        std::fs::write(&file, "old").expect("an old file");
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let reader = dir.join("held-by-a-reader");
+        std::fs::hard_link(&file, &reader).expect("a second name for the old file");
+        let old_inode = std::fs::metadata(&file).expect("metadata").ino();
+
+        let mut command = tokenctl_for(&pki, addr);
+        command
+            .args([
+                "write",
+                "--once",
+                "--scopes",
+                "https://www.googleapis.com/auth/pubsub",
+                "--output",
+            ])
+            .arg(&file);
+        assert_eq!(success(&run(command).await), "");
+        assert_eq!(
+            std::fs::read_to_string(&file).expect("the token file"),
+            "ya29.fake-1",
+            "only the token, no newline"
+        );
+        assert_eq!(mode(&file), 0o600);
+        assert_ne!(std::fs::metadata(&file).expect("metadata").ino(), old_inode);
+        assert_eq!(
+            std::fs::read_to_string(&reader).expect("the old file"),
+            "old",
+            "replaced by a rename, not rewritten in place"
+        );
+        assert_eq!(entries(&dir), ["access-token", "held-by-a-reader"]);
+        assert_eq!(
+            broker.requests().pop().map(|r| r.scopes),
+            Some(vec!["https://www.googleapis.com/auth/pubsub".to_owned()])
+        );
+
+        // An ID token, as JSON.
+        let id_file = dir.join("id-token.json");
+        let mut command = tokenctl_for(&pki, addr);
+        command
+            .args([
+                "write",
+                "--once",
+                "--kind",
+                "id",
+                "--audience",
+                "https://hello-abc123-uc.a.run.app",
+                "--credential",
+                "dev",
+                "--format",
+                "json",
+                "--output",
+            ])
+            .arg(&id_file);
+        assert_eq!(success(&run(command).await), "");
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&id_file).expect("the file"))
+                .expect("JSON");
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "id_token": FakeBroker::id_token(2),
+                "expire_time": humantime::format_rfc3339_seconds(expire_time).to_string(),
+                "audience": "https://hello-abc123-uc.a.run.app",
+                "principal": PRINCIPAL,
+                "credential": "dev",
+            })
+        );
+        assert_eq!(mode(&id_file), 0o600);
+
+        // Refused, with or without --once (before anything was written): the error's exit
+        // code, no file, no secret.
+        for once in [true, false] {
+            broker.fail_with([common::policy_denied("scopes", "ci", "https://x")]);
+            let denied = dir.join(format!("denied-{once}"));
+            let mut command = tokenctl_for(&pki, addr);
+            command.args(["write", "--output"]).arg(&denied);
+            if once {
+                command.arg("--once");
+            }
+            let output = run(command).await;
+            assert_eq!(output.status.code(), Some(3), "{}", text(&output.stderr));
+            let stderr = text(&output.stderr);
+            assert!(
+                stderr.contains("PERMISSION_DENIED (POLICY_DENIED)"),
+                "{stderr}"
+            );
+            assert_no_secret(&stderr);
+            assert!(!denied.exists());
+        }
+
+        // Usage errors.
+        let mut command = tokenctl_for(&pki, addr);
+        command
+            .args(["write", "--kind", "id", "--output"])
+            .arg(&file);
+        let output = run(command).await;
+        assert_eq!(output.status.code(), Some(2));
+        assert!(text(&output.stderr).contains("--kind id needs --audience"));
+    }
+
+    /// Kills the child if the test ends before it exited.
+    struct Running(Child);
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            if matches!(self.0.try_wait(), Ok(None)) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+    }
+
+    /// Waits until `path` holds `expected`. Whenever the file exists it must hold a whole
+    /// token: readers never see a partial write.
+    async fn wait_for_token(path: &Path, expected: &str, child: &mut Running) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            match std::fs::read_to_string(path) {
+                Ok(contents) if contents == expected => return,
+                Ok(contents) => {
+                    let number = contents.strip_prefix("ya29.fake-").unwrap_or_default();
+                    assert!(
+                        !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()),
+                        "a partial or foreign token: {contents:?}"
+                    );
+                }
+                Err(error) => assert_eq!(error.kind(), std::io::ErrorKind::NotFound),
+            }
+            assert!(
+                matches!(child.0.try_wait(), Ok(None)),
+                "tokenctl write exited early"
+            );
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} never held {expected:?}",
+                path.display()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn wait_for_exit(child: &mut Running) -> ExitStatus {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.0.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "tokenctl write did not stop"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn write_refreshes_ahead_survives_failures_and_stops_on_sigterm() {
+        let pki = Pki::new("cli-write-daemon");
+        let broker = FakeBroker::new(whole_seconds_from_now(Duration::from_secs(3600)));
+        // Tokens that live 4 s (3 to 4, in whole seconds): refreshed half-way.
+        broker.set_lifetime(Some(Duration::from_secs(4)));
+        let addr = serve(&pki, broker.clone()).await;
+        let dir = pki.dir.join("tokens");
+        std::fs::create_dir_all(&dir).expect("token directory");
+        let file = dir.join("access-token");
+        let log = pki.dir.join("write.log");
+
+        let mut command = tokenctl_for(&pki, addr);
+        command
+            .args(["--no-retry", "write", "--output"])
+            .arg(&file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"));
+        let mut child = Running(command.spawn().expect("spawn tokenctl write"));
+
+        wait_for_token(&file, "ya29.fake-1", &mut child).await;
+        assert_eq!(mode(&file), 0o600);
+        wait_for_token(&file, "ya29.fake-2", &mut child).await;
+        assert_eq!(mode(&file), 0o600);
+
+        // The next two refreshes fail: retried with backoff until the broker answers again.
+        let calls = broker.calls();
+        broker.fail_with([
+            common::upstream_unavailable(Duration::from_millis(100)),
+            common::upstream_unavailable(Duration::from_millis(100)),
+        ]);
+        wait_for_token(&file, "ya29.fake-3", &mut child).await;
+        assert_eq!(broker.calls(), calls + 3, "two failures, then the token");
+        wait_for_token(&file, "ya29.fake-4", &mut child).await;
+
+        let killed = Command::new("kill")
+            .args(["-TERM", &child.0.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(killed.success());
+        let status = wait_for_exit(&mut child).await;
+        assert_eq!(status.code(), Some(0), "a clean exit on SIGTERM");
+        assert!(file.exists(), "the file is left in place");
+        assert_eq!(entries(&dir), ["access-token"], "no temporary file left");
+
+        let log = std::fs::read_to_string(&log).expect("the log");
+        for needle in [
+            "tokenctl: wrote ",
+            "next refresh at",
+            "failed: UNAVAILABLE (UPSTREAM_UNAVAILABLE): Google is unavailable",
+            "retrying in ",
+            "SIGTERM received; stopping",
+        ] {
+            assert!(log.contains(needle), "{needle:?} missing from:\n{log}");
+        }
+        assert_no_secret(&log);
+    }
+
+    /// Waits until `path` is gone, with `child` still running.
+    async fn wait_for_removal(path: &Path, child: &mut Running) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while path.exists() {
+            assert!(
+                matches!(child.0.try_wait(), Ok(None)),
+                "tokenctl write exited early"
+            );
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} was never removed",
+                path.display()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn write_removes_an_expired_file_left_by_an_earlier_run_while_the_broker_is_down() {
+        let pki = Pki::new("cli-write-leftover");
+        let broker = FakeBroker::new(whole_seconds_from_now(Duration::from_secs(3600)));
+        broker.fail_with((0..200).map(|_| common::upstream_unavailable(Duration::ZERO)));
+        let addr = serve(&pki, broker.clone()).await;
+        let json = pki.dir.join("token.json");
+        std::fs::write(
+            &json,
+            r#"{"access_token":"ya29.old","expire_time":"2020-01-01T00:00:00Z"}"#,
+        )
+        .expect("an expired JSON file");
+        let text = pki.dir.join("token");
+        let file = std::fs::File::create(&text).expect("a text file");
+        std::io::Write::write_all(&mut &file, b"ya29.old").expect("write");
+        file.set_modified(SystemTime::now() - Duration::from_secs(2 * 3600))
+            .expect("set the modification time");
+        drop(file);
+        // A text file written recently is presumed valid and kept.
+        let fresh = pki.dir.join("fresh-token");
+        std::fs::write(&fresh, "ya29.recent").expect("a fresh text file");
+
+        for (path, format) in [(&json, "json"), (&text, "text"), (&fresh, "text")] {
+            let mut command = tokenctl_for(&pki, addr);
+            command
+                .args(["--no-retry", "write", "--format", format, "--output"])
+                .arg(path)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let mut child = Running(command.spawn().expect("spawn tokenctl write"));
+            if path == &fresh {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                assert!(matches!(child.0.try_wait(), Ok(None)), "still running");
+                assert_eq!(std::fs::read_to_string(path).expect("kept"), "ya29.recent");
+            } else {
+                wait_for_removal(path, &mut child).await;
+            }
+        }
+        assert!(broker.calls() > 0, "the broker was asked");
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn write_keeps_running_after_its_token_expired_and_a_permanent_error() {
+        let pki = Pki::new("cli-write-expired-permanent");
+        let broker = FakeBroker::new(whole_seconds_from_now(Duration::from_secs(3600)));
+        broker.set_lifetime(Some(Duration::from_secs(2)));
+        let addr = serve(&pki, broker.clone()).await;
+        let file = pki.dir.join("access-token");
+        let mut command = tokenctl_for(&pki, addr);
+        command
+            .args(["--no-retry", "write", "--output"])
+            .arg(&file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut child = Running(command.spawn().expect("spawn tokenctl write"));
+        wait_for_token(&file, "ya29.fake-1", &mut child).await;
+
+        // Refreshing fails until the token has expired and the file is removed, then with an
+        // error retrying cannot fix: after a first write, that does not end the writer.
+        broker.fail_with([
+            common::upstream_unavailable(Duration::from_millis(1500)),
+            common::upstream_unavailable(Duration::from_millis(1500)),
+            common::policy_denied("scopes", "default", "https://x"),
+        ]);
+        wait_for_removal(&file, &mut child).await;
+        wait_for_token(&file, "ya29.fake-2", &mut child).await;
+        assert!(broker.calls() >= 4, "{}", broker.calls());
+    }
+}

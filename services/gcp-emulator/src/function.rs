@@ -16,8 +16,7 @@ use crate::state::{State, now};
 
 /// The function's path on the emulator.
 pub(crate) const PATH: &str = "/_emulator/function/hello";
-/// The issuer of Google ID tokens.
-const GOOGLE_ISSUER: &str = "https://accounts.google.com";
+use crate::world::GOOGLE_ISSUER;
 
 /// Why the front end refused a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

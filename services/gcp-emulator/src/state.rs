@@ -159,6 +159,13 @@ impl State {
         {
             return vec![(Some(key.kid().to_owned()), key.public_key())];
         }
+        if provider.trust_google_id_tokens {
+            return self
+                .published_id_token_keys()
+                .iter()
+                .map(|key| (Some(key.kid().to_owned()), key.public_key()))
+                .collect();
+        }
         let jwks: serde_json::Value = provider
             .jwks_json
             .as_deref()

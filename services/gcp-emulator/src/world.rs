@@ -32,6 +32,11 @@ pub const DEFAULT_WORKLOAD_POOL: &str = "dev-pool";
 pub const DEFAULT_OIDC_PROVIDER: &str = "dev-oidc";
 /// The issuer of [`DEFAULT_OIDC_PROVIDER`].
 pub const DEFAULT_OIDC_ISSUER: &str = "https://oidc.dev.token-broker.local";
+/// The issuer of the ID tokens Google signs for service accounts.
+pub const GOOGLE_ISSUER: &str = "https://accounts.google.com";
+/// The default world's OIDC provider of `dev-pool` that trusts Google-signed ID tokens (the
+/// emulator's own): a service account's ID token is a subject token for it.
+pub const DEFAULT_GOOGLE_PROVIDER: &str = "dev-google";
 /// The default world's AWS provider of `dev-pool`.
 pub const DEFAULT_AWS_PROVIDER: &str = "dev-aws";
 /// The emulated AWS account [`DEFAULT_AWS_PROVIDER`] trusts.
@@ -453,6 +458,12 @@ pub struct Provider {
     /// JWKS; tests mint subject tokens with it (`RunningEmulator::mint_oidc_token`).
     #[serde(default)]
     pub generate_issuer_key: bool,
+    /// OIDC: instead of `jwks_json`, trust the ID tokens Google signs (here: the emulator's own
+    /// ID-token keys, as published at `/oauth2/v3/certs`); `issuer` must be
+    /// [`GOOGLE_ISSUER`]. This is how a provider accepts a Google service account's ID token,
+    /// for example one `tokenctl executable-source` prints.
+    #[serde(default)]
+    pub trust_google_id_tokens: bool,
     /// Accepted `aud` values; empty means `https://iam.googleapis.com/<provider name>`.
     #[serde(default)]
     pub allowed_audiences: Vec<String>,
@@ -510,6 +521,7 @@ impl Provider {
             issuer: None,
             jwks_json: None,
             generate_issuer_key: false,
+            trust_google_id_tokens: false,
             allowed_audiences: Vec::new(),
             attribute_condition: None,
             subject_claim: None,
@@ -580,7 +592,10 @@ impl Provider {
                  lowercase letters, digits and -",
             );
         }
-        let oidc = self.issuer.is_some() || self.jwks_json.is_some() || self.generate_issuer_key;
+        let oidc = self.issuer.is_some()
+            || self.jwks_json.is_some()
+            || self.generate_issuer_key
+            || self.trust_google_id_tokens;
         let aws = self.aws_account_id.is_some();
         let x509 = self.trust_anchors_pem.is_some()
             || self.intermediates_pem.is_some()
@@ -592,9 +607,17 @@ impl Provider {
                 "needs exactly one kind: issuer with jwks_json or generate_issuer_key (OIDC),                  aws_account_id (AWS), or trust_anchors_pem or generate_ca (X.509)",
             );
         }
-        if oidc && (self.issuer.is_none() || self.jwks_json.is_some() == self.generate_issuer_key) {
+        let key_sources = usize::from(self.jwks_json.is_some())
+            + usize::from(self.generate_issuer_key)
+            + usize::from(self.trust_google_id_tokens);
+        if oidc && (self.issuer.is_none() || key_sources != 1) {
             return invalid(
-                "an OIDC provider needs issuer and one of jwks_json, generate_issuer_key",
+                "an OIDC provider needs issuer and one of jwks_json, generate_issuer_key, trust_google_id_tokens",
+            );
+        }
+        if self.trust_google_id_tokens && self.issuer.as_deref() != Some(GOOGLE_ISSUER) {
+            return invalid(
+                "trust_google_id_tokens needs issuer = \"https://accounts.google.com\"",
             );
         }
         if x509 {
@@ -759,6 +782,11 @@ impl World {
                     Provider {
                         aws_account_id: Some(DEFAULT_AWS_ACCOUNT.to_owned()),
                         ..Provider::new(DEFAULT_AWS_PROVIDER)
+                    },
+                    Provider {
+                        issuer: Some(GOOGLE_ISSUER.to_owned()),
+                        trust_google_id_tokens: true,
+                        ..Provider::new(DEFAULT_GOOGLE_PROVIDER)
                     },
                     Provider {
                         generate_ca: true,

@@ -1912,3 +1912,83 @@ async fn the_default_authorized_user_file_is_gclouds_and_its_refresh_grant_works
     bare.shutdown().await;
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
+
+/// The default world's `dev-google` provider trusts the ID tokens Google signs: a service
+/// account's ID token (from IAM generateIdToken) for the provider is a subject token, and
+/// survives a rotation of the signing key; another issuer's token is refused.
+#[tokio::test]
+async fn a_google_id_token_is_a_subject_token_of_dev_google() {
+    let emulator = Emulator::builder().start().await.expect("start");
+    let audience = "//iam.googleapis.com/projects/123456789012/locations/global/workloadIdentityPools/dev-pool/providers/dev-google";
+    let token_audience = format!("https:{audience}");
+    let exchange = |subject_token: String| {
+        let request = client()
+            .post(format!("{}/v1/token", emulator.url()))
+            .form(&[
+                (
+                    "grant_type",
+                    "urn:ietf:params:oauth:grant-type:token-exchange",
+                ),
+                ("audience", audience),
+                ("scope", "https://www.googleapis.com/auth/cloud-platform"),
+                (
+                    "requested_token_type",
+                    "urn:ietf:params:oauth:token-type:access_token",
+                ),
+                ("subject_token", subject_token.as_str()),
+                (
+                    "subject_token_type",
+                    "urn:ietf:params:oauth:token-type:id_token",
+                ),
+            ]);
+        async move {
+            let response = request.send().await.expect("send");
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.expect("json"),
+            )
+        }
+    };
+    let (status, body) = exchange(google_id_token(&emulator, &token_audience).await).await;
+    assert_eq!(status, 200, "{body}");
+    let (_, info) = tokeninfo(&emulator, body["access_token"].as_str().expect("token")).await;
+    assert!(
+        info["principal"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("/workloadIdentityPools/dev-pool/subject/")
+                || p.contains("/workloadIdentityPools/dev-pool/subject/")),
+        "{info}"
+    );
+
+    // Tokens of the new key verify after a rotation, as with Google's published certs.
+    emulator.rotate_signing_key().expect("rotate");
+    let (status, body) = exchange(google_id_token(&emulator, &token_audience).await).await;
+    assert_eq!(status, 200, "{body}");
+
+    // An OIDC token of another issuer is not Google's.
+    let foreign = emulator
+        .mint_oidc_token("dev-oidc", "x", Duration::from_secs(600), Value::Null)
+        .expect("mint");
+    let (status, body) = exchange(foreign).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_grant")),
+        "{body}"
+    );
+    emulator.shutdown().await;
+}
+
+/// broker@'s ID token for `audience`, from IAM generateIdToken.
+async fn google_id_token(emulator: &RunningEmulator, audience: &str) -> String {
+    let broker = broker_token(emulator).await;
+    let (status, body) = iam(
+        emulator,
+        &broker,
+        "broker@dev-project.iam.gserviceaccount.com",
+        "generateIdToken",
+        json!({"audience": audience}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    body["token"].as_str().expect("token").to_owned()
+}

@@ -37,6 +37,9 @@ pub const FEDERATED_CREDENTIAL: &str = "dev-federated";
 pub const AWS_CREDENTIAL: &str = "dev-aws";
 /// The `sub` of the OIDC tokens in dev mode's subject-token file.
 pub const FEDERATED_SUBJECT: &str = "dev-workload";
+/// gcloud's OAuth client ID: gcloud on a metadata server asks for an ID token with this
+/// audience (for its credential store) even to print an access token.
+const GCLOUD_CLIENT_ID: &str = "32555940559.apps.googleusercontent.com";
 /// The emulator's service accounts dev mode's policy names.
 pub const BROKER_SA: &str = "broker@dev-project.iam.gserviceaccount.com";
 /// The service account `broker@` may impersonate (it holds Token Creator on it).
@@ -70,6 +73,12 @@ pub enum DevError {
     /// The broker did not start.
     #[error(transparent)]
     Start(#[from] StartError),
+    /// The generated sidecar configuration did not load (a bug).
+    #[error("metadata sidecar: {0}")]
+    SidecarSettings(#[from] metadata_sidecar::SettingsError),
+    /// The metadata sidecar did not start.
+    #[error("metadata sidecar: {0}")]
+    Sidecar(#[from] metadata_sidecar::StartError),
 }
 
 /// Where dev mode puts things and listens.
@@ -171,12 +180,19 @@ pub async fn prepare(options: &DevOptions) -> Result<DevEnvironment, DevError> {
 }
 
 /// Writes `DIR/env` (atomically): the exports `tokenctl` and Google clients need, for the
-/// broker at `addr`.
-pub fn write_env(environment: &DevEnvironment, addr: SocketAddr) -> Result<(), DevError> {
+/// broker at `addr` and the metadata sidecar at `metadata` (Python's `GCE_METADATA_HOST` and
+/// `GCE_METADATA_IP`, Node's `GCE_METADATA_HOST`, gcloud's `GCE_METADATA_ROOT`).
+pub fn write_env(
+    environment: &DevEnvironment,
+    addr: SocketAddr,
+    metadata: SocketAddr,
+) -> Result<(), DevError> {
     let env = format!(
         "export TOKEN_BROKER_ADDR=https://localhost:{port}\nexport TOKEN_BROKER_CA={dir}/ca.pem\n\
          export TOKEN_BROKER_CERT={dir}/client.pem\nexport TOKEN_BROKER_KEY={dir}/client-key.pem\n\
-         export GCP_EMULATOR_URL={url}\nexport GCP_FUNCTION_URL={function}\n",
+         export GCP_EMULATOR_URL={url}\nexport GCP_FUNCTION_URL={function}\n\
+         export GCE_METADATA_HOST={metadata}\nexport GCE_METADATA_IP={metadata}\n\
+         export GCE_METADATA_ROOT={metadata}\n",
         port = addr.port(),
         dir = environment.dir.display(),
         url = environment.emulator.url(),
@@ -186,6 +202,45 @@ pub fn write_env(environment: &DevEnvironment, addr: SocketAddr) -> Result<(), D
     write(&temporary, &env, false)?;
     let path = environment.dir.join("env");
     std::fs::rename(&temporary, &path).map_err(|source| DevError::Write { path, source })
+}
+
+/// How long dev mode waits for the sidecar's first token before it prints its instructions.
+const SIDECAR_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The dev metadata sidecar's configuration: the GCE metadata protocol on a free loopback
+/// port, answered by the broker at `broker` as the `app` workload; `default` is broker@ (the
+/// `dev` credential), and reader@ (`dev-reader`) can be named by its email.
+fn sidecar_config_text(broker: SocketAddr) -> String {
+    let port = broker.port();
+    format!(
+        r#"# The dev metadata sidecar: Google's client libraries, gcloud and curl get the broker's
+# tokens from it (source env: GCE_METADATA_HOST, GCE_METADATA_IP, GCE_METADATA_ROOT).
+
+[server]
+listen = "127.0.0.1:0"
+
+[broker]
+address = "https://localhost:{port}"
+ca = "ca.pem"
+cert = "client.pem"
+key = "client-key.pem"
+reload_interval = "2s"
+
+[project]
+project_id = "dev-project"
+numeric_project_id = "123456789012"
+zone = "us-central1-a"
+
+[[service_accounts]]
+email = "{BROKER_SA}"
+credential = "{CREDENTIAL}"
+default = true
+
+[[service_accounts]]
+email = "{READER_SA}"
+credential = "{READER_CREDENTIAL}"
+"#
+    )
 }
 
 /// How long the OIDC subject tokens in dev mode's subject-token file are valid.
@@ -393,8 +448,9 @@ scope_prefixes = ["https://www.googleapis.com/auth/devstorage."]
 service_accounts = ["{READER_SA}", "{WRITER_SA}"]
 delegates = [["{READER_SA}"], ["{WRITER_SA}"], ["{READER_SA}", "{WRITER_SA}"], ["{WRITER_SA}", "{READER_SA}"]]
 max_lifetime = "12h"
-# Any https:// audience, and the emulator's ID-token-protected function.
-audiences = ["{function_url}"]
+# Any https:// audience, the emulator's ID-token-protected function, and gcloud's client ID
+# (gcloud asks the metadata server for an ID token of that audience).
+audiences = ["{function_url}", "{GCLOUD_CLIENT_ID}"]
 audience_prefixes = ["https://"]
 
 # Signing with Google-managed keys of broker@ and reader@.
@@ -412,7 +468,7 @@ credential = "{METADATA_CREDENTIAL}"
 callers = [{{ spiffe_id = "{APP_SPIFFE_ID}" }}]
 rpcs = ["GetAccessToken", "GenerateIdToken"]
 scopes = ["https://www.googleapis.com/auth/cloud-platform"]
-audiences = ["{function_url}"]
+audiences = ["{function_url}", "{GCLOUD_CLIENT_ID}"]
 audience_prefixes = ["https://"]
 
 # A user's refresh token (gcloud auth application-default login): only the scopes they
@@ -432,7 +488,7 @@ rpcs = ["GetAccessToken", "GenerateIdToken"]
 scopes = ["https://www.googleapis.com/auth/cloud-platform"]
 scope_prefixes = ["https://www.googleapis.com/auth/devstorage."]
 max_lifetime = "12h"
-audiences = ["{function_url}"]
+audiences = ["{function_url}", "{GCLOUD_CLIENT_ID}"]
 audience_prefixes = ["https://"]
 
 [[grants]]
@@ -567,8 +623,16 @@ pub async fn run(options: DevOptions) -> Result<(), DevError> {
     let environment = prepare(&options).await?;
     let settings = Settings::load(&environment.config, Some(config::Map::new()), &[])?;
     let broker: RunningBroker = server::start_with_env(settings, &dev_env()).await?;
-    write_env(&environment, broker.addr())?;
-    print_instructions(&environment, broker.addr());
+    let sidecar_config = environment.dir.join("sidecar.toml");
+    write(&sidecar_config, &sidecar_config_text(broker.addr()), false)?;
+    let sidecar_settings =
+        metadata_sidecar::Settings::load(&sidecar_config, Some(config::Map::new()), &[])?;
+    let sidecar = metadata_sidecar::Sidecar::start(sidecar_settings).await?;
+    if !sidecar.wait_ready(SIDECAR_READY_TIMEOUT).await {
+        tracing::warn!("the metadata sidecar has no token for its default account yet");
+    }
+    write_env(&environment, broker.addr(), sidecar.addr())?;
+    print_instructions(&environment, broker.addr(), sidecar.addr());
     // Keep dev-federated's subject token fresh until asked to stop. Its age is wall-clock
     // time, which goes on while a laptop sleeps (a monotonic interval would not).
     let shutdown = server::shutdown_signal();
@@ -593,18 +657,20 @@ pub async fn run(options: DevOptions) -> Result<(), DevError> {
             }
         }
     }
+    sidecar.shutdown().await;
     broker.shutdown().await;
     environment.emulator.shutdown().await;
     Ok(())
 }
 
 #[allow(clippy::print_stdout)]
-fn print_instructions(environment: &DevEnvironment, addr: SocketAddr) {
+fn print_instructions(environment: &DevEnvironment, addr: SocketAddr, metadata: SocketAddr) {
     let dir = environment.dir.display();
     println!(
         "\ntoken-broker dev is running\n\
          \n  broker    https://localhost:{port}  (mTLS; dev CA {dir}/ca.pem)\
          \n  emulator  {emulator}  (Google's token endpoints, default world)\
+         \n  metadata  http://{metadata}  (the GCE metadata protocol, answered by the broker)\
          \n  files     {dir}\n\
          \nIn another shell:\n\
          \n  source {dir}/env\
@@ -629,6 +695,10 @@ fn print_instructions(environment: &DevEnvironment, addr: SocketAddr) {
          \n  tokenctl exchange --subject-token-file {dir}/{subject_token} --subject-token-type jwt --audience {audience} --format json\
          \n  # downscoping: a token that may only read gs://{bucket}\
          \n  tokenctl print-access-token | tokenctl downscope --boundary {dir}/boundary.json --format json\
+         \n  # unmodified Google clients get the broker's tokens from the metadata sidecar\
+         \n  python3 -c 'import google.auth, google.auth.transport.requests as r; c, p = google.auth.default(); c.refresh(r.Request()); print(p, c.token[:20])'\
+         \n  gcloud auth print-access-token; gcloud auth print-identity-token --audiences=https://example.com\
+         \n  curl -s -H 'Metadata-Flavor: Google' \"http://$GCE_METADATA_HOST/computeMetadata/v1/instance/service-accounts/default/token\"\
          \n  # the read-only workload may only read storage; this is denied:\
          \n  TOKEN_BROKER_CERT={dir}/readonly.pem TOKEN_BROKER_KEY={dir}/readonly-key.pem tokenctl print-access-token\
          \n  # it may also make only 10 requests a second (20 at once): a burst of 100 is cut off\

@@ -2,6 +2,7 @@
 //! for its response and sending the next, for a fixed time after a warm-up; every latency is
 //! kept, so percentiles are exact.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,11 @@ use broker_proto::tokenbroker::v1::{
     ExchangeTokenRequest, GenerateIdTokenRequest, GetAccessTokenRequest,
     ImpersonateServiceAccountRequest,
 };
+use hyper::body::Body as _;
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{HOST, HeaderValue};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
@@ -17,7 +23,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 /// What one task calls in a loop.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) enum Target {
     /// tonic-health `Check("")`; the answer must be SERVING.
     Echo(HealthClient<Channel>),
@@ -32,6 +38,8 @@ pub(crate) enum Target {
     },
     /// An RFC 8693 exchange posted straight to the emulator's STS, as the broker posts it.
     Sts(Arc<StsCall>),
+    /// The metadata sidecar's token endpoint, on this task's own keep-alive connection.
+    Metadata(MetadataCall),
 }
 
 /// A broker RPC and its request.
@@ -160,6 +168,158 @@ impl StsCall {
     }
 }
 
+/// The metadata sidecar's token path: the default account's access token with its own scopes
+/// (cloud-platform), what `google.auth.default()` fetches on a GCE-like host.
+const METADATA_TOKEN_PATH: &str = "/computeMetadata/v1/instance/service-accounts/default/token";
+/// Google's clients refetch a token with this many seconds or less left; the sidecar must never
+/// serve one.
+const STALE_SECONDS: u64 = 225;
+
+/// GETs of the sidecar's token endpoint on one HTTP/1.1 keep-alive connection (the task's own),
+/// as a Google client library sends them: `Metadata-Flavor: Google`, no body.
+#[derive(Debug)]
+pub(crate) struct MetadataCall {
+    sender: SendRequest<String>,
+    host: HeaderValue,
+    /// The token every answer must carry (the sidecar's one cached token); `None`: any.
+    expected: Option<Arc<str>>,
+}
+
+/// The JSON of the token endpoint.
+#[derive(Deserialize)]
+struct MetadataToken {
+    access_token: String,
+    expires_in: u64,
+    token_type: String,
+}
+
+impl MetadataCall {
+    /// Opens a connection to the sidecar at `addr` (plain HTTP/1.1 on loopback, Nagle off, as
+    /// the sidecar sets it on its side).
+    pub(crate) async fn connect(
+        addr: SocketAddr,
+        expected: Option<Arc<str>>,
+    ) -> Result<Self, crate::Error> {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+        // Drives the connection; ends when the sender is dropped or the sidecar closes it.
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Self {
+            sender,
+            host: HeaderValue::from_str(&addr.to_string())?,
+            expected,
+        })
+    }
+
+    /// One GET; the access token, or why there is none.
+    pub(crate) async fn token(&mut self) -> Result<String, MetadataProblem> {
+        let failed = MetadataProblem::failed;
+        let unexpected = MetadataProblem::unexpected;
+        let request = Request::get(METADATA_TOKEN_PATH)
+            .header(HOST, self.host.clone())
+            .header("metadata-flavor", "Google")
+            .body(String::new())
+            .map_err(|error| failed(format!("request not built: {error}")))?;
+        self.sender
+            .ready()
+            .await
+            .map_err(|error| failed(format!("connection unusable: {error}")))?;
+        let response = self
+            .sender
+            .send_request(request)
+            .await
+            .map_err(|error| failed(format!("request failed: {error}")))?;
+        let (parts, body) = response.into_parts();
+        let mut body = std::pin::pin!(body);
+        let mut bytes = Vec::new();
+        while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+            let frame = frame.map_err(|error| failed(format!("answer unreadable: {error}")))?;
+            if let Ok(data) = frame.into_data() {
+                bytes.extend_from_slice(&data);
+            }
+        }
+        if parts.status != StatusCode::OK {
+            let text = String::from_utf8_lossy(&bytes);
+            let text: String = text.chars().take(300).collect();
+            return Err(failed(format!("HTTP {}: {text}", parts.status)));
+        }
+        if parts
+            .headers
+            .get("metadata-flavor")
+            .is_none_or(|flavor| flavor != "Google")
+        {
+            return Err(unexpected(
+                "no Metadata-Flavor: Google on the answer".to_owned(),
+            ));
+        }
+        let answer: MetadataToken = serde_json::from_slice(&bytes)
+            .map_err(|error| unexpected(format!("answer is not a token: {error}")))?;
+        if answer.access_token.is_empty() || answer.token_type != "Bearer" {
+            return Err(unexpected(
+                "answer without a Bearer access token".to_owned(),
+            ));
+        }
+        if answer.expires_in <= STALE_SECONDS {
+            return Err(unexpected(format!(
+                "token served with {} s left",
+                answer.expires_in
+            )));
+        }
+        if let Some(expected) = &self.expected
+            && **expected != *answer.access_token
+        {
+            return Err(unexpected(
+                "another token than the sidecar's first: it fetched a new one".to_owned(),
+            ));
+        }
+        Ok(answer.access_token)
+    }
+
+    async fn call(&mut self) -> Outcome {
+        match self.token().await {
+            Ok(_) => Outcome::Ok,
+            Err(problem) if problem.failed => Outcome::Error(problem.to_string()),
+            Err(problem) => Outcome::Unexpected(problem.to_string()),
+        }
+    }
+}
+
+/// Why a sidecar request did not give the expected token.
+#[derive(Debug)]
+pub(crate) struct MetadataProblem {
+    /// The request failed (transport, or a status other than 200); otherwise it was answered,
+    /// but not as required.
+    failed: bool,
+    message: String,
+}
+
+impl MetadataProblem {
+    fn failed(message: String) -> Self {
+        Self {
+            failed: true,
+            message,
+        }
+    }
+
+    fn unexpected(message: String) -> Self {
+        Self {
+            failed: false,
+            message,
+        }
+    }
+}
+
+impl std::fmt::Display for MetadataProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sidecar: {}", self.message)
+    }
+}
+
+impl std::error::Error for MetadataProblem {}
+
 /// How one call went.
 enum Outcome {
     Ok,
@@ -210,6 +370,7 @@ impl Target {
                 Err(status) => Outcome::Error(describe(&status)),
             },
             Self::Sts(call) => call.call().await,
+            Self::Metadata(call) => call.call().await,
         }
     }
 }
@@ -337,11 +498,19 @@ pub(crate) async fn run_tasks(
     timing: Timing,
     make: impl Fn(usize) -> Target,
 ) -> Slice {
+    run_targets((0..concurrency).map(make).collect(), connections, timing).await
+}
+
+/// Runs one task per target, each calling it in a closed loop, over `connections` connections
+/// (as reported; the targets hold them); returns once every task has its last response.
+pub(crate) async fn run_targets(targets: Vec<Target>, connections: usize, timing: Timing) -> Slice {
+    let concurrency = targets.len();
     let start = Instant::now();
     let measure_from = start + timing.warmup;
     let until = measure_from + timing.duration;
-    let tasks: Vec<_> = (0..concurrency)
-        .map(|i| tokio::spawn(task(make(i), measure_from, until)))
+    let tasks: Vec<_> = targets
+        .into_iter()
+        .map(|target| tokio::spawn(task(target, measure_from, until)))
         .collect();
     let mut slice = Slice {
         concurrency,

@@ -4,6 +4,8 @@
 //!   transport's ceiling;
 //! - the broker's cache-hit `GetAccessToken` (the same request every time, all hits), and the
 //!   cache hits of `ImpersonateServiceAccount` and `GenerateIdToken` likewise;
+//! - the metadata sidecar's token endpoint (a child process answering from that broker, its
+//!   token cached), against the broker's cache-hit `GetAccessToken`, and the sidecar's memory;
 //! - the broker's cold path (cache disabled: every request signs an RS256 assertion and calls
 //!   the Google emulator, which verifies it);
 //! - the broker's plain ExchangeToken (never cached: every request is one RFC 8693 exchange at
@@ -17,9 +19,10 @@ mod load;
 mod replay;
 mod report;
 mod setup;
+mod sidecar;
 mod sign;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +36,7 @@ use clap::{Parser, ValueEnum};
 use gcp_emulator::Endpoint as EmulatorEndpoint;
 
 use crate::load::{BrokerCall, LoadResult, StsCall, Target, Timing};
-use crate::report::{Checks, ExchangeChecks, Report, Scenario};
+use crate::report::{Checks, ExchangeChecks, Report, Scenario, SidecarChecks};
 use crate::setup::World;
 
 /// Errors of the tool.
@@ -76,9 +79,13 @@ struct Cli {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "echo,hit,impersonate,id-token,id-token-echo,cold,exchange,sign"
+        default_value = "echo,hit,impersonate,id-token,id-token-echo,sidecar,cold,exchange,sign"
     )]
     scenarios: Vec<Measurement>,
+    /// The `metadata-sidecar` binary of the sidecar scenario; default: the one next to this
+    /// executable.
+    #[arg(long, env = sidecar::BINARY_ENV)]
+    sidecar_bin: Option<PathBuf>,
     /// Also write every number as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -104,6 +111,9 @@ enum Measurement {
     /// A bare service answering GenerateIdToken with the broker's recorded response: the
     /// transport's ceiling for a response of that size.
     IdTokenEcho,
+    /// The metadata sidecar's token endpoint (its own process, in front of the cache-hit
+    /// broker), alternating with the broker's cache-hit GetAccessToken; and its memory.
+    Sidecar,
     /// The broker's cold path.
     Cold,
     /// The broker's plain ExchangeToken (never cached), and the same STS exchange made
@@ -173,13 +183,24 @@ async fn run(cli: &Cli) -> Result<Report, Error> {
         warmup: Duration::from_secs_f64(cli.warmup),
         duration: Duration::from_secs_f64(cli.duration),
     };
+    // Before anything starts: a missing binary should not cost a run.
+    let sidecar_bin = if cli.scenarios.contains(&Measurement::Sidecar) {
+        Some(sidecar::locate(cli.sidecar_bin.as_deref())?)
+    } else {
+        None
+    };
     let world = World::start().await?;
-    let result = scenarios(cli, timing, &world).await;
+    let result = scenarios(cli, timing, &world, sidecar_bin.as_deref()).await;
     world.shutdown().await;
     result
 }
 
-async fn scenarios(cli: &Cli, timing: Timing, world: &World) -> Result<Report, Error> {
+async fn scenarios(
+    cli: &Cli,
+    timing: Timing,
+    world: &World,
+    sidecar_bin: Option<&Path>,
+) -> Result<Report, Error> {
     let request = GetAccessTokenRequest {
         scopes: vec![setup::SCOPE.to_owned()],
         ..Default::default()
@@ -216,6 +237,11 @@ async fn scenarios(cli: &Cli, timing: Timing, world: &World) -> Result<Report, E
         .sum::<u64>()
     };
     let token_calls = || world.emulator.count(EmulatorEndpoint::OAuth2Token);
+    // Calls to the cache-on broker's cache: every GetAccessToken it answers from it.
+    let broker_lookups = || {
+        let metrics = world.hit.service().cache().metrics();
+        metrics.hits + metrics.misses
+    };
 
     // Warm the cache: the upstream calls of the cache-hit scenarios (the impersonation
     // scenario's base token, its impersonated token, the ID token).
@@ -229,6 +255,28 @@ async fn scenarios(cli: &Cli, timing: Timing, world: &World) -> Result<Report, E
             return Err("the first request to a fresh broker was a cache hit".into());
         }
     }
+    // The sidecar's token is the hit scenario's: warm it too when that scenario does not run,
+    // so that the sidecar's one broker call is a hit either way.
+    let hit_warmed = hit_calls.iter().any(|(m, _)| *m == Measurement::Hit);
+    if sidecar_bin.is_some() && !hit_warmed {
+        BrokerCall::AccessToken(request.clone())
+            .call(&mut warm)
+            .await?;
+    }
+    // The sidecar: started (and ready, its token fetched once) before the cache-hit scenarios'
+    // counters are read, so that its one broker call is not counted as theirs.
+    let mut sidecar_checks = SidecarChecks::default();
+    let sidecar = match sidecar_bin {
+        Some(binary) => {
+            let before = broker_lookups();
+            let sidecar = sidecar::Sidecar::start(binary, world, &cli.log_filter).await?;
+            sidecar_checks.broker_calls_at_start = broker_lookups() - before;
+            sidecar_checks.requests += 1;
+            sidecar_checks.memory_ready = sidecar.memory();
+            Some(sidecar)
+        }
+        None => None,
+    };
     // The replay service answers what a cache hit of the broker answers.
     if hit_calls
         .iter()
@@ -248,6 +296,7 @@ async fn scenarios(cli: &Cli, timing: Timing, world: &World) -> Result<Report, E
     let hits_before = world.hit.service().cache().metrics();
 
     let mut echo = Vec::new();
+    let mut sidecar_results = Vec::new();
     let mut hits: Vec<Vec<LoadResult>> = vec![Vec::new(); hit_calls.len()];
     let run_echo = cli.scenarios.contains(&Measurement::Echo);
     for &concurrency in &cli.concurrency {
@@ -255,6 +304,7 @@ async fn scenarios(cli: &Cli, timing: Timing, world: &World) -> Result<Report, E
         let echo_channels = world.channels(world.echo_addr(), channels).await?;
         let hit_channels = world.channels(world.hit.addr(), channels).await?;
         let mut echo_slices = Vec::new();
+        let mut sidecar_slices = Vec::new();
         let mut hit_slices: Vec<Vec<load::Slice>> = hit_calls.iter().map(|_| Vec::new()).collect();
         // Alternating slices of the same concurrency; the warm-up precedes the first of each.
         for round in 0..cli.rounds {
@@ -275,9 +325,26 @@ async fn scenarios(cli: &Cli, timing: Timing, world: &World) -> Result<Report, E
                     .await,
                 );
             }
+            if let Some(sidecar) = &sidecar {
+                // HTTP/1.1: one keep-alive connection per task, new for each slice (made and
+                // primed outside the measured time; the sidecar closes idle connections, and
+                // the other scenarios' slices in between could outlast its timeout).
+                let before = broker_lookups();
+                let connections = sidecar.connections(concurrency).await?;
+                sidecar_checks.requests += concurrency as u64;
+                let targets = connections.into_iter().map(Target::Metadata).collect();
+                sidecar_slices.push(load::run_targets(targets, concurrency, slice).await);
+                sidecar_checks.broker_calls_during += broker_lookups() - before;
+            }
         }
         if run_echo {
             echo.push(LoadResult::merge(echo_slices));
+        }
+        if sidecar.is_some() {
+            let result = LoadResult::merge(sidecar_slices);
+            sidecar_checks.requests += result.requests + result.warmup_requests;
+            sidecar_checks.failures += result.errors + result.unexpected + result.warmup_problems;
+            sidecar_results.push(result);
         }
         for (results, slices) in hits.iter_mut().zip(hit_slices) {
             results.push(LoadResult::merge(slices));
@@ -300,6 +367,11 @@ async fn scenarios(cli: &Cli, timing: Timing, world: &World) -> Result<Report, E
     );
     let after_hits = upstream_calls();
     let hits_after = world.hit.service().cache().metrics();
+    if let Some(mut sidecar) = sidecar {
+        sidecar_checks.memory_after = sidecar.memory();
+        sidecar_checks.exited = !sidecar.running();
+        drop(sidecar);
+    }
 
     let mut cold = Vec::new();
     let before_cold = token_calls();
@@ -356,6 +428,7 @@ async fn scenarios(cli: &Cli, timing: Timing, world: &World) -> Result<Report, E
             cold,
             exchange,
             exchange_direct,
+            sidecar: sidecar_results,
         },
         sign,
         Checks {
@@ -366,6 +439,7 @@ async fn scenarios(cli: &Cli, timing: Timing, world: &World) -> Result<Report, E
             cold_requests,
             cold_token_calls: after_cold - before_cold,
             exchange: exchange_checks,
+            sidecar: sidecar_checks,
         },
     ))
 }

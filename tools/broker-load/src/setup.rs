@@ -3,7 +3,9 @@
 //! service behind the broker's own listener (same TLS configuration, same
 //! `token_broker::transport`, same options), so that the only difference from the broker is the
 //! handler. The emulator's OIDC provider `dev-oidc` issues the subject token of the
-//! ExchangeToken scenario, once per run.
+//! ExchangeToken scenario, once per run. The metadata sidecar (a child process, see
+//! `sidecar.rs`) gets a client certificate of its own, which the policy lets ask for the same
+//! tokens as the load generator.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,8 +26,18 @@ use broker_proto::tokenbroker::v1::token_broker_server::TokenBrokerServer;
 
 /// The SPIFFE ID of the load generator's client certificate.
 pub(crate) const CALLER: &str = "spiffe://example.org/ns/load/sa/broker-load";
+/// The SPIFFE ID of the metadata sidecar's client certificate.
+const SIDECAR_CALLER: &str = "spiffe://example.org/ns/load/sa/metadata-sidecar";
+/// The CA certificate (it issued every certificate of the run), in the work directory.
+pub(crate) const CA_FILE: &str = "ca.pem";
+/// The sidecar's client certificate, in the work directory.
+pub(crate) const SIDECAR_CERT_FILE: &str = "sidecar.pem";
+/// Its key.
+pub(crate) const SIDECAR_KEY_FILE: &str = "sidecar-key.pem";
 /// The scope every broker request asks for.
 pub(crate) const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
+/// The service account of credential `sa` (the emulator's `broker@`).
+pub(crate) const SERVICE_ACCOUNT: &str = "broker@dev-project.iam.gserviceaccount.com";
 /// The key file the emulator writes for [`SERVICE_ACCOUNT`], relative to the work directory.
 const KEY_FILE: &str = "emulator/keys/broker.json";
 
@@ -38,15 +50,18 @@ const EXCHANGE_SUBJECT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// The type of that subject token (an OIDC JWT).
 pub(crate) const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
 
-/// The policy: the load generator may get cloud-platform tokens of `sa` by default, and (grant
-/// `exchange`, `{exchange_audience}` filled in) make plain exchanges of JWTs at the emulator's
-/// `dev-oidc` provider.
+/// The policy: the load generator (and the metadata sidecar) may get cloud-platform tokens of
+/// `sa` by default, and (grant `exchange`, `{exchange_audience}` filled in) make plain exchanges
+/// of JWTs at the emulator's `dev-oidc` provider.
 const POLICY: &str = r#"
 [[grants]]
 name = "load"
 credential = "sa"
 default = true
-callers = [{ spiffe_id = "spiffe://example.org/ns/load/sa/broker-load" }]
+callers = [
+  { spiffe_id = "spiffe://example.org/ns/load/sa/broker-load" },
+  { spiffe_id = "spiffe://example.org/ns/load/sa/metadata-sidecar" },
+]
 rpcs = ["GetAccessToken", "ImpersonateServiceAccount", "GenerateIdToken"]
 scopes = ["https://www.googleapis.com/auth/cloud-platform"]
 service_accounts = ["reader@dev-project.iam.gserviceaccount.com"]
@@ -191,7 +206,7 @@ impl World {
             .await?;
 
         let ca = CertificateAuthority::new("broker-load CA")?;
-        std::fs::write(path.join("ca.pem"), ca.certificate_pem())?;
+        std::fs::write(path.join(CA_FILE), ca.certificate_pem())?;
         let server_cert = ca.issue(&LeafSpec::localhost_server())?;
         std::fs::write(path.join("server.pem"), &server_cert.cert_pem)?;
         std::fs::write(path.join("server-key.pem"), server_cert.key_pem.as_bytes())?;
@@ -200,6 +215,9 @@ impl World {
             path.join("policy.toml"),
             POLICY.replace("{exchange_audience}", &exchange.audience),
         )?;
+        let sidecar = ca.issue(&LeafSpec::spiffe_client(SIDECAR_CALLER))?;
+        std::fs::write(path.join(SIDECAR_CERT_FILE), &sidecar.cert_pem)?;
+        std::fs::write(path.join(SIDECAR_KEY_FILE), sidecar.key_pem.as_bytes())?;
         let client = ca.issue(&LeafSpec::spiffe_client(CALLER))?;
         let client_tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(ca.certificate_pem()))
@@ -234,6 +252,11 @@ impl World {
     /// `sts_url`).
     pub(crate) fn sts_url(&self) -> String {
         format!("{}/v1/token", self.emulator.url())
+    }
+
+    /// `name` in the work directory (removed at shutdown).
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
+        self.dir.0.join(name)
     }
 
     /// The service-account key file the backend signs with.

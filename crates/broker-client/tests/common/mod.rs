@@ -190,8 +190,10 @@ pub(crate) struct FakeBroker {
     tokens: AtomicUsize,
     script: Mutex<VecDeque<Status>>,
     expire_time: Mutex<SystemTime>,
+    lifetime: Mutex<Option<Duration>>,
     delay: Mutex<Duration>,
     malformed: AtomicBool,
+    jwt_id_tokens: AtomicBool,
     requests: Mutex<Vec<GetAccessTokenRequest>>,
     impersonate_requests: Mutex<Vec<ImpersonateServiceAccountRequest>>,
     id_token_requests: Mutex<Vec<GenerateIdTokenRequest>>,
@@ -210,8 +212,10 @@ impl FakeBroker {
             tokens: AtomicUsize::new(0),
             script: Mutex::new(VecDeque::new()),
             expire_time: Mutex::new(expire_time),
+            lifetime: Mutex::new(None),
             delay: Mutex::new(Duration::ZERO),
             malformed: AtomicBool::new(false),
+            jwt_id_tokens: AtomicBool::new(false),
             requests: Mutex::new(Vec::new()),
             impersonate_requests: Mutex::new(Vec::new()),
             id_token_requests: Mutex::new(Vec::new()),
@@ -280,6 +284,12 @@ impl FakeBroker {
         *self.expire_time.lock().expect("expire lock") = expire_time;
     }
 
+    /// From now on, every token expires `lifetime` after it is handed out (in whole seconds,
+    /// rounded down) instead of at the fixed expire time; `None` goes back to the fixed one.
+    pub(crate) fn set_lifetime(&self, lifetime: Option<Duration>) {
+        *self.lifetime.lock().expect("lifetime lock") = lifetime;
+    }
+
     /// Every call waits this long before answering.
     pub(crate) fn set_delay(&self, delay: Duration) {
         *self.delay.lock().expect("delay lock") = delay;
@@ -294,6 +304,23 @@ impl FakeBroker {
     /// The access token ImpersonateServiceAccount answers with as the `number`th token.
     pub(crate) fn impersonated_token(number: usize) -> String {
         format!("ya29.impersonated-{number}")
+    }
+
+    /// From now on, GenerateIdToken answers with [`Self::jwt_id_token`]: a JWS whose payload
+    /// holds the requested audience and the expiry, as Google's ID tokens do.
+    pub(crate) fn set_jwt_id_tokens(&self, jwt: bool) {
+        self.jwt_id_tokens.store(jwt, Ordering::SeqCst);
+    }
+
+    /// The ID token GenerateIdToken answers with as the `number`th token after
+    /// [`Self::set_jwt_id_tokens`]: `aud` and `exp` (Unix seconds) in a base64url JSON
+    /// payload, and the number in the (fake) signature.
+    pub(crate) fn jwt_id_token(number: usize, audience: &str, exp: u64) -> String {
+        let claims = serde_json::json!({"aud": audience, "exp": exp, "sub": "1234"});
+        format!(
+            "eyJhbGciOiJSUzI1NiJ9.{}.fake-id-token-{number}",
+            base64url(claims.to_string().as_bytes())
+        )
     }
 
     /// The ID token GenerateIdToken answers with as the `number`th token.
@@ -349,9 +376,11 @@ impl FakeBroker {
         if self.malformed.load(Ordering::SeqCst) {
             return None;
         }
-        Some(prost_types::Timestamp::from(
-            *self.expire_time.lock().expect("expire lock"),
-        ))
+        let expire_time = match *self.lifetime.lock().expect("lifetime lock") {
+            Some(lifetime) => whole_seconds_from_now(lifetime),
+            None => *self.expire_time.lock().expect("expire lock"),
+        };
+        Some(prost_types::Timestamp::from(expire_time))
     }
 
     /// `value`, or nothing when answering with malformed responses.
@@ -365,6 +394,22 @@ impl FakeBroker {
 }
 
 /// UNAUTHENTICATED unless the caller presented a verified client certificate.
+/// Unpadded base64url (RFC 4648 §5).
+pub(crate) fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut text = String::new();
+    for chunk in bytes.chunks(3) {
+        let mut buffer = [0_u8; 3];
+        buffer[..chunk.len()].copy_from_slice(chunk);
+        let n = (u32::from(buffer[0]) << 16) | (u32::from(buffer[1]) << 8) | u32::from(buffer[2]);
+        for i in 0..=chunk.len() {
+            let index = usize::try_from((n >> (18 - 6 * i)) & 63).unwrap_or_default();
+            text.push(char::from(ALPHABET[index]));
+        }
+    }
+    text
+}
+
 fn check_client<T>(request: &Request<T>) -> Result<(), Status> {
     let has_client_cert = request
         .extensions()
@@ -578,9 +623,16 @@ impl TokenBroker for FakeBroker {
         request: Request<GenerateIdTokenRequest>,
     ) -> Result<Response<GenerateIdTokenResponse>, Status> {
         let (request, number) = self.accept(request, &self.id_token_requests).await?;
+        let expire_time = self.expire_time();
+        let id_token = if self.jwt_id_tokens.load(Ordering::SeqCst) {
+            let exp = expire_time.map_or(0, |time| u64::try_from(time.seconds).unwrap_or(0));
+            Self::jwt_id_token(number, &request.audience, exp)
+        } else {
+            Self::id_token(number)
+        };
         Ok(Response::new(GenerateIdTokenResponse {
-            id_token: self.unless_malformed(Self::id_token(number)),
-            expire_time: self.expire_time(),
+            id_token: self.unless_malformed(id_token),
+            expire_time,
             principal: if request.target_service_account.is_empty() {
                 PRINCIPAL.to_owned()
             } else {

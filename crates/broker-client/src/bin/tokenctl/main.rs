@@ -6,15 +6,19 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use broker_client::{
-    AccessToken, BlobSigningRequest, CallOptions, ClientError, Code, ConnectOptions,
+    AccessToken, BlobSigningRequest, CallOptions, Channel, ClientError, Code, ConnectOptions,
     ExchangeRequest, ExchangedToken, IdToken, IdTokenRequest, ImpersonationRequest,
-    JwtSigningRequest, RetryPolicy, Secret, SignedBlob, SignedJwt, TlsFiles, TokenRequest, connect,
-    exchange_token, generate_id_token, get_access_token, impersonate, read_access_boundary,
-    sign_blob, sign_jwt, split_scopes, token_type, whole_seconds_ceil,
+    JwtSigningRequest, RetryPolicy, Secret, SignedBlob, SignedJwt, TlsFiles, TokenBrokerClient,
+    TokenRequest, connect, exchange_token, generate_id_token, get_access_token, impersonate,
+    read_access_boundary, sign_blob, sign_jwt, split_scopes, token_type, whole_seconds_ceil,
 };
 use clap::error::ErrorKind;
 use clap::{ArgAction, Args, CommandFactory as _, Parser, Subcommand, ValueEnum};
 use zeroize::Zeroize as _;
+
+mod external_account;
+mod files;
+mod write;
 
 const LONG_ABOUT: &str = "\
 Command-line client of the token broker. It authenticates with a TLS client certificate and
@@ -23,6 +27,11 @@ ID tokens, and JWTs and signatures made with a service account's Google-managed 
 gcloud's print-access-token, print-identity-token, sign-jwt and sign-blob do. It also exchanges
 external tokens for Google access tokens (workload and workforce identity federation) and
 downscopes access tokens with Credential Access Boundaries, at Google's Security Token Service.
+
+For programs that cannot call the broker, it delivers tokens the ways Google's tools expect:
+as the executable credential source of an external_account (workload identity federation)
+configuration (executable-source, and print-external-account-config to write one), and as a
+token file kept fresh (write).
 
 The broker's address and the client's TLS files come from flags or from the environment
 (TOKEN_BROKER_ADDR, TOKEN_BROKER_CA, TOKEN_BROKER_CERT, TOKEN_BROKER_KEY).
@@ -146,6 +155,18 @@ https://www.googleapis.com/service_accounts/v1/metadata/x509/SERVICE_ACCOUNT_EMA
     /// Downscope a Google access token with a Credential Access Boundary.
     #[command(long_about = DOWNSCOPE_ABOUT, after_help = DOWNSCOPE_EXAMPLES)]
     Downscope(Downscope),
+    /// Be the executable credential source of an external_account configuration: print a
+    /// broker-issued ID token in Google's executable-response format.
+    #[command(long_about = external_account::EXECUTABLE_SOURCE_ABOUT, after_help = external_account::PROVIDER_SETUP)]
+    ExecutableSource(external_account::ExecutableSource),
+    /// Print an external_account (workload identity federation) configuration whose
+    /// executable credential source is this tokenctl.
+    #[command(long_about = external_account::PRINT_CONFIG_ABOUT, after_help = external_account::PROVIDER_SETUP)]
+    PrintExternalAccountConfig(external_account::PrintExternalAccountConfig),
+    /// Keep a file holding a fresh access or ID token (atomic replace, refresh ahead of
+    /// expiry).
+    #[command(long_about = write::WRITE_ABOUT, after_help = write::WRITE_EXAMPLES)]
+    Write(write::Write),
 }
 
 const EXCHANGE_ABOUT: &str = "\
@@ -776,6 +797,12 @@ impl Command {
             Self::SignBlob(args) => Prepared::SignBlob(args.request(stdin)?),
             Self::Exchange(args) => Prepared::Exchange(args.request(stdin)?),
             Self::Downscope(args) => Prepared::Downscope(args.request(stdin)?),
+            // `main` runs these itself; they send no single request.
+            Self::ExecutableSource(_) | Self::PrintExternalAccountConfig(_) | Self::Write(_) => {
+                return Err(UsageError::Input(
+                    "this command does not send a single request".to_owned(),
+                ));
+            }
         })
     }
 
@@ -788,6 +815,8 @@ impl Command {
             Self::SignBlob(args) => args.format,
             Self::Exchange(args) => args.format,
             Self::Downscope(args) => args.format,
+            Self::Write(args) => args.format(),
+            Self::ExecutableSource(_) | Self::PrintExternalAccountConfig(_) => Format::Json,
         }
     }
 }
@@ -1042,13 +1071,17 @@ fn render_error(error: &ClientError) -> String {
     text
 }
 
-/// Connects and sends the request, retrying per the global flags.
-async fn run(target: Target, prepared: &Prepared) -> Result<Outcome, ClientError> {
+/// Connects to the broker per the global flags: `--timeout` bounds connecting.
+async fn connect_target(target: &Target) -> Result<TokenBrokerClient<Channel>, ClientError> {
     let mut connect_options = ConnectOptions::default();
     connect_options.connect_timeout = target.timeout;
     connect_options.timeout = Some(target.timeout);
-    let client = connect(&target.addr, &target.files, &connect_options).await?;
+    connect(&target.addr, &target.files, &connect_options).await
+}
 
+/// The options of a request per the global flags: `--timeout` bounds each attempt and the
+/// retries, `--no-retry` turns retries off.
+fn call_options(target: &Target) -> CallOptions {
     let mut options = CallOptions::default();
     options.call_timeout = Some(target.timeout);
     options.retry = if target.retry {
@@ -1057,6 +1090,13 @@ async fn run(target: Target, prepared: &Prepared) -> Result<Outcome, ClientError
         RetryPolicy::never()
     };
     options.retry.deadline = target.timeout;
+    options
+}
+
+/// Connects and sends the request, retrying per the global flags.
+async fn run(target: Target, prepared: &Prepared) -> Result<Outcome, ClientError> {
+    let client = connect_target(&target).await?;
+    let options = call_options(&target);
     Ok(match prepared {
         Prepared::AccessToken(request) => {
             Outcome::AccessToken(get_access_token(&client, request, &options).await?)
@@ -1084,18 +1124,61 @@ fn fail(message: &str, code: u8) -> ExitCode {
     ExitCode::from(code)
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::try_parse().unwrap_or_else(|error| error.exit());
-    let target = match cli.target() {
+/// Why a command that `main` does not run through [`Command::prepare`] failed.
+#[derive(Debug)]
+enum Failed {
+    /// Exit code 2.
+    Usage(UsageError),
+    /// Exit code 1, with this message.
+    Other(String),
+}
+
+impl From<UsageError> for Failed {
+    fn from(error: UsageError) -> Self {
+        Self::Usage(error)
+    }
+}
+
+/// Reports a usage error the way clap reports its own (flags) or on one line (input), and
+/// exits 2.
+fn usage_exit(error: UsageError) -> ExitCode {
+    match error {
+        UsageError::Flags(kind, message) => Cli::command().error(kind, message).exit(),
+        UsageError::Input(message) => fail(&message, EXIT_USAGE),
+    }
+}
+
+/// The connection settings, or exit with a usage error naming the missing ones.
+fn target_or_exit(cli: &Cli) -> Target {
+    match cli.target() {
         Ok(target) => target,
         Err(message) => Cli::command()
             .error(ErrorKind::MissingRequiredArgument, message)
             .exit(),
-    };
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::try_parse().unwrap_or_else(|error| error.exit());
+    match &cli.command {
+        // Answers on standard output in Google's format, whatever happens.
+        Command::ExecutableSource(args) => return external_account::executable_source(&cli, args),
+        Command::PrintExternalAccountConfig(args) => {
+            return match external_account::print_external_account_config(&cli, args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(Failed::Usage(error)) => usage_exit(error),
+                Err(Failed::Other(message)) => fail(&message, EXIT_GENERIC),
+            };
+        }
+        Command::Write(args) => {
+            return write::write(target_or_exit(&cli), args).unwrap_or_else(usage_exit);
+        }
+        _ => {}
+    }
+    let target = target_or_exit(&cli);
     let prepared = match cli.command.prepare(&mut std::io::stdin().lock()) {
         Ok(prepared) => prepared,
-        Err(UsageError::Flags(kind, message)) => Cli::command().error(kind, message).exit(),
-        Err(UsageError::Input(message)) => return fail(&message, EXIT_USAGE),
+        Err(error) => return usage_exit(error),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -1751,6 +1834,9 @@ mod tests {
             "sign-blob",
             "exchange",
             "downscope",
+            "executable-source",
+            "print-external-account-config",
+            "write",
             "2  usage error",
         ] {
             assert!(help.contains(needle), "{needle:?} missing from:\n{help}");
