@@ -16,7 +16,7 @@
 use std::fmt;
 use std::sync::Mutex;
 
-use broker_core::{Secret, SourceError, UpstreamStatus};
+use broker_core::{Secret, SourceError};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use zeroize::Zeroizing;
@@ -30,7 +30,6 @@ use crate::env::{
     AWS_ACCESS_KEY_ID, AWS_DEFAULT_REGION, AWS_REGION, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN,
 };
 use crate::http::{Attempt, HttpResponse};
-use crate::oauth::is_transient_status;
 
 /// The lifetime asked for an IMDSv2 session token, in seconds (Google's clients ask for 300).
 const IMDSV2_TTL_SECONDS: &str = "300";
@@ -342,16 +341,7 @@ fn interpret(response: HttpResponse, what: &str) -> Attempt<Zeroizing<String>> {
             "the AWS metadata service answered HTTP {} for the {what}",
             status.as_u16()
         );
-        return if is_transient_status(status) {
-            Attempt::Retry(message)
-        } else {
-            Attempt::Fail(SourceError::Unavailable {
-                upstream,
-                status: UpstreamStatus::Http(status.as_u16()),
-                message,
-                retry_after: None,
-            })
-        };
+        return super::not_ok(upstream, status, message);
     }
     match std::str::from_utf8(&body) {
         Ok(text) => Attempt::Done(Zeroizing::new(text.to_owned())),

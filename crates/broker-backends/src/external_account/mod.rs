@@ -608,6 +608,26 @@ pub fn pool_principal_set(audience: &str) -> String {
         )
 }
 
+/// The attempt of a credential source's HTTP answer other than 200 (`message` says which):
+/// retried when the status is transient, else the source is unavailable.
+pub(crate) fn not_ok<T>(
+    upstream: String,
+    status: reqwest::StatusCode,
+    message: String,
+) -> crate::http::Attempt<T> {
+    use crate::http::Attempt;
+    if crate::oauth::is_transient_status(status) {
+        Attempt::Retry(message)
+    } else {
+        Attempt::Fail(SourceError::Unavailable {
+            upstream,
+            status: broker_core::UpstreamStatus::Http(status.as_u16()),
+            message,
+            retry_after: None,
+        })
+    }
+}
+
 /// What an [`ExternalAccountSource`] is allowed to do and where it looks.
 #[derive(Clone, Default)]
 pub struct ExternalAccountOptions {

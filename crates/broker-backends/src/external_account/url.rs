@@ -11,7 +11,7 @@
 
 use std::fmt;
 
-use broker_core::{Secret, SourceError, UpstreamStatus};
+use broker_core::{Secret, SourceError};
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use zeroize::Zeroizing;
@@ -22,7 +22,6 @@ use super::{MAX_SUBJECT_TOKEN_SOURCE_BYTES, SubjectContext};
 use crate::BackendError;
 use crate::endpoints::{PlainHttp, check_url};
 use crate::http::{Attempt, HttpResponse};
-use crate::oauth::is_transient_status;
 
 /// A subject token fetched with `GET url` and the configured headers for every exchange, in
 /// the configured [`Format`]. The headers' values may be secrets: `Debug` shows their names
@@ -121,16 +120,7 @@ impl UrlSource {
                 "the subject token URL answered HTTP {} (200 was expected)",
                 status.as_u16()
             );
-            return if is_transient_status(status) {
-                Attempt::Retry(message)
-            } else {
-                Attempt::Fail(SourceError::Unavailable {
-                    upstream,
-                    status: UpstreamStatus::Http(status.as_u16()),
-                    message,
-                    retry_after: None,
-                })
-            };
+            return super::not_ok(upstream, status, message);
         }
         let malformed = |problem: &str| {
             Attempt::Fail(SourceError::Malformed {

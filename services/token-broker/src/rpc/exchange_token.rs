@@ -25,17 +25,18 @@ const PLAIN: &str = "token_exchange";
 /// The longest issuer or subject an audit event carries from a subject token.
 const MAX_AUDITED_CLAIM: usize = 256;
 
-/// What the audit events of a call say about the subject token the caller presented: its
-/// SHA-256 fingerprint and, for a JWT, its issuer and subject; nothing else of it.
+/// The subject token the caller presented, as a [`Secret`] (zeroized when dropped), and what
+/// the audit events of the call say about it: its SHA-256 fingerprint and, for a JWT, its
+/// issuer and subject; nothing else of it.
 pub(super) struct Presented {
-    fingerprint: String,
+    token: Secret,
     issuer: Option<String>,
     subject: Option<String>,
 }
 
 impl Presented {
-    /// The summary of `request`'s subject token.
-    pub(super) fn of(request: &pb::ExchangeTokenRequest) -> Self {
+    /// Takes the subject token out of `request`.
+    pub(super) fn take(request: &mut pb::ExchangeTokenRequest) -> Self {
         let is_jwt = JWT_TOKEN_TYPES.contains(&request.subject_token_type.as_str());
         let (issuer, subject) = if is_jwt {
             jwt_issuer_subject(&request.subject_token)
@@ -43,7 +44,7 @@ impl Presented {
             (None, None)
         };
         Self {
-            fingerprint: broker_core::fingerprint(request.subject_token.as_bytes()),
+            token: Secret::new(std::mem::take(&mut request.subject_token)),
             issuer,
             subject,
         }
@@ -57,7 +58,7 @@ impl Presented {
             caller = %context.caller,
             outcome = "error",
             reason = error.reason().unwrap_or("INTERNAL"),
-            subject_token = %self.fingerprint,
+            subject_token = %self.token.fingerprint(),
             subject_token_iss = %self.issuer.as_deref().unwrap_or("-"),
             subject_token_sub = %self.subject.as_deref().unwrap_or("-"),
             error = %error,
@@ -72,7 +73,8 @@ const JWT_TOKEN_TYPES: [&str; 2] = [
     "urn:ietf:params:oauth:token-type:id_token",
 ];
 
-/// Serves one call: the audit event of a failure is written by the caller.
+/// Serves one call, whose subject token the caller took out of `request` into `presented`:
+/// the audit event of a failure is written by the caller.
 pub(super) async fn serve(
     inner: &Inner,
     context: &CallContext,
@@ -80,7 +82,7 @@ pub(super) async fn serve(
     presented: &Presented,
 ) -> Result<pb::ExchangeTokenResponse, RpcError> {
     // Request fields.
-    validate::subject_token(&request.subject_token)?;
+    validate::subject_token(presented.token.expose())?;
     let exchange = validate::subject_token_type(&request.subject_token_type)?;
     let requested_token_type = validate::requested_token_type(&request.requested_token_type)?;
     let audience = validate::provider_audience(&request.audience)?;
@@ -93,7 +95,6 @@ pub(super) async fn serve(
     let options = request.options.unwrap_or_default();
     let boundary = validate::access_boundary(options.access_boundary.as_ref())
         .map_err(|e| e.within("options"))?;
-    let subject_token = Secret::new(request.subject_token);
 
     let scopes = match exchange {
         Exchange::Downscoping => {
@@ -107,7 +108,8 @@ pub(super) async fn serve(
         }
         Exchange::Federation(_) => {
             if audience.is_none() && credential_name.is_none() {
-                return Err(invalid(
+                return Err(validate::invalid(
+                    "INVALID_FIELD",
                     "audience",
                     "required for federation unless `credential` names an external_account credential that supplies it",
                 ));
@@ -169,7 +171,8 @@ pub(super) async fn serve(
                 ));
             }
             if user_project.is_some() && !source.is_workforce() {
-                return Err(invalid(
+                return Err(validate::invalid(
+                    "INVALID_FIELD",
                     "options.user_project",
                     format!(
                         "only for workforce identity federation, and credential {name:?} is a workload identity pool's"
@@ -185,7 +188,8 @@ pub(super) async fn serve(
             if let Some(audience) = &audience
                 && audience != source.audience()
             {
-                return Err(invalid(
+                return Err(validate::invalid(
+                    "INVALID_FIELD",
                     "audience",
                     format!(
                         "differs from the audience of credential {name:?}; leave it empty or set it to {}",
@@ -205,7 +209,8 @@ pub(super) async fn serve(
         && decision.boundary.is_some()
         && provider.as_deref().is_some_and(validate::is_workforce)
     {
-        return Err(invalid(
+        return Err(validate::invalid(
+            "INVALID_FIELD",
             "audience",
             "names a workforce pool's provider, whose tokens Google does not downscope, and this exchange must be downscoped (options.access_boundary, or the grant's access_boundary)",
         ));
@@ -237,7 +242,7 @@ pub(super) async fn serve(
     let call = Call {
         inner,
         context,
-        subject_token: &subject_token,
+        subject_token: &presented.token,
         subject_token_type: exchange.token_type(),
         scopes: &scopes,
         user_project: user_project.as_deref(),
@@ -276,7 +281,7 @@ pub(super) async fn serve(
         exchange = if exchange == Exchange::Downscoping { "downscoping" } else { "federation" },
         audience = %provider.as_deref().unwrap_or("-"),
         subject_token_type = exchange.token_type(),
-        subject_token = %presented.fingerprint,
+        subject_token = %presented.token.fingerprint(),
         subject_token_iss = %presented.issuer.as_deref().unwrap_or("-"),
         subject_token_sub = %presented.subject.as_deref().unwrap_or("-"),
         principal = %if issued.principal.is_empty() { "-" } else { &issued.principal },
@@ -313,7 +318,8 @@ fn downscoping_shape(
         None
     };
     if let Some(field) = unwanted {
-        return Err(invalid(
+        return Err(validate::invalid(
+            "INVALID_FIELD",
             field,
             format!("must be empty to downscope (subject_token_type {ACCESS_TOKEN_TYPE})"),
         ));
@@ -329,16 +335,6 @@ fn downscoping_shape(
         });
     }
     Ok(())
-}
-
-/// INVALID_FIELD for `field`.
-fn invalid(field: &str, description: impl Into<String>) -> RpcError {
-    RpcError::InvalidField {
-        reason: "INVALID_FIELD",
-        field: field.to_owned(),
-        description: description.into(),
-        max_seconds: None,
-    }
 }
 
 /// What an exchange issued.

@@ -496,8 +496,8 @@ impl pb::token_broker_server::TokenBroker for TokenBrokerService {
     ) -> Result<Response<pb::ExchangeTokenResponse>, Status> {
         let inner = &self.inner;
         let (context, _permit) = inner.begin(Rpc::ExchangeToken, &request)?;
-        let request = request.into_inner();
-        let presented = exchange_token::Presented::of(&request);
+        let mut request = request.into_inner();
+        let presented = exchange_token::Presented::take(&mut request);
         let result = exchange_token::serve(inner, &context, request, &presented).await;
         if let Err(error) = &result {
             presented.audit_error(&context, error);

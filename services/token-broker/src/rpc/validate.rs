@@ -14,7 +14,8 @@ pub(crate) const DEFAULT_SCOPE: &str = "https://www.googleapis.com/auth/cloud-pl
 /// The longest email address accepted.
 const MAX_EMAIL_LEN: usize = 254;
 
-fn invalid(
+/// INVALID_ARGUMENT with `reason` for `field`.
+pub(crate) fn invalid(
     reason: &'static str,
     field: impl Into<String>,
     description: impl Into<String>,
